@@ -1,0 +1,1 @@
+"""metrix.app: the Gradio web UI that searches an index with an uploaded image (`metrix serve`)."""

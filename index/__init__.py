@@ -1,0 +1,1 @@
+"""metrix.index: a folder of gallery images to a faiss index with metadata (`metrix build-index`)."""

@@ -1,0 +1,5 @@
+"""`python -m metrix` (and `torchrun -m metrix`) runs the CLI."""
+
+from metrix.cli import main
+
+main()
