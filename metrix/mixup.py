@@ -11,12 +11,11 @@ import random
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .losses.base import MetricLoss
-from .pairs import MixPlan, choose_pairs
+from .pairs import choose_pairs
 
 MixupMode = Literal["none", "input", "feature", "embed"]
 MIXUP_MODES: tuple[str, ...] = ("none", "input", "feature", "embed")

@@ -3,8 +3,8 @@
 For each anchor a: its k hardest negatives n (highest clean cosine similarity, never of a's class).
 An anchor with positives gets the positive-negative mixes (p, n) for every positive p; an anchor
 without a positive in the batch gets the anchor-negative mixes (a, n). For proxy anchors every
-example is a positive of its proxy, and is mixed with its own k hardest negatives. Identical (p, n) pairs
-chosen by several anchors are mixed once and shared. Everything is tensor ops: no loop over
+example is a positive of its proxy, and is mixed with its own k hardest negatives. A (p, n) pair
+chosen by several anchors is mixed once and shared. Everything is tensor ops: no loop over
 anchors or pairs.
 """
 

@@ -4,7 +4,6 @@ metrix/. Slow; for small test batches only."""
 
 import math
 
-import torch
 import torch.nn.functional as F
 
 

@@ -19,6 +19,7 @@ from .reference import (
     reference_mixed_proxy_anchor,
     reference_relations,
 )
+import itertools
 
 
 class TinySplitModel(torch.nn.Module):
@@ -46,33 +47,34 @@ def _embed_mixed_loss(loss, x, y, lam, k):
     return Metrix(loss, mode="embed", negatives_per_anchor=k)(EmbeddingOnly(), x, y, lam=lam).mixed
 
 
+REFERENCES = {
+    "ms": (MultiSimilarityLoss, lambda loss, x, y, lam, k: reference_mixed_ms(x, y, lam, k)),
+    "contrastive": (ContrastiveLoss, lambda loss, x, y, lam, k: reference_mixed_contrastive(x, y, lam, k)),
+    "pa": (
+        lambda: ProxyAnchorLoss(14, 5).double(),  # 12 classes in the all-distinct layout
+        lambda loss, x, y, lam, k: reference_mixed_proxy_anchor(x, y, loss.proxies.detach(), lam, k),
+    ),
+}
+
+
+@pytest.mark.parametrize("explicit_vectors", [False, True], ids=["closed-form", "explicit"])
 @pytest.mark.parametrize("lam", [0.0, 0.3, 0.77, 1.0])
 @pytest.mark.parametrize("k", [1, 3, None])
 @pytest.mark.parametrize("layout", ["balanced", "random", "distinct"])
-def test_mixed_ms_matches_loop_reference(layout, k, lam):
+@pytest.mark.parametrize("name", list(REFERENCES))
+def test_mixed_loss_matches_loop_reference(name, layout, k, lam, explicit_vectors):
+    """Embedding mixing through the closed form, and through explicit mixed vectors (the path
+    feature and input mixing take), against the loop reference."""
+    make_loss, reference = REFERENCES[name]
+    torch.manual_seed(0)
+    loss = make_loss()
     x, y = _batch(layout=layout, seed=3)
-    ours = _embed_mixed_loss(MultiSimilarityLoss(), x, y, lam, k)
-    assert ours.item() == pytest.approx(reference_mixed_ms(x, y, lam, k), rel=1e-9, abs=1e-12)
-
-
-@pytest.mark.parametrize("lam", [0.0, 0.3, 0.77, 1.0])
-@pytest.mark.parametrize("k", [1, 3, None])
-@pytest.mark.parametrize("layout", ["balanced", "random", "distinct"])
-def test_mixed_contrastive_matches_loop_reference(layout, k, lam):
-    x, y = _batch(layout=layout, seed=4)
-    ours = _embed_mixed_loss(ContrastiveLoss(), x, y, lam, k)
-    assert ours.item() == pytest.approx(reference_mixed_contrastive(x, y, lam, k), rel=1e-9, abs=1e-12)
-
-
-@pytest.mark.parametrize("lam", [0.0, 0.3, 0.77, 1.0])
-@pytest.mark.parametrize("k", [1, 3, None])
-@pytest.mark.parametrize("layout", ["balanced", "random", "distinct"])
-def test_mixed_proxy_anchor_matches_loop_reference(layout, k, lam):
-    x, y = _batch(layout=layout, seed=5)
-    loss = ProxyAnchorLoss(int(y.max()) + 2, x.shape[1]).double()
-    ours = _embed_mixed_loss(loss, x, y, lam, k)
-    expected = reference_mixed_proxy_anchor(x, y, loss.proxies.detach(), lam, k)
-    assert ours.item() == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    if explicit_vectors:
+        plan = choose_pairs(x, y, lam, k, loss.mix_anchor_positives)
+        ours = _mixed_at(loss, x, y, plan, lam)
+    else:
+        ours = _embed_mixed_loss(loss, x, y, lam, k)
+    assert ours.item() == pytest.approx(reference(loss, x, y, lam, k), rel=1e-9, abs=1e-12)
 
 
 def test_single_class_batch_has_nothing_to_mix():
@@ -140,8 +142,8 @@ def test_mixed_loss_is_continuous_in_lambda_inside(make_loss):
         values.append(value.item())
         slopes.append(abs(slope.item()))
     h = float(grid[1] - grid[0])
-    steps = [abs(b - a) for a, b in zip(values, values[1:])]
-    bounds = [2 * h * max(s0, s1) + 1e-9 for s0, s1 in zip(slopes, slopes[1:])]
+    steps = [abs(b - a) for a, b in itertools.pairwise(values)]
+    bounds = [2 * h * max(s0, s1) + 1e-9 for s0, s1 in itertools.pairwise(slopes)]
     worst = max(step / bound for step, bound in zip(steps, bounds))
     assert worst <= 1, f"a step of the mixed loss is {worst:.1f}x what its slope allows: not continuous"
     assert max(steps) > 1e-4  # the loss does depend on lambda

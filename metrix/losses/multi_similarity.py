@@ -35,7 +35,7 @@ class MultiSimilarityLoss(MetricLoss):
         self.miner_epsilon = miner_epsilon
 
     @classmethod
-    def from_preset(cls, preset: str) -> "MultiSimilarityLoss":
+    def from_preset(cls, preset: str) -> MultiSimilarityLoss:
         """`pml` (the defaults) or `metrix-code` (the official code's values and miner)."""
         if preset not in PRESETS:
             raise ValueError(f"unknown multi-similarity preset {preset!r}; choose one of {', '.join(PRESETS)}")

@@ -21,6 +21,7 @@ class ProxyAnchorLoss(MetricLoss):
     # The anchors are proxies and every example is a positive of its class's proxy, so the
     # positive-negative mixes are each example with its own hardest negatives.
     mix_anchor_positives = False
+
     def __init__(self, num_classes: int, embedding_size: int, alpha: float = 32.0, delta: float = 0.1):
         super().__init__()
         if num_classes < 1 or embedding_size < 1:
