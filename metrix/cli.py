@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -55,6 +56,98 @@ def info() -> None:
         typer.echo(f"accelerator cuda: {torch.cuda.get_device_name(0)}")
     else:
         typer.echo("accelerator none (CPU)")
+
+
+def _fail(error: Exception) -> None:
+    typer.secho(f"error: {error}", err=True, fg="red")
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def train(
+    data: Annotated[Optional[Path], typer.Option(help="An image folder, one sub-folder per class.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="A benchmark: cub, cars, sop or inshop.")] = None,
+    data_root: Annotated[Optional[Path], typer.Option(help="Where the benchmark was downloaded.")] = None,
+    train_classes: Annotated[Optional[str], typer.Option(help="Image folder: N first classes, or names a,b,c.")] = None,
+    split_file: Annotated[Optional[Path], typer.Option(help='Image folder: JSON {"train": [...], "test": [...]}.')] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(help="Share of training classes held out for validation.")] = None,
+    loss: Annotated[Optional[str], typer.Option(help="contrastive, ms or pa. [default: ms]")] = None,
+    mixup: Annotated[Optional[str], typer.Option(help="none, input, feature or embed. [default: feature]")] = None,
+    backbone: Annotated[Optional[str], typer.Option(help="A registered backbone. [default: efficientnet_lite0]")] = None,
+    pretrained: Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained", help="ImageNet weights.")] = None,
+    embedding_size: Annotated[Optional[int], typer.Option(help="[default: 512]")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Input size. [default: the backbone's]")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="[default: 10]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="[default: 100]")] = None,
+    samples_per_class: Annotated[Optional[int], typer.Option(help="K images per class in a batch. [default: 5]")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="[default: 1e-4]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="[default: 0]")] = None,
+    num_workers: Annotated[Optional[int], typer.Option(help="Image decoding processes. [default: 2]")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory. [default: runs/<time>-<data>-<loss>-<mixup>]")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="A JSON or TOML file of settings (flags override it).")] = None,
+    recipe: Annotated[Optional[str], typer.Option(help="default or paper (ResNet-50, the paper's protocol).")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory from its last checkpoint.")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Train a Metrix embedding model. With no data, trains on the built-in synthetic dataset."""
+    from metrix.backbones import BackboneError
+    from metrix.datasets import DataError
+    from metrix.training.checkpoint import CheckpointError
+    from metrix.training.config import ConfigError, resolve_config
+    from metrix.training.trainer import train as run_training
+
+    flags = dict(
+        data=_str(data), dataset=dataset, data_root=_str(data_root), train_classes=train_classes,
+        split_file=_str(split_file), val_fraction=val_fraction, loss=loss, mixup=mixup, backbone=backbone,
+        pretrained=pretrained, embedding_size=embedding_size, image_size=image_size, epochs=epochs,
+        batch_size=batch_size, samples_per_class=samples_per_class, lr=lr, seed=seed, num_workers=num_workers,
+        out=_str(out), recipe=recipe,
+    )
+    try:
+        if resume is not None:
+            given = [k for k, v in flags.items() if v is not None] + (["config"] if config else [])
+            if given:
+                raise ConfigError(f"--resume continues a run with its own settings; drop {', '.join('--' + g.replace('_', '-') for g in given)}")
+            run_training(None, resume=resume, progress=progress)
+        else:
+            run_training(resolve_config(config, **flags), progress=progress)
+    except (ConfigError, DataError, BackboneError, CheckpointError) as error:
+        _fail(error)
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by metrix train.")],
+    checkpoint: Annotated[str, typer.Option(help="latest, best, or a checkpoint folder name.")] = "latest",
+    data: Annotated[Optional[Path], typer.Option(help="Evaluate on this image folder's test classes instead.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Or on this benchmark's test split.")] = None,
+    data_root: Annotated[Optional[Path], typer.Option(help="Where that benchmark was downloaded.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+) -> None:
+    """Recall@K, MAP@R, R-precision, NMI and utilization of a trained run on unseen classes."""
+    import json
+
+    from metrix.datasets import DataError
+    from metrix.run_evaluation import evaluate_run
+    from metrix.training.checkpoint import CheckpointError
+
+    log = (lambda *a, **k: None) if json_output else print
+    try:
+        report = evaluate_run(run_dir, checkpoint, _str(data), dataset, _str(data_root), log=log)
+    except (DataError, CheckpointError) as error:
+        _fail(error)
+    if json_output:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    typer.echo(f"{report['run']} ({report['checkpoint']}) on {report['data']}, {report['split']}: "
+               f"{report['num_queries']} queries, {report['num_classes']} classes")
+    for key, value in report.items():
+        if isinstance(value, float):
+            typer.echo(f"  {key:<14} {value:7.2f}")
+
+
+def _str(path: Optional[Path]) -> Optional[str]:
+    return None if path is None else str(path)
 
 
 def main() -> None:

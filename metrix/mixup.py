@@ -62,6 +62,10 @@ class Metrix(nn.Module):
         self.negatives_per_anchor = negatives_per_anchor
         self._rng = random.Random(seed)
 
+    def reseed(self, seed: int) -> None:
+        """Restart the lambda stream (the trainer does so every epoch, for exact resumes)."""
+        self._rng.seed(seed)
+
     def sample_lambda(self) -> float:
         return self._rng.betavariate(self.alpha, self.alpha)
 

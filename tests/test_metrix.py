@@ -2,6 +2,7 @@
 through both mixed sources at each level, and the Beta(alpha, alpha) draw."""
 
 import dataclasses
+import itertools
 
 import pytest
 import torch
@@ -19,7 +20,6 @@ from .reference import (
     reference_mixed_proxy_anchor,
     reference_relations,
 )
-import itertools
 
 
 class TinySplitModel(torch.nn.Module):

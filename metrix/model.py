@@ -1,0 +1,65 @@
+"""The embedding model: a backbone's last feature map, then the paper's head (global average +
+global max pooling, summed; linear to the embedding size; L2 normalisation).
+
+`features` and `head` are the split Metrix feature mixing needs (metrix.mixup.SplitModel).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .backbones import Backbone, create_backbone
+
+
+class EmbeddingHead(nn.Module):
+    def __init__(self, in_features: int, embedding_size: int):
+        super().__init__()
+        self.linear = nn.Linear(in_features, embedding_size)
+        nn.init.kaiming_normal_(self.linear.weight, mode="fan_out")
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, features: Tensor) -> Tensor:
+        pooled = features.mean(dim=(2, 3)) + features.amax(dim=(2, 3))
+        return F.normalize(self.linear(pooled), dim=1)
+
+
+class EmbeddingModel(nn.Module):
+    def __init__(self, backbone: Backbone, embedding_size: int = 512):
+        super().__init__()
+        self.backbone = backbone
+        self.embedding_head = EmbeddingHead(backbone.num_features, embedding_size)
+        self.embedding_size = embedding_size
+
+    @classmethod
+    def create(cls, backbone: str, embedding_size: int = 512, pretrained: bool = True) -> "EmbeddingModel":
+        return cls(create_backbone(backbone, pretrained=pretrained), embedding_size)
+
+    @property
+    def preprocessing(self):
+        return self.backbone.preprocessing
+
+    def features(self, images: Tensor) -> Tensor:
+        return self.backbone(images)
+
+    def head(self, features: Tensor) -> Tensor:
+        return self.embedding_head(features)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.head(self.features(images))
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """Keep BatchNorm statistics and affine parameters fixed (the paper does so on CUB and Cars).
+    Call after every `.train()`, which would switch the layers back to batch statistics."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+
+@torch.no_grad()
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,51 @@
+"""`metrix evaluate`: a trained run on the test classes of its data (or of other data).
+
+Recall@K with the K of the dataset (METRIX.md section 3), MAP@R, R-precision, NMI, and the
+paper's utilization u(test, train): the mean squared distance from each test embedding to its
+nearest training embedding.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .embedding import embed_samples
+from .evaluation import RECALL_KS, evaluate_retrieval, utilization
+from .training.checkpoint import build_model, load_checkpoint
+from .training.config import TrainConfig
+from .training.data import load_training_data
+
+
+def evaluate_run(run_dir: Path, checkpoint: str = "latest", data: str | None = None, dataset: str | None = None,
+                 data_root: str | None = None, batch_size: int = 64, num_workers: int = 2, log=print) -> dict:
+    ckpt = load_checkpoint(run_dir, checkpoint)
+    model = build_model(ckpt)
+    config = TrainConfig.from_dict(ckpt.config["train_config"])
+    if data is not None or dataset is not None:
+        config.data, config.dataset, config.data_root = data, dataset, data_root
+        config.train_classes = config.split_file = None
+    retrieval_data = load_training_data(config, log=log)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+
+    def embed(split):
+        return embed_samples(model, split.samples, batch_size=batch_size, num_workers=num_workers,
+                             device=device, channels_last=device == "cpu")
+
+    query, query_labels = embed(retrieval_data.test)
+    gallery, gallery_labels = embed(retrieval_data.gallery) if retrieval_data.gallery is not None else (None, None)
+    ks = RECALL_KS.get(retrieval_data.name, (1, 2, 4, 8))
+    reference_size = len(gallery_labels) if gallery is not None else len(query_labels) - 1
+    ks = tuple(k for k in ks if k <= reference_size)
+    report = evaluate_retrieval(query, query_labels, gallery, gallery_labels, ks=ks, nmi=True)
+    train, _ = embed(retrieval_data.train)
+    return {
+        "run": str(run_dir), "checkpoint": ckpt.path.name, "data": retrieval_data.name,
+        "split": "test (query vs gallery)" if gallery is not None else "test (each image against all others)",
+        "num_queries": len(query_labels), "num_classes": len(set(query_labels.tolist())),
+        **{f"recall_at_{k}": v for k, v in report.recall_at.items()},
+        "map_at_r": report.map_at_r, "r_precision": report.r_precision, "nmi": report.nmi,
+        "utilization": utilization(query if gallery is None else gallery, train),
+    }

@@ -1,0 +1,83 @@
+"""Balanced batches: P classes x K images each, reshuffled every epoch from (seed, epoch).
+
+A class with fewer than K images is topped up by repeating its own images. With several
+processes (DDP) every rank draws the same global batches and takes its own slice of each, so
+the global batch is the same P x K whatever the number of processes.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict, deque
+from collections.abc import Iterator, Sequence
+
+from .datasets.base import DataError
+
+
+class PKSampler:
+    def __init__(
+        self,
+        labels: Sequence[int],
+        batch_size: int,
+        samples_per_class: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if not 2 <= samples_per_class <= batch_size or batch_size % samples_per_class:
+            raise DataError(
+                f"batch size {batch_size} must be a multiple of the images per class K = {samples_per_class} (K >= 2)"
+            )
+        by_class = defaultdict(list)
+        for index, label in enumerate(labels):
+            by_class[label].append(index)
+        self.classes_per_batch = batch_size // samples_per_class
+        if self.classes_per_batch > len(by_class):
+            raise DataError(
+                f"batch size {batch_size} with {samples_per_class} images per class needs "
+                f"{self.classes_per_batch} classes per batch, but the training split has only {len(by_class)}; "
+                "lower --batch-size or raise --samples-per-class"
+            )
+        if batch_size % world_size:
+            raise DataError(f"batch size {batch_size} does not split evenly over {world_size} processes")
+        self.by_class = dict(by_class)
+        self.batch_size, self.samples_per_class = batch_size, samples_per_class
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def global_batches(self) -> list[list[int]]:
+        rng = random.Random(f"{self.seed}:{self.epoch}")
+        k = self.samples_per_class
+        groups = []  # (label, K indices)
+        for label in sorted(self.by_class):
+            indices = self.by_class[label][:]
+            rng.shuffle(indices)
+            if len(indices) % k:
+                indices += rng.choices(self.by_class[label], k=k - len(indices) % k)
+            groups += [(label, indices[i : i + k]) for i in range(0, len(indices), k)]
+        rng.shuffle(groups)
+
+        # Fill batches of P distinct classes; a group whose class is already in the batch waits
+        # at the back of the queue. Stop when every waiting group clashes with the open batch.
+        queue, batches, current, waited = deque(groups), [], {}, 0
+        while queue and waited < len(queue):
+            label, group = queue.popleft()
+            if label in current:
+                queue.append((label, group))
+                waited += 1
+                continue
+            current[label], waited = group, 0
+            if len(current) == self.classes_per_batch:
+                batches.append([i for g in current.values() for i in g])
+                current = {}
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.global_batches():
+            yield batch[self.rank :: self.world_size]
+
+    def __len__(self) -> int:
+        return len(self.global_batches())

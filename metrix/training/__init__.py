@@ -1,0 +1,1 @@
+"""Training: configuration and recipes, the trainer, checkpoints and run reports."""

@@ -1,0 +1,132 @@
+"""Checkpoints, one per epoch: RUN/checkpoints/epoch-NNNN/{model.safetensors, config.json,
+trainer_state.pt}, written into a temporary folder and renamed into place, then named by the
+RUN/latest (and RUN/best) pointer files, which are replaced atomically too. A run killed at any
+moment keeps its previous checkpoint intact."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+MODEL_FILE, CONFIG_FILE, TRAINER_STATE_FILE = "model.safetensors", "config.json", "trainer_state.pt"
+
+
+class CheckpointError(ValueError):
+    """A run or checkpoint that cannot be loaded; the message is one line."""
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    config: dict
+    model_state: dict[str, torch.Tensor]
+
+    def trainer_state(self) -> dict:
+        try:
+            return torch.load(self.path / TRAINER_STATE_FILE, map_location="cpu", weights_only=False)
+        except (OSError, RuntimeError, EOFError) as error:
+            raise CheckpointError(f"{self.path / TRAINER_STATE_FILE}: cannot read the optimizer state ({error})") from None
+
+
+def save_checkpoint(run_dir: Path, epoch: int, model_state: dict, config: dict, trainer_state: dict,
+                    is_best: bool = False, keep_last: int = 2) -> Path:
+    folder = run_dir / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"epoch-{epoch:04d}"
+    tmp = folder / f".tmp-{final.name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()}, tmp / MODEL_FILE)
+    _write_synced(tmp / CONFIG_FILE, json.dumps(config, indent=2, default=str).encode())
+    torch.save(trainer_state, tmp / TRAINER_STATE_FILE)
+    _fsync(tmp / TRAINER_STATE_FILE)
+    _fsync(tmp / MODEL_FILE)
+    if final.exists():  # the same epoch again, after a resume from an earlier one
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _write_pointer(run_dir / "latest", final.name)
+    if is_best:
+        _write_pointer(run_dir / "best", final.name)
+    _prune(run_dir, keep_last)
+    return final
+
+
+def load_checkpoint(run_dir: Path | str, which: str = "latest") -> Checkpoint:
+    """which: "latest", "best", or a checkpoint folder name such as epoch-0003."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir} is not a run directory")
+    if which in ("latest", "best"):
+        pointer = run_dir / which
+        if not pointer.is_file():
+            raise CheckpointError(f"{run_dir} has no {which} checkpoint (no {which} file): was the run trained for an epoch?")
+        which = pointer.read_text().strip()
+    path = run_dir / "checkpoints" / which
+    for name in (MODEL_FILE, CONFIG_FILE):
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path} is missing {name}")
+    try:
+        config = json.loads((path / CONFIG_FILE).read_text())
+    except ValueError as error:
+        raise CheckpointError(f"{path / CONFIG_FILE} is not valid JSON ({error})") from None
+    try:
+        model_state = load_file(path / MODEL_FILE)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path / MODEL_FILE} is corrupted ({error})") from None
+    return Checkpoint(path, config, model_state)
+
+
+def _write_pointer(path: Path, target: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    _write_synced(tmp, target.encode())
+    os.replace(tmp, path)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _prune(run_dir: Path, keep_last: int) -> None:
+    protected = {(run_dir / p).read_text().strip() for p in ("latest", "best") if (run_dir / p).is_file()}
+    epochs = sorted(p for p in (run_dir / "checkpoints").glob("epoch-*") if p.is_dir())
+    for old in epochs[:-keep_last]:
+        if old.name not in protected:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def build_model(checkpoint: Checkpoint, pretrained: bool = False):
+    """The EmbeddingModel a checkpoint describes, with its trained weights."""
+    from ..backbones import BackboneError, Preprocessing
+    from ..model import EmbeddingModel
+
+    described = checkpoint.config.get("model", {})
+    try:
+        model = EmbeddingModel.create(described["backbone"], described["embedding_size"], pretrained=pretrained)
+        model.backbone.preprocessing = Preprocessing.from_dict(described["preprocessing"])
+    except (KeyError, TypeError, BackboneError) as error:
+        raise CheckpointError(f"{checkpoint.path / CONFIG_FILE} describes a model that cannot be built ({error})") from None
+    state = {k.removeprefix("model."): v for k, v in checkpoint.model_state.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"{checkpoint.path / MODEL_FILE} does not fit the {described['backbone']} model its config describes "
+            f"({str(error).splitlines()[0]})"
+        ) from None
+    return model.eval()

@@ -1,0 +1,135 @@
+"""Training configuration: defaults, named recipes, a config file, then command-line flags, each
+overriding the one before. The resolved config is saved in every run and checkpoint."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from ..datasets.base import DEFAULT_VAL_FRACTION
+
+
+class ConfigError(ValueError):
+    """A configuration the trainer cannot use; the message is one line."""
+
+
+@dataclass
+class TrainConfig:
+    # Data: an ImageFolder (`data`), a benchmark (`dataset` + `data_root`), or neither: the
+    # built-in synthetic dataset generated with the synthetic_* parameters.
+    data: str | None = None
+    dataset: str | None = None
+    data_root: str | None = None
+    train_classes: str | None = None
+    split_file: str | None = None
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    synthetic_classes: int | None = None
+    synthetic_images_per_class: int | None = None
+    synthetic_image_size: int | None = None
+    # Model
+    backbone: str = "efficientnet_lite0"
+    pretrained: bool = True
+    embedding_size: int = 512
+    image_size: int | None = None  # None: the backbone's own (or the synthetic images' size)
+    # Loss and Metrix
+    loss: str = "ms"
+    ms_preset: str = "pml"
+    mixup: str = "feature"
+    mixup_alpha: float = 2.0
+    mixup_weight: float = 0.4
+    negatives_per_anchor: int | str | None = "auto"
+    # Optimisation
+    epochs: int = 10
+    batch_size: int = 100
+    samples_per_class: int = 5
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 1  # epochs that train only the head (and proxies)
+    freeze_bn: bool = True
+    grad_clip: float = 10.0
+    lr_schedule: str = "cosine"  # cosine | step | none
+    lr_step_epochs: int = 20
+    lr_gamma: float = 0.5
+    # Run
+    seed: int = 0
+    num_workers: int = 2
+    channels_last: bool = True
+    device: str = "auto"
+    out: str | None = None
+    recipe: str = "default"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        return cls(**_known(values, "config"))
+
+    def validate(self) -> None:
+        from ..losses import LOSSES
+        from ..mixup import MIXUP_MODES
+
+        if (self.data is not None) + (self.dataset is not None) > 1:
+            raise ConfigError("give either --data DIR (an image folder) or --dataset NAME, not both")
+        if self.dataset is not None and self.data_root is None:
+            raise ConfigError(f"--dataset {self.dataset} needs --data-root DIR, the folder it was downloaded to")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+        if self.mixup not in MIXUP_MODES:
+            raise ConfigError(f"unknown mixup {self.mixup!r}; choose one of {', '.join(MIXUP_MODES)}")
+        if self.lr_schedule not in ("cosine", "step", "none"):
+            raise ConfigError(f"unknown lr schedule {self.lr_schedule!r}; choose cosine, step or none")
+        for name in ("epochs", "batch_size", "embedding_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.warmup_epochs:
+            raise ConfigError(f"warmup-epochs must be >= 0, got {self.warmup_epochs}")
+
+
+#: Named settings. "paper" is the ICLR 2022 protocol (METRIX.md section 3): a GPU recipe.
+RECIPES: dict[str, dict] = {
+    "default": {},
+    "paper": dict(
+        backbone="resnet50", embedding_size=512, image_size=224, batch_size=100, samples_per_class=5,
+        lr=1e-4, weight_decay=1e-4, freeze_bn=True, warmup_epochs=5, epochs=60, grad_clip=10.0,
+        lr_schedule="step", lr_step_epochs=20, lr_gamma=0.5,
+    ),
+}
+
+
+def resolve_config(config_file: str | Path | None = None, **flags) -> TrainConfig:
+    """defaults < recipe < config file < flags (flags that are None were not given)."""
+    values: dict = {}
+    from_file = read_config_file(config_file) if config_file else {}
+    recipe = flags.pop("recipe", None) or from_file.get("recipe") or "default"
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    values.update(RECIPES[recipe])
+    values.update(from_file)
+    values.update({k: v for k, v in flags.items() if v is not None})
+    values["recipe"] = recipe
+    config = TrainConfig.from_dict(values)
+    config.validate()
+    return config
+
+
+def read_config_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        text = path.read_text()
+        values = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as error:
+        raise ConfigError(f"config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {error}") from None
+    return _known(values, f"config file {path}")
+
+
+def _known(values: dict, where: str) -> dict:
+    names = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{where} has unknown setting(s): {', '.join(unknown)}")
+    return values

@@ -1,0 +1,30 @@
+"""The data a training run uses: the user's folder, a benchmark, or the built-in synthetic set."""
+
+from __future__ import annotations
+
+from ..datasets.base import RetrievalData
+from .config import TrainConfig
+
+
+def load_training_data(config: TrainConfig, log=print) -> RetrievalData:
+    from ..datasets.folder import load_data, load_image_folder
+    from ..datasets.synthetic import SYNTHETIC_DEFAULTS, default_synthetic_root, generate_synthetic
+
+    if config.data is None and config.dataset is None:
+        params = {
+            "num_classes": config.synthetic_classes or SYNTHETIC_DEFAULTS["num_classes"],
+            "images_per_class": config.synthetic_images_per_class or SYNTHETIC_DEFAULTS["images_per_class"],
+            "image_size": config.synthetic_image_size or SYNTHETIC_DEFAULTS["image_size"],
+        }
+        root = default_synthetic_root(**params)
+        log(f"no data given: using the built-in synthetic dataset in {root}")
+        generate_synthetic(root, **params)
+        if config.image_size is None:
+            config.image_size = params["image_size"]
+        data = load_image_folder(root, train_classes=config.train_classes, val_fraction=config.val_fraction)
+        data.name = "synthetic"
+        return data
+    return load_data(
+        data=config.data, dataset=config.dataset, data_root=config.data_root,
+        train_classes=config.train_classes, split_file=config.split_file, val_fraction=config.val_fraction,
+    )

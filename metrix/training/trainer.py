@@ -1,0 +1,284 @@
+"""`metrix train`: Metrix training of an embedding model, with per-epoch validation on held-out
+training classes, a JSONL metrics log, a curves plot and atomic per-epoch checkpoints.
+
+Every epoch draws its randomness (sampler order, augmentation, lambda) from (seed, epoch), so a
+run resumed from its last checkpoint continues exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..datasets.base import RetrievalData, check_trainable
+from ..embedding import embed_samples
+from ..evaluation import evaluate_retrieval
+from ..image_dataset import ImageDataset
+from ..losses import build_loss
+from ..mixup import Metrix
+from ..model import EmbeddingModel, freeze_batchnorm
+from ..sampler import PKSampler
+from ..transforms import train_transform
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .data import load_training_data
+from .report import append_metrics, plot_curves, versions
+
+
+@dataclass
+class TrainingRun:
+    config: TrainConfig
+    run_dir: Path
+    data: RetrievalData
+    model: EmbeddingModel
+    metrix: Metrix
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    sampler: PKSampler
+    label_map: dict[int, int]
+    device: torch.device
+
+
+def train(config: TrainConfig, resume: Path | None = None, progress: bool = True, log=print) -> Path:
+    """Train (or resume) a run; returns the run directory."""
+    start_epoch, best = 0, -math.inf
+    if resume is not None:
+        config = _config_of_run(resume)
+    run = _build(config, resume, log)
+    if resume is not None:
+        checkpoint = load_checkpoint(resume, "latest")
+        state = checkpoint.trainer_state()
+        _load_model_state(run, checkpoint.model_state)
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best = state["epoch"] + 1, state.get("best", -math.inf)
+        log(f"resuming {run.run_dir} after epoch {state['epoch'] + 1} of {config.epochs}")
+    append_metrics(run.run_dir, None, keep_epochs_below=start_epoch)
+
+    for epoch in range(start_epoch, config.epochs):
+        stats = _train_epoch(run, epoch, progress)
+        val = _validate(run) if len(run.data.val) else {}
+        score = val.get("map_at_r", -stats["loss"])
+        is_best = score > best
+        best = max(best, score)
+        record = {"epoch": epoch + 1, **stats, **{f"val_{k}": v for k, v in val.items()}}
+        append_metrics(run.run_dir, record)
+        plot_curves(run.run_dir)
+        _save(run, epoch, record, best, is_best)
+        log(_describe_epoch(record, config.epochs))
+    log(f"run saved in {run.run_dir}")
+    return run.run_dir
+
+
+def _build(config: TrainConfig, resume: Path | None, log) -> TrainingRun:
+    torch.manual_seed(config.seed)
+    data = load_training_data(config, log)
+    check_trainable(data.train, "the training split")
+    device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if config.device == "auto" else config.device)
+    model = EmbeddingModel.create(config.backbone, config.embedding_size, pretrained=config.pretrained)
+    if config.image_size is not None:
+        model.backbone.preprocessing = model.backbone.preprocessing.with_size(config.image_size)
+    train_classes = data.train.classes
+    label_map = {c: i for i, c in enumerate(train_classes)}
+    loss = build_loss(
+        config.loss, num_classes=len(train_classes), embedding_size=config.embedding_size,
+        **({"preset": config.ms_preset} if config.loss == "ms" else {}),
+    )
+    metrix = Metrix(loss, mode=config.mixup, alpha=config.mixup_alpha, weight=config.mixup_weight,
+                    negatives_per_anchor=config.negatives_per_anchor, seed=config.seed)
+    model.to(device)
+    metrix.to(device)
+    if config.channels_last and device.type == "cpu":
+        model.to(memory_format=torch.channels_last)
+    if config.freeze_bn:
+        freeze_batchnorm(model)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [p for p in model.backbone.parameters() if p.requires_grad], "lr": config.lr, "name": "backbone"},
+            {"params": list(model.embedding_head.parameters()), "lr": config.lr, "name": "head"},
+            *loss.parameter_groups(config.lr),
+        ],
+        lr=config.lr, weight_decay=config.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
+    sampler = PKSampler(data.train.labels, config.batch_size, config.samples_per_class, seed=config.seed)
+    run_dir = resume or _new_run_dir(config, data)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume is None:
+        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        log(f"training on {data.describe()}")
+        log(f"{config.backbone} -> {config.embedding_size}-d, loss {config.loss}, Metrix {config.mixup}, "
+            f"{config.epochs} epochs, batch {config.batch_size} ({len(sampler)} batches/epoch), device {device}")
+    return TrainingRun(config, run_dir, data, model, metrix, optimizer, scheduler, sampler, label_map, device)
+
+
+def _lr_factor(config: TrainConfig):
+    if config.lr_schedule == "cosine":
+        return lambda epoch: 0.5 * (1 + math.cos(math.pi * epoch / config.epochs))
+    if config.lr_schedule == "step":
+        return lambda epoch: config.lr_gamma ** (epoch // config.lr_step_epochs)
+    return lambda epoch: 1.0
+
+
+def _seed_epoch(seed: int, epoch: int) -> int:
+    value = (seed * 1_000_003 + epoch * 7919) % (2**31)
+    torch.manual_seed(value)
+    random.seed(value)
+    np.random.seed(value)
+    return value
+
+
+def _train_epoch(run: TrainingRun, epoch: int, progress: bool) -> dict:
+    config, model = run.config, run.model
+    epoch_seed = _seed_epoch(config.seed, epoch)
+    run.metrix.reseed(epoch_seed)
+    run.sampler.set_epoch(epoch)
+    warm_up = epoch < config.warmup_epochs
+    model.train()
+    for p in model.backbone.parameters():
+        p.requires_grad_(not warm_up)
+    if warm_up:
+        model.backbone.eval()  # nothing in the backbone learns, its BatchNorm statistics included
+    if config.freeze_bn:
+        freeze_batchnorm(model)
+
+    dataset = ImageDataset(run.data.train.samples, train_transform(model.preprocessing), run.label_map)
+    loader = DataLoader(
+        dataset, batch_sampler=run.sampler, num_workers=config.num_workers,
+        generator=torch.Generator().manual_seed(epoch_seed), persistent_workers=False,
+    )
+    params = [p for group in run.optimizer.param_groups for p in group["params"]]
+    totals = {"loss": 0.0, "clean": 0.0, "mixed": 0.0}
+    images_seen, steps, start = 0, 0, time.perf_counter()
+    with _progress_bar(progress, f"epoch {epoch + 1}/{config.epochs}" + (" (head warm-up)" if warm_up else ""),
+                       len(run.sampler)) as advance:
+        for images, labels in loader:
+            images, labels = images.to(run.device), labels.to(run.device)
+            if config.channels_last and run.device.type == "cpu":
+                images = images.contiguous(memory_format=torch.channels_last)
+            out = run.metrix(model, images, labels)
+            run.optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            run.optimizer.step()
+            steps += 1
+            images_seen += len(labels)
+            for key in totals:
+                totals[key] += float(getattr(out, key).detach())
+            advance(totals["loss"] / steps, images_seen / (time.perf_counter() - start))
+    run.scheduler.step()
+    seconds = time.perf_counter() - start
+    return {
+        **{k: v / max(steps, 1) for k, v in totals.items()},
+        "lr": run.optimizer.param_groups[0]["lr"], "images_per_s": images_seen / seconds, "seconds": seconds,
+    }
+
+
+def _validate(run: TrainingRun) -> dict:
+    embeddings, labels = embed_samples(
+        run.model, run.data.val.samples, batch_size=64, num_workers=run.config.num_workers,
+        device=str(run.device), channels_last=run.config.channels_last and run.device.type == "cpu",
+    )
+    report = evaluate_retrieval(embeddings, labels, ks=(1, 2, 4, 8), nmi=False)
+    return {"recall_at_1": report.recall_at[1], "map_at_r": report.map_at_r, "r_precision": report.r_precision}
+
+
+def _save(run: TrainingRun, epoch: int, record: dict, best: float, is_best: bool) -> None:
+    model_state = {f"model.{k}": v for k, v in run.model.state_dict().items()}
+    model_state.update({f"loss.{k}": v for k, v in run.metrix.loss.state_dict().items()})
+    trainer_state = {
+        "epoch": epoch, "best": best,
+        "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+    }
+    save_checkpoint(run.run_dir, epoch + 1, model_state, describe_run(run, epoch, record), trainer_state, is_best)
+
+
+def describe_run(run: TrainingRun, epoch: int, record: dict) -> dict:
+    """config.json of a checkpoint: everything needed to rebuild and to describe the model."""
+    data = run.data
+    return {
+        "format": "metrix-checkpoint/1",
+        "epoch": epoch + 1,
+        "model": {
+            "backbone": run.config.backbone,
+            "embedding_size": run.config.embedding_size,
+            "preprocessing": run.model.preprocessing.to_dict(),
+        },
+        "loss": run.config.loss,
+        "mixup": run.config.mixup,
+        "data": {
+            "name": data.name, "root": str(data.root),
+            "train_classes": [data.class_names[c] for c in data.train.classes],
+            "val_classes": [data.class_names[c] for c in data.val.classes],
+            "num_train_images": len(data.train),
+        },
+        "seed": run.config.seed,
+        "metrics": record,
+        "train_config": run.config.to_dict(),
+        "versions": versions(),
+    }
+
+
+def _load_model_state(run: TrainingRun, state: dict) -> None:
+    model_state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    loss_state = {k.removeprefix("loss."): v for k, v in state.items() if k.startswith("loss.")}
+    run.model.load_state_dict(model_state)
+    run.metrix.loss.load_state_dict(loss_state)
+
+
+def _config_of_run(run_dir: Path) -> TrainConfig:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} is not a run directory (no config.json)")
+    return TrainConfig.from_dict(json.loads(path.read_text()))
+
+
+def _new_run_dir(config: TrainConfig, data: RetrievalData) -> Path:
+    if config.out:
+        return Path(config.out)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stamp}-{data.name}-{config.loss}-{config.mixup}"
+
+
+def _describe_epoch(record: dict, epochs: int) -> str:
+    text = (f"epoch {record['epoch']}/{epochs}: loss {record['loss']:.4f} (clean {record['clean']:.4f}, "
+            f"mixed {record['mixed']:.4f}), {record['images_per_s']:.1f} img/s, {record['seconds']:.0f} s")
+    if "val_map_at_r" in record:
+        text += f"; val R@1 {record['val_recall_at_1']:.1f}, MAP@R {record['val_map_at_r']:.1f}"
+    return text
+
+
+class _progress_bar:
+    """A rich progress bar with the running loss and images/s (a no-op when disabled)."""
+
+    def __init__(self, enabled: bool, description: str, total: int):
+        self.enabled, self.description, self.total = enabled, description, total
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda loss, ips: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[ips]:.1f} img/s"),
+            TimeRemainingColumn(), transient=True,
+        )
+        self.progress.start()
+        task = self.progress.add_task(self.description, total=self.total, loss=float("nan"), ips=0.0)
+        return lambda loss, ips: self.progress.update(task, advance=1, loss=loss, ips=ips)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.progress.stop()
+        return False

@@ -1,0 +1,49 @@
+"""Checkpoints: atomic folders, pointers, pruning, and clear errors for broken ones."""
+
+import json
+
+import pytest
+import torch
+
+from metrix.training.checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
+
+
+def _save(run, epoch, best=False, value=1.0):
+    state = {"model.w": torch.full((2, 2), value)}
+    return save_checkpoint(run, epoch, state, {"epoch": epoch}, {"epoch": epoch - 1}, is_best=best, keep_last=2)
+
+
+def test_pointers_and_pruning(tmp_path):
+    _save(tmp_path, 1, best=True)
+    for epoch in (2, 3, 4):
+        _save(tmp_path, epoch, value=float(epoch))
+    assert (tmp_path / "latest").read_text() == "epoch-0004"
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch-0001", "epoch-0003", "epoch-0004"]
+    assert load_checkpoint(tmp_path, "best").config == {"epoch": 1}
+    latest = load_checkpoint(tmp_path)
+    assert torch.equal(latest.model_state["model.w"], torch.full((2, 2), 4.0)) and latest.trainer_state() == {"epoch": 3}
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+
+
+def test_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="no latest checkpoint"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="is not a run directory"):
+        load_checkpoint(tmp_path / "nope")
+    path = _save(tmp_path, 1)
+    (path / "model.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(CheckpointError, match="model.safetensors is corrupted"):
+        load_checkpoint(tmp_path)
+    (path / "config.json").write_text("{")
+    with pytest.raises(CheckpointError, match="config.json is not valid JSON"):
+        load_checkpoint(tmp_path)
+    (path / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="missing config.json"):
+        load_checkpoint(tmp_path)
+
+
+def test_build_model_refuses_a_config_it_cannot_build(tmp_path):
+    path = _save(tmp_path, 1)
+    (path / "config.json").write_text(json.dumps({"model": {"backbone": "vgg99", "embedding_size": 8, "preprocessing": {}}}))
+    with pytest.raises(CheckpointError, match="cannot be built"):
+        build_model(load_checkpoint(tmp_path))

@@ -1,0 +1,63 @@
+"""Configuration precedence: defaults < recipe < config file < flags."""
+
+import json
+
+import pytest
+
+from metrix.training.config import RECIPES, ConfigError, TrainConfig, resolve_config
+
+
+def test_defaults_are_ms_with_feature_mixing():
+    config = resolve_config()
+    assert (config.loss, config.mixup, config.backbone, config.embedding_size) == ("ms", "feature", "efficientnet_lite0", 512)
+
+
+def test_paper_recipe():
+    config = resolve_config(recipe="paper")
+    assert (config.backbone, config.embedding_size, config.batch_size, config.lr, config.weight_decay) == (
+        "resnet50", 512, 100, 1e-4, 1e-4)
+    assert config.freeze_bn and config.warmup_epochs == 5 and config.image_size == 224
+
+
+@pytest.mark.parametrize("suffix, text", [(".json", '{"epochs": 7, "lr": 0.001, "recipe": "paper"}'),
+                                          (".toml", 'epochs = 7\nlr = 0.001\nrecipe = "paper"\n')])
+def test_file_overrides_recipe_and_flags_override_file(tmp_path, suffix, text):
+    path = tmp_path / f"c{suffix}"
+    path.write_text(text)
+    config = resolve_config(path, epochs=3, loss=None)
+    assert config.epochs == 3  # flag
+    assert config.lr == 0.001  # file over recipe
+    assert config.backbone == "resnet50" and config.recipe == "paper"  # recipe from the file
+    assert config.loss == "ms"  # a flag left unset changes nothing
+
+
+def test_round_trip():
+    config = resolve_config(epochs=4, mixup="embed")
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(recipe="fast"), "unknown recipe 'fast'"),
+        (dict(data="a", dataset="cub", data_root="r"), "not both"),
+        (dict(dataset="cub"), "needs --data-root"),
+        (dict(lr_schedule="linear"), "unknown lr schedule"),
+        (dict(epochs=0), "epochs must be at least 1"),
+    ],
+)
+def test_bad_settings(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        resolve_config(**kwargs)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_config(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{epochs: 3")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        resolve_config(tmp_path / "bad.json")
+    (tmp_path / "unknown.json").write_text('{"epoch": 3}')
+    with pytest.raises(ConfigError, match="unknown setting"):
+        resolve_config(tmp_path / "unknown.json")
+    assert set(RECIPES) >= {"default", "paper"}

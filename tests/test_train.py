@@ -1,0 +1,121 @@
+"""`metrix train` and `metrix evaluate` on real (small) data, and bad input failing fast."""
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from metrix.cli import app
+
+from .training_helpers import TINY, metrix_cli, tiny_dataset, write_config
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """`metrix train` with no data: the built-in synthetic set (small, via the config file)."""
+    tmp = tmp_path_factory.mktemp("run")
+    config = write_config(tmp / "config.json", epochs=2, synthetic_classes=20, synthetic_images_per_class=12,
+                          synthetic_image_size=32)
+    out = tmp / "run"
+    result = metrix_cli("train", "--config", config, "--out", out, "--no-progress",
+                        env={**__import__("os").environ, "METRIX_CACHE": str(tmp / "cache")})
+    return out, result.stdout
+
+
+def test_train_without_data_uses_synthetic_and_writes_a_run(trained_run):
+    run, stdout = trained_run
+    assert "built-in synthetic dataset" in stdout
+    assert json.loads((run / "config.json").read_text())["synthetic_classes"] == 20
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert all({"loss", "clean", "mixed", "lr", "images_per_s", "val_recall_at_1", "val_map_at_r"} <= r.keys() for r in records)
+    with Image.open(run / "curves.png") as plot:
+        assert plot.format == "PNG" and plot.width > 300
+    latest = run / "checkpoints" / (run / "latest").read_text()
+    assert {p.name for p in latest.iterdir()} == {"model.safetensors", "config.json", "trainer_state.pt"}
+    described = json.loads((latest / "config.json").read_text())
+    assert described["model"]["backbone"] == "efficientnet_lite0"
+    assert described["model"]["embedding_size"] == TINY["embedding_size"]
+    assert described["model"]["preprocessing"]["image_size"] == 32
+    assert (described["loss"], described["mixup"], described["seed"]) == ("ms", "feature", 0)
+    assert described["data"]["name"] == "synthetic" and len(described["data"]["train_classes"]) == 8
+    assert described["versions"]["torch"] and described["versions"]["metrix"]
+
+
+def test_evaluate_reports_every_metric(trained_run):
+    run, _ = trained_run
+    result = runner.invoke(app, ["evaluate", str(run), "--json"], env={"METRIX_CACHE": str(run.parent / "cache")})
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["data"] == "synthetic" and report["num_classes"] == 10 and report["num_queries"] == 120
+    for key in ("recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8", "map_at_r", "r_precision", "nmi"):
+        assert 0 <= report[key] <= 100
+    assert report["recall_at_1"] <= report["recall_at_2"] <= report["recall_at_4"] <= report["recall_at_8"]
+    assert 0 <= report["utilization"] <= 4
+
+
+def _fails(args, match, tmp_path):
+    out = tmp_path / "should-not-exist"
+    result = runner.invoke(app, ["train", *map(str, args), "--out", str(out), "--no-progress"])
+    assert result.exit_code == 2, result.output
+    message = result.output.strip().splitlines()
+    assert len(message) == 1 and message[0].startswith("error: "), result.output
+    assert match in message[0]
+    assert not out.exists(), "a failed start must not leave a run directory"
+
+
+def _folder(root: Path, counts: dict[str, int]) -> Path:
+    for name, n in counts.items():
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (8, 8), (i * 20, 0, 0)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_one_class_folder(tmp_path):
+    _fails(["--data", _folder(tmp_path / "d", {"a": 4})], "class", tmp_path)
+
+
+def test_class_with_a_single_image(tmp_path):
+    _fails(["--data", _folder(tmp_path / "d", {"a": 4, "b": 1, "c": 3, "d": 3})], "single image", tmp_path)
+
+
+def test_unknown_backbone(tmp_path):
+    _fails(["--data", tiny_dataset(tmp_path / "d"), "--backbone", "vgg99"], "unknown backbone 'vgg99'", tmp_path)
+
+
+def test_benchmark_root_without_its_split_files(tmp_path):
+    (tmp_path / "empty").mkdir()
+    _fails(["--dataset", "cub", "--data-root", tmp_path / "empty"], "images.txt", tmp_path)
+
+
+def test_batch_the_sampler_cannot_fill(tmp_path):
+    _fails(["--data", tiny_dataset(tmp_path / "d"), "--batch-size", "100"], "classes per batch", tmp_path)
+
+
+def test_batch_not_a_multiple_of_k(tmp_path):
+    _fails(["--data", tiny_dataset(tmp_path / "d"), "--batch-size", "9", "--samples-per-class", "2"], "multiple", tmp_path)
+
+
+def test_unknown_loss_and_mixup(tmp_path):
+    _fails(["--loss", "triplet"], "unknown loss 'triplet'", tmp_path)
+    _fails(["--mixup", "pixels"], "unknown mixup 'pixels'", tmp_path)
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path), "--epochs", "5"])
+    assert result.exit_code == 2 and "--resume continues a run with its own settings" in result.output
+
+
+def test_resume_of_a_folder_that_is_not_a_run(tmp_path):
+    result = runner.invoke(app, ["train", "--resume", str(tmp_path)])
+    assert result.exit_code == 2 and "not a run directory" in result.output
+
+
+def test_evaluate_a_folder_without_checkpoint(tmp_path):
+    result = runner.invoke(app, ["evaluate", str(tmp_path)])
+    assert result.exit_code == 2 and "no latest checkpoint" in result.output
