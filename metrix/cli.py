@@ -122,6 +122,7 @@ def evaluate(
     data: Annotated[Optional[Path], typer.Option(help="Evaluate on this image folder's test classes instead.")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="Or on this benchmark's test split.")] = None,
     data_root: Annotated[Optional[Path], typer.Option(help="Where that benchmark was downloaded.")] = None,
+    floor: Annotated[bool, typer.Option("--floor", help="Also evaluate the untrained pretrained backbone.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
     """Recall@K, MAP@R, R-precision, NMI and utilization of a trained run on unseen classes."""
@@ -133,17 +134,21 @@ def evaluate(
 
     log = (lambda *a, **k: None) if json_output else print
     try:
-        report = evaluate_run(run_dir, checkpoint, _str(data), dataset, _str(data_root), log=log)
+        reports = [evaluate_run(run_dir, checkpoint, _str(data), dataset, _str(data_root), log=log)]
+        if floor:
+            reports.append(evaluate_run(run_dir, checkpoint, _str(data), dataset, _str(data_root), floor=True, log=log))
     except (DataError, CheckpointError) as error:
         _fail(error)
     if json_output:
-        typer.echo(json.dumps(report, indent=2))
+        typer.echo(json.dumps(reports[0] if not floor else {"trained": reports[0], "floor": reports[1]}, indent=2))
         return
-    typer.echo(f"{report['run']} ({report['checkpoint']}) on {report['data']}, {report['split']}: "
-               f"{report['num_queries']} queries, {report['num_classes']} classes")
-    for key, value in report.items():
+    first = reports[0]
+    typer.echo(f"{first['run']} on {first['data']}, {first['split']}: {first['num_queries']} queries, "
+               f"{first['num_classes']} classes")
+    typer.echo(f"  {'':<14} " + " ".join(f"{r['checkpoint'][:22]:>24}" for r in reports))
+    for key, value in first.items():
         if isinstance(value, float):
-            typer.echo(f"  {key:<14} {value:7.2f}")
+            typer.echo(f"  {key:<14} " + " ".join(f"{r[key]:>24.2f}" for r in reports))
 
 
 def _str(path: Optional[Path]) -> Optional[str]:

@@ -50,6 +50,23 @@ class EmbeddingModel(nn.Module):
         return self.head(self.features(images))
 
 
+class PooledBackbone(nn.Module):
+    """The untrained floor: a pretrained backbone's GAP + GMP features, L2-normalised, no head."""
+
+    def __init__(self, backbone: Backbone):
+        super().__init__()
+        self.backbone = backbone
+        self.embedding_size = backbone.num_features
+
+    @property
+    def preprocessing(self):
+        return self.backbone.preprocessing
+
+    def forward(self, images: Tensor) -> Tensor:
+        features = self.backbone(images)
+        return F.normalize(features.mean(dim=(2, 3)) + features.amax(dim=(2, 3)), dim=1)
+
+
 def freeze_batchnorm(module: nn.Module) -> None:
     """Keep BatchNorm statistics and affine parameters fixed (the paper does so on CUB and Cars).
     Call after every `.train()`, which would switch the layers back to batch statistics."""

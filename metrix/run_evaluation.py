@@ -11,17 +11,24 @@ from pathlib import Path
 
 import torch
 
+from .backbones import create_backbone
 from .embedding import embed_samples
 from .evaluation import RECALL_KS, evaluate_retrieval, utilization
+from .model import PooledBackbone
 from .training.checkpoint import build_model, load_checkpoint
 from .training.config import TrainConfig
 from .training.data import load_training_data
 
 
 def evaluate_run(run_dir: Path, checkpoint: str = "latest", data: str | None = None, dataset: str | None = None,
-                 data_root: str | None = None, batch_size: int = 64, num_workers: int = 2, log=print) -> dict:
+                 data_root: str | None = None, floor: bool = False, batch_size: int = 64, num_workers: int = 2,
+                 log=print) -> dict:
+    """Metrics of the run's model; with floor=True, of the untrained pretrained backbone instead
+    (pooled features, same split, same input size): what training has to beat."""
     ckpt = load_checkpoint(run_dir, checkpoint)
     model = build_model(ckpt)
+    if floor:
+        model = _untrained_floor(ckpt, model)
     config = TrainConfig.from_dict(ckpt.config["train_config"])
     if data is not None or dataset is not None:
         config.data, config.dataset, config.data_root = data, dataset, data_root
@@ -42,10 +49,18 @@ def evaluate_run(run_dir: Path, checkpoint: str = "latest", data: str | None = N
     report = evaluate_retrieval(query, query_labels, gallery, gallery_labels, ks=ks, nmi=True)
     train, _ = embed(retrieval_data.train)
     return {
-        "run": str(run_dir), "checkpoint": ckpt.path.name, "data": retrieval_data.name,
+        "run": str(run_dir), "checkpoint": "untrained backbone (floor)" if floor else ckpt.path.name,
+        "data": retrieval_data.name,
         "split": "test (query vs gallery)" if gallery is not None else "test (each image against all others)",
         "num_queries": len(query_labels), "num_classes": len(set(query_labels.tolist())),
         **{f"recall_at_{k}": v for k, v in report.recall_at.items()},
         "map_at_r": report.map_at_r, "r_precision": report.r_precision, "nmi": report.nmi,
         "utilization": utilization(query if gallery is None else gallery, train),
     }
+
+
+
+def _untrained_floor(ckpt, trained) -> PooledBackbone:
+    backbone = create_backbone(ckpt.config["model"]["backbone"], pretrained=True)
+    backbone.preprocessing = trained.preprocessing
+    return PooledBackbone(backbone).eval()

@@ -119,3 +119,13 @@ def test_resume_of_a_folder_that_is_not_a_run(tmp_path):
 def test_evaluate_a_folder_without_checkpoint(tmp_path):
     result = runner.invoke(app, ["evaluate", str(tmp_path)])
     assert result.exit_code == 2 and "no latest checkpoint" in result.output
+
+
+def test_evaluate_with_the_untrained_floor(trained_run):
+    run, _ = trained_run
+    result = runner.invoke(app, ["evaluate", str(run), "--floor", "--json"], env={"METRIX_CACHE": str(run.parent / "cache")})
+    assert result.exit_code == 0, result.output
+    both = json.loads(result.output)
+    assert both["floor"]["checkpoint"] == "untrained backbone (floor)"
+    assert both["floor"]["num_queries"] == both["trained"]["num_queries"] == 120
+    assert both["floor"]["map_at_r"] != both["trained"]["map_at_r"]
