@@ -1,5 +1,8 @@
 """A torch Dataset over (path, label) samples. An image that fails to decode is reported once,
-by name, and replaced by another image of the same class, so one bad file never stops training."""
+by name, and replaced by another image of the same class, so one bad file never stops training.
+
+With `seed` set, each sample's random augmentation is drawn from (seed, index): the same image
+gets the same crop whichever process or loader worker reads it."""
 
 from __future__ import annotations
 
@@ -15,8 +18,10 @@ from .images import ImageDecodeError, open_rgb
 
 
 class ImageDataset(Dataset):
-    def __init__(self, samples: Sequence[Sample], transform: Callable, label_map: dict[int, int] | None = None):
+    def __init__(self, samples: Sequence[Sample], transform: Callable, label_map: dict[int, int] | None = None,
+                 seed: int | None = None):
         self.samples = list(samples)
+        self.seed = seed
         self.transform = transform
         self.label_map = label_map
         self.by_label = defaultdict(list)
@@ -40,7 +45,11 @@ class ImageDataset(Dataset):
                     self.bad.add(candidate)
                     warnings.warn(f"skipping unreadable image {error}", stacklevel=2)
                 continue
-            return self.transform(image), self.label(index)
+            if self.seed is None:
+                return self.transform(image), self.label(index)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed * 1_000_003 + index)
+                return self.transform(image), self.label(index)
         raise ImageDecodeError(self.samples[index].path, "no image of this class can be decoded")
 
     def _candidates(self, index: int):

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..datasets.base import RetrievalData, check_trainable
+from ..distributed import Distributed, GlobalBatch
 from ..embedding import embed_samples
 from ..evaluation import evaluate_retrieval
 from ..image_dataset import ImageDataset
@@ -29,7 +30,7 @@ from ..model import EmbeddingModel, freeze_batchnorm
 from ..sampler import PKSampler
 from ..transforms import train_transform
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .data import load_training_data
 from .report import append_metrics, plot_curves, versions
 
@@ -46,6 +47,7 @@ class TrainingRun:
     sampler: PKSampler
     label_map: dict[int, int]
     device: torch.device
+    distributed: Distributed
 
 
 def train(config: TrainConfig, resume: Path | None = None, progress: bool = True, log=print) -> Path:
@@ -53,7 +55,10 @@ def train(config: TrainConfig, resume: Path | None = None, progress: bool = True
     start_epoch, best = 0, -math.inf
     if resume is not None:
         config = _config_of_run(resume)
-    run = _build(config, resume, log)
+    distributed = Distributed.from_environment(config.device)
+    if not distributed.is_main:
+        log, progress = (lambda *args: None), False
+    run = _build(config, resume, log, distributed)
     if resume is not None:
         checkpoint = load_checkpoint(resume, "latest")
         state = checkpoint.trainer_state()
@@ -62,29 +67,34 @@ def train(config: TrainConfig, resume: Path | None = None, progress: bool = True
         run.scheduler.load_state_dict(state["scheduler"])
         start_epoch, best = state["epoch"] + 1, state.get("best", -math.inf)
         log(f"resuming {run.run_dir} after epoch {state['epoch'] + 1} of {config.epochs}")
-    append_metrics(run.run_dir, None, keep_epochs_below=start_epoch)
+    if distributed.is_main:
+        append_metrics(run.run_dir, None, keep_epochs_below=start_epoch)
 
     for epoch in range(start_epoch, config.epochs):
         stats = _train_epoch(run, epoch, progress)
-        val = _validate(run) if len(run.data.val) else {}
-        score = val.get("map_at_r", -stats["loss"])
-        is_best = score > best
-        best = max(best, score)
-        record = {"epoch": epoch + 1, **stats, **{f"val_{k}": v for k, v in val.items()}}
-        append_metrics(run.run_dir, record)
-        plot_curves(run.run_dir)
-        _save(run, epoch, record, best, is_best)
-        log(_describe_epoch(record, config.epochs))
+        if distributed.is_main:
+            val = _validate(run) if len(run.data.val) else {}
+            score = val.get("map_at_r", -stats["loss"])
+            is_best = score > best
+            best = max(best, score)
+            record = {"epoch": epoch + 1, **stats, **{f"val_{k}": v for k, v in val.items()}}
+            append_metrics(run.run_dir, record)
+            plot_curves(run.run_dir)
+            _save(run, epoch, record, best, is_best)
+            log(_describe_epoch(record, config.epochs))
+        distributed.barrier()
     log(f"run saved in {run.run_dir}")
+    distributed.close()
     return run.run_dir
 
 
-def _build(config: TrainConfig, resume: Path | None, log) -> TrainingRun:
+def _build(config: TrainConfig, resume: Path | None, log, distributed: Distributed) -> TrainingRun:
+    if distributed.world_size > 1 and config.mixup == "input":
+        raise ConfigError("input mixing is not supported with several processes yet; use --mixup feature or embed")
     torch.manual_seed(config.seed)
     data = load_training_data(config, log)
     check_trainable(data.train, "the training split")
-    device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if config.device == "auto" else config.device)
+    device = distributed.device
     model = EmbeddingModel.create(config.backbone, config.embedding_size, pretrained=config.pretrained)
     if config.image_size is not None:
         model.backbone.preprocessing = model.backbone.preprocessing.with_size(config.image_size)
@@ -111,15 +121,19 @@ def _build(config: TrainConfig, resume: Path | None, log) -> TrainingRun:
         lr=config.lr, weight_decay=config.weight_decay,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
-    sampler = PKSampler(data.train.labels, config.batch_size, config.samples_per_class, seed=config.seed)
-    run_dir = resume or _new_run_dir(config, data)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if resume is None:
+    sampler = PKSampler(data.train.labels, config.batch_size, config.samples_per_class, seed=config.seed,
+                        rank=distributed.rank, world_size=distributed.world_size)
+    run_dir = Path(distributed.broadcast(str(resume or _new_run_dir(config, data))))
+    if distributed.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if resume is None and distributed.is_main:
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
         log(f"training on {data.describe()}")
         log(f"{config.backbone} -> {config.embedding_size}-d, loss {config.loss}, Metrix {config.mixup}, "
-            f"{config.epochs} epochs, batch {config.batch_size} ({len(sampler)} batches/epoch), device {device}")
-    return TrainingRun(config, run_dir, data, model, metrix, optimizer, scheduler, sampler, label_map, device)
+            f"{config.epochs} epochs, batch {config.batch_size} ({len(sampler)} batches/epoch), device {device}"
+            + (f", {distributed.world_size} processes" if distributed.world_size > 1 else ""))
+    return TrainingRun(config, run_dir, data, model, metrix, optimizer, scheduler, sampler, label_map, device,
+                       distributed)
 
 
 def _lr_factor(config: TrainConfig):
@@ -152,7 +166,8 @@ def _train_epoch(run: TrainingRun, epoch: int, progress: bool) -> dict:
     if config.freeze_bn:
         freeze_batchnorm(model)
 
-    dataset = ImageDataset(run.data.train.samples, train_transform(model.preprocessing), run.label_map)
+    dataset = ImageDataset(run.data.train.samples, train_transform(model.preprocessing), run.label_map, seed=epoch_seed)
+    split_model = GlobalBatch(model, run.distributed) if run.distributed.world_size > 1 else model
     loader = DataLoader(
         dataset, batch_sampler=run.sampler, num_workers=config.num_workers,
         generator=torch.Generator().manual_seed(epoch_seed), persistent_workers=False,
@@ -166,9 +181,11 @@ def _train_epoch(run: TrainingRun, epoch: int, progress: bool) -> dict:
             images, labels = images.to(run.device), labels.to(run.device)
             if config.channels_last and run.device.type == "cpu":
                 images = images.contiguous(memory_format=torch.channels_last)
-            out = run.metrix(model, images, labels)
+            labels = run.distributed.gather_labels(labels)
+            out = run.metrix(split_model, images, labels)
             run.optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
+            run.distributed.average_gradients(params)
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             run.optimizer.step()
             steps += 1

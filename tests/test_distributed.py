@@ -1,0 +1,110 @@
+"""Several processes train as one process with the same global batch.
+
+The exact check is on gradients: two gloo processes, each with half of a batch, gather
+features and labels and average gradients; every parameter's gradient must equal the
+single-process gradient on the whole batch. (Weights after Adam cannot show this: Adam divides
+each step by the gradient's running scale, so it hides scale errors and turns float noise in
+near-zero gradients into full-size steps.) The end-to-end check runs `torchrun -m metrix train`.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from metrix.distributed import Distributed, GlobalBatch
+from metrix.losses import MultiSimilarityLoss, ProxyAnchorLoss
+from metrix.mixup import Metrix
+
+from .test_metrix import TinySplitModel
+from .training_helpers import metrix_cli, tiny_dataset, write_config
+
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+GRADIENT_ATOL = 1e-5
+
+
+def _setup(make_loss):
+    torch.manual_seed(0)
+    model = TinySplitModel(dim=8)
+    metrix = Metrix(make_loss(), mode="feature", seed=3)
+    images = torch.randn(12, 3, 6, 6)
+    labels = torch.arange(6).repeat_interleave(2)
+    return model, metrix, images, labels
+
+
+def _gradients(model, metrix):
+    named = [*model.named_parameters(), *(("loss." + n, p) for n, p in metrix.loss.named_parameters())]
+    return {name: p.grad.clone() for name, p in named}
+
+
+def _worker(rank, world_size, init_file, out_file, loss_name):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    torch.set_num_threads(1)
+    model, metrix, images, labels = _setup(LOSSES[loss_name])
+    distributed = Distributed(rank, world_size, torch.device("cpu"))
+    local = slice(rank, None, world_size)  # the sampler's rank slice
+    out = metrix(GlobalBatch(model, distributed), images[local], distributed.gather_labels(labels[local]), lam=0.35)
+    out.loss.backward()
+    distributed.average_gradients([*model.parameters(), *metrix.loss.parameters()])
+    if rank == 0:
+        torch.save({"loss": out.loss.detach(), "grads": _gradients(model, metrix)}, out_file)
+    dist.destroy_process_group()
+
+
+LOSSES = {"ms": MultiSimilarityLoss, "pa": lambda: ProxyAnchorLoss(6, 8)}
+
+
+@pytest.mark.parametrize("loss_name", list(LOSSES))
+def test_two_process_gradients_equal_one_process(tmp_path, loss_name):
+    mp.spawn(_worker, args=(2, tmp_path / "init", tmp_path / "out.pt", loss_name), nprocs=2, join=True)
+    two = torch.load(tmp_path / "out.pt")
+
+    model, metrix, images, labels = _setup(LOSSES[loss_name])
+    out = metrix(model, images, labels, lam=0.35)
+    out.loss.backward()
+    one = _gradients(model, metrix)
+
+    torch.testing.assert_close(two["loss"], out.loss.detach(), atol=1e-6, rtol=1e-6)
+    assert one.keys() == two["grads"].keys()
+    for name in one:
+        assert one[name].abs().max() > 0, f"{name} got no gradient: the test would be vacuous"
+        torch.testing.assert_close(two["grads"][name], one[name], atol=GRADIENT_ATOL, rtol=1e-4, msg=name)
+
+
+def _losses(run):
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_torchrun_two_processes_train_like_one(tmp_path):
+    data = tiny_dataset(tmp_path / "data")
+    config = write_config(tmp_path / "config.json", epochs=2, num_workers=0, lr=1e-3)
+    one, two = tmp_path / "one", tmp_path / "two"
+    metrix_cli("train", "--data", data, "--config", config, "--out", one, "--no-progress")
+    result = subprocess.run(
+        [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "metrix", "train", "--data", data,
+         "--config", config, "--out", two, "--no-progress"],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 processes" in result.stdout and result.stdout.count("epoch 2/2") == 1  # only rank 0 reports
+    assert len(_losses(two)) == 2  # and only rank 0 writes the log
+
+    # Stated tolerance, end to end: epoch 1 (head only) agrees to 1e-5 relative, epoch 2 to 1e-2.
+    # Beyond that the runs drift as Adam amplifies float-order noise in near-zero gradients
+    # (measured: drift about 0.23 of what epoch 2 moves the weights); exactness is shown above,
+    # on gradients, so the weight check here is only a sanity bound.
+    assert _losses(two)[0] == pytest.approx(_losses(one)[0], rel=1e-5)
+    assert _losses(two)[1] == pytest.approx(_losses(one)[1], rel=1e-2)
+    start = load_file(one / "checkpoints" / "epoch-0001" / "model.safetensors")
+    a = load_file(one / "checkpoints" / "epoch-0002" / "model.safetensors")
+    b = load_file(two / "checkpoints" / "epoch-0002" / "model.safetensors")
+    drift = sum(((a[k] - b[k]).float() ** 2).sum() for k in a) ** 0.5
+    moved = sum(((a[k] - start[k]).float() ** 2).sum() for k in a) ** 0.5
+    assert drift < 0.5 * moved, f"runs differ by {drift:.3g}, training moved {moved:.3g}"
