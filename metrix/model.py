@@ -25,6 +25,18 @@ class EmbeddingHead(nn.Module):
         return F.normalize(self.linear(pooled), dim=1)
 
 
+@torch.no_grad()
+def init_head_with_pca(head: EmbeddingHead, pooled: Tensor) -> None:
+    """Start the head as the PCA projection of the pooled features [N, C] (top embedding_size
+    directions, centred), so the untrained model already embeds like the pretrained backbone.
+    Directions beyond the data's rank keep their random initialisation."""
+    mean = pooled.mean(dim=0)
+    _, _, directions = torch.linalg.svd(pooled - mean, full_matrices=False)
+    rows = min(head.linear.out_features, directions.shape[0])
+    head.linear.weight[:rows] = directions[:rows]
+    head.linear.bias.copy_(-head.linear.weight @ mean)
+
+
 class EmbeddingModel(nn.Module):
     def __init__(self, backbone: Backbone, embedding_size: int = 512):
         super().__init__()

@@ -34,13 +34,9 @@ class EfficientNetLite(Backbone):
         self.num_features = net.num_features
         self.preprocessing = Preprocessing(_SIZES[variant], (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 0.875, "bicubic")
 
-    def forward(self, images: Tensor) -> Tensor:
-        x = self.bn1(self.conv_stem(images))
-        x = self.blocks(x)
-        return self.bn2(self.conv_head(x))
-
     def stages(self) -> list[nn.Module]:
-        return [nn.ModuleList([self.conv_stem, self.bn1]), *self.blocks, nn.ModuleList([self.conv_head, self.bn2])]
+        # stem, the 7 block stages, the 1x1 head convolution to 1280 channels
+        return [nn.Sequential(self.conv_stem, self.bn1), *self.blocks, nn.Sequential(self.conv_head, self.bn2)]
 
 
 def _package_weights(variant: int, stage_lengths: list[int]) -> dict[str, Tensor]:

@@ -46,11 +46,17 @@ class Backbone(nn.Module):
     preprocessing: Preprocessing
 
     def forward(self, images: Tensor) -> Tensor:
-        raise NotImplementedError
+        return self.run_stages(images)
 
     def stages(self) -> list[nn.Module]:
-        """The backbone's modules from input to output, for freezing all but the last few."""
+        """The backbone as a sequence of modules from input to last feature map: the units that
+        can be frozen (and cached) from the start, or trained at the end."""
         raise NotImplementedError
+
+    def run_stages(self, x: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
+        for stage in self.stages()[start:stop]:
+            x = stage(x)
+        return x
 
 
 _REGISTRY: dict[str, Callable[..., Backbone]] = {}

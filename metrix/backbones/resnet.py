@@ -3,7 +3,7 @@ torchvision on first use; offline, that fails with a message that says so."""
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import nn
 
 from .registry import Backbone, BackboneError, Preprocessing, register_backbone
 
@@ -29,9 +29,6 @@ class ResNet50(Backbone):
         self.num_features = 2048
         # Paper protocol: Resize(256) + CenterCrop(224).
         self.preprocessing = Preprocessing(224, IMAGENET_MEAN, IMAGENET_STD, 224 / 256, "bilinear")
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.layer4(self.layer3(self.layer2(self.layer1(self.stem(images)))))
 
     def stages(self) -> list[nn.Module]:
         return [self.stem, self.layer1, self.layer2, self.layer3, self.layer4]

@@ -33,6 +33,9 @@ class TrainConfig:
     pretrained: bool = True
     embedding_size: int = 512
     image_size: int | None = None  # None: the backbone's own (or the synthetic images' size)
+    train_stages: int | None = None  # train only the last N backbone stages (None: all)
+    cached_views: int = 0  # > 0: cache the frozen stages' outputs for this many augmented views
+    head_init: str = "random"  # random | pca (the pooled pretrained features' principal directions)
     # Loss and Metrix
     loss: str = "ms"
     ms_preset: str = "pml"
@@ -86,6 +89,14 @@ class TrainConfig:
                 raise ConfigError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.warmup_epochs:
             raise ConfigError(f"warmup-epochs must be >= 0, got {self.warmup_epochs}")
+        if self.head_init not in ("random", "pca"):
+            raise ConfigError(f"unknown head init {self.head_init!r}; choose random or pca")
+        if self.train_stages is not None and self.train_stages < 1:
+            raise ConfigError(f"train-stages must be at least 1, got {self.train_stages}")
+        if self.cached_views and self.train_stages is None:
+            raise ConfigError("cached-views needs train-stages: only frozen stages can be cached")
+        if self.cached_views and self.mixup == "input":
+            raise ConfigError("input mixing needs pixels, but cached-views trains on cached features; use feature or embed")
 
 
 #: Named settings. "paper" is the ICLR 2022 protocol (METRIX.md section 3): a GPU recipe.
@@ -95,6 +106,14 @@ RECIPES: dict[str, dict] = {
         backbone="resnet50", embedding_size=512, image_size=224, batch_size=100, samples_per_class=5,
         lr=1e-4, weight_decay=1e-4, freeze_bn=True, warmup_epochs=5, epochs=60, grad_clip=10.0,
         lr_schedule="step", lr_step_epochs=20, lr_gamma=0.5,
+    ),
+    # Two CPU cores: EfficientNet-Lite0 at 160 px; the stem and first five block stages frozen and
+    # cached for 5 augmented views; the last two block stages, the head convolution and a
+    # PCA-initialised head train at a low rate (docs/training.md, "The CPU recipe").
+    "cpu": dict(
+        backbone="efficientnet_lite0", image_size=160, train_stages=3, cached_views=5, head_init="pca",
+        lr=3e-5, epochs=10, warmup_epochs=0, freeze_bn=True, batch_size=100, samples_per_class=5,
+        lr_schedule="cosine",
     ),
 }
 

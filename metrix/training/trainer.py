@@ -26,12 +26,13 @@ from ..evaluation import evaluate_retrieval
 from ..image_dataset import ImageDataset
 from ..losses import build_loss
 from ..mixup import Metrix
-from ..model import EmbeddingModel, freeze_batchnorm
+from ..model import EmbeddingModel, freeze_batchnorm, init_head_with_pca
 from ..sampler import PKSampler
-from ..transforms import train_transform
+from ..transforms import eval_transform, train_transform
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
 from .data import load_training_data
+from .feature_cache import CachedTail, FeatureCache
 from .report import append_metrics, plot_curves, versions
 
 
@@ -48,6 +49,9 @@ class TrainingRun:
     label_map: dict[int, int]
     device: torch.device
     distributed: Distributed
+    trained_params: list[torch.nn.Parameter]  # of the backbone stages that train
+    first_trained_stage: int
+    cache: FeatureCache | None = None
 
 
 def train(config: TrainConfig, resume: Path | None = None, progress: bool = True, log=print) -> Path:
@@ -59,6 +63,7 @@ def train(config: TrainConfig, resume: Path | None = None, progress: bool = True
     if not distributed.is_main:
         log, progress = (lambda *args: None), False
     run = _build(config, resume, log, distributed)
+    _prepare(run, fresh=resume is None, progress=progress, log=log)
     if resume is not None:
         checkpoint = load_checkpoint(resume, "latest")
         state = checkpoint.trainer_state()
@@ -112,9 +117,14 @@ def _build(config: TrainConfig, resume: Path | None, log, distributed: Distribut
         model.to(memory_format=torch.channels_last)
     if config.freeze_bn:
         freeze_batchnorm(model)
+    stages = model.backbone.stages()
+    first_trained = 0 if config.train_stages is None else max(0, len(stages) - config.train_stages)
+    for stage in stages[:first_trained]:
+        stage.requires_grad_(False)
+    trained_params = [p for stage in stages[first_trained:] for p in stage.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         [
-            {"params": [p for p in model.backbone.parameters() if p.requires_grad], "lr": config.lr, "name": "backbone"},
+            {"params": trained_params, "lr": config.lr, "name": "backbone"},
             {"params": list(model.embedding_head.parameters()), "lr": config.lr, "name": "head"},
             *loss.parameter_groups(config.lr),
         ],
@@ -133,7 +143,41 @@ def _build(config: TrainConfig, resume: Path | None, log, distributed: Distribut
             f"{config.epochs} epochs, batch {config.batch_size} ({len(sampler)} batches/epoch), device {device}"
             + (f", {distributed.world_size} processes" if distributed.world_size > 1 else ""))
     return TrainingRun(config, run_dir, data, model, metrix, optimizer, scheduler, sampler, label_map, device,
-                       distributed)
+                       distributed, trained_params, first_trained)
+
+
+def _prepare(run: TrainingRun, fresh: bool, progress: bool, log) -> None:
+    """Cache the frozen stages' outputs and initialise the head, as the config asks."""
+    config = run.config
+    if config.cached_views:
+        start = time.perf_counter()
+        total = config.cached_views * len(run.data.train)
+        with _progress_bar(progress, f"caching {config.cached_views} views", total, unit="images") as advance:
+            run.cache = FeatureCache.build(
+                run.model, run.data.train.samples, run.label_map, run.first_trained_stage, config.cached_views,
+                config.seed, num_workers=config.num_workers, progress=lambda n: advance(n),
+                channels_last=config.channels_last and run.device.type == "cpu",
+            )
+        log(f"cached {config.cached_views} views of {len(run.data.train)} images "
+            f"({run.cache.features.numel() * 2 / 1e6:.0f} MB) in {time.perf_counter() - start:.0f} s")
+    if fresh and config.head_init == "pca":
+        init_head_with_pca(run.model.embedding_head, _pooled_training_features(run))
+        log("head initialised with the principal directions of the pooled pretrained features")
+
+
+@torch.no_grad()
+def _pooled_training_features(run: TrainingRun) -> torch.Tensor:
+    was_training = run.model.training
+    run.model.eval()
+    if run.cache is not None:
+        tail = CachedTail(run.model, run.first_trained_stage)
+        maps = (tail.features(run.cache.features[i : i + 64, 0].float()) for i in range(0, len(run.cache.labels), 64))
+    else:
+        maps = (run.model.features(images) for images, _ in DataLoader(
+            ImageDataset(run.data.train.samples, eval_transform(run.model.preprocessing)), batch_size=64))
+    pooled = torch.cat([m.mean(dim=(2, 3)) + m.amax(dim=(2, 3)) for m in maps])
+    run.model.train(was_training)
+    return pooled
 
 
 def _lr_factor(config: TrainConfig):
@@ -159,19 +203,27 @@ def _train_epoch(run: TrainingRun, epoch: int, progress: bool) -> dict:
     run.sampler.set_epoch(epoch)
     warm_up = epoch < config.warmup_epochs
     model.train()
-    for p in model.backbone.parameters():
+    for p in run.trained_params:
         p.requires_grad_(not warm_up)
-    if warm_up:
-        model.backbone.eval()  # nothing in the backbone learns, its BatchNorm statistics included
+    stages = model.backbone.stages()
+    for stage in stages if warm_up else stages[: run.first_trained_stage]:
+        stage.eval()  # frozen stages keep their BatchNorm statistics too
     if config.freeze_bn:
         freeze_batchnorm(model)
 
-    dataset = ImageDataset(run.data.train.samples, train_transform(model.preprocessing), run.label_map, seed=epoch_seed)
-    split_model = GlobalBatch(model, run.distributed) if run.distributed.world_size > 1 else model
-    loader = DataLoader(
-        dataset, batch_sampler=run.sampler, num_workers=config.num_workers,
-        generator=torch.Generator().manual_seed(epoch_seed), persistent_workers=False,
-    )
+    if run.cache is not None:
+        split_model = CachedTail(model, run.first_trained_stage)
+        loader = (run.cache.batch(indices, epoch_seed) for indices in run.sampler)
+    else:
+        split_model = model
+        dataset = ImageDataset(run.data.train.samples, train_transform(model.preprocessing), run.label_map,
+                               seed=epoch_seed)
+        loader = DataLoader(
+            dataset, batch_sampler=run.sampler, num_workers=config.num_workers,
+            generator=torch.Generator().manual_seed(epoch_seed), persistent_workers=False,
+        )
+    if run.distributed.world_size > 1:
+        split_model = GlobalBatch(split_model, run.distributed)
     params = [p for group in run.optimizer.param_groups for p in group["params"]]
     totals = {"loss": 0.0, "clean": 0.0, "mixed": 0.0}
     images_seen, steps, start = 0, 0, time.perf_counter()
@@ -276,14 +328,15 @@ def _describe_epoch(record: dict, epochs: int) -> str:
 
 
 class _progress_bar:
-    """A rich progress bar with the running loss and images/s (a no-op when disabled)."""
+    """A rich progress bar with the running loss and images/s (a no-op when disabled); with
+    unit="images" it counts images instead, advanced by n."""
 
-    def __init__(self, enabled: bool, description: str, total: int):
-        self.enabled, self.description, self.total = enabled, description, total
+    def __init__(self, enabled: bool, description: str, total: int, unit: str = "batches"):
+        self.enabled, self.description, self.total, self.unit = enabled, description, total, unit
 
     def __enter__(self):
         if not self.enabled:
-            return lambda loss, ips: None
+            return lambda *args: None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.progress = Progress(
@@ -293,6 +346,8 @@ class _progress_bar:
         )
         self.progress.start()
         task = self.progress.add_task(self.description, total=self.total, loss=float("nan"), ips=0.0)
+        if self.unit == "images":
+            return lambda n: self.progress.update(task, advance=n)
         return lambda loss, ips: self.progress.update(task, advance=1, loss=loss, ips=ips)
 
     def __exit__(self, *exc):
