@@ -95,6 +95,7 @@ class Distributed:
         if self.world_size > 1:
             import torch.distributed as dist
 
+            dist.barrier()  # tearing gloo down while a peer is still finishing aborts that peer
             dist.destroy_process_group()
 
 

@@ -55,7 +55,7 @@ def _worker(rank, world_size, init_file, out_file, loss_name):
     distributed.average_gradients([*model.parameters(), *metrix.loss.parameters()])
     if rank == 0:
         torch.save({"loss": out.loss.detach(), "grads": _gradients(model, metrix)}, out_file)
-    dist.destroy_process_group()
+    distributed.close()
 
 
 LOSSES = {"ms": MultiSimilarityLoss, "pa": lambda: ProxyAnchorLoss(6, 8)}
