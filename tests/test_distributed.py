@@ -1,6 +1,6 @@
 """Several processes train as one process with the same global batch.
 
-The exact check is on gradients: two gloo processes, each with half of a batch, gather
+The exact check is on gradients: two gloo processes (torchrun), each with half of a batch, gather
 features and labels and average gradients; every parameter's gradient must equal the
 single-process gradient on the whole batch. (Weights after Adam cannot show this: Adam divides
 each step by the gradient's running scale, so it hides scale errors and turns float noise in
@@ -15,11 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from metrix.distributed import Distributed, GlobalBatch
 from metrix.losses import MultiSimilarityLoss, ProxyAnchorLoss
 from metrix.mixup import Metrix
 
@@ -27,10 +24,11 @@ from .test_metrix import TinySplitModel
 from .training_helpers import metrix_cli, tiny_dataset, write_config
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
+REPO = Path(__file__).resolve().parents[1]
 GRADIENT_ATOL = 1e-5
 
 
-def _setup(make_loss):
+def setup(make_loss):
     torch.manual_seed(0)
     model = TinySplitModel(dim=8)
     metrix = Metrix(make_loss(), mode="feature", seed=3)
@@ -39,37 +37,31 @@ def _setup(make_loss):
     return model, metrix, images, labels
 
 
-def _gradients(model, metrix):
+def gradients(model, metrix):
     named = [*model.named_parameters(), *(("loss." + n, p) for n, p in metrix.loss.named_parameters())]
     return {name: p.grad.clone() for name, p in named}
-
-
-def _worker(rank, world_size, init_file, out_file, loss_name):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
-    torch.set_num_threads(1)
-    model, metrix, images, labels = _setup(LOSSES[loss_name])
-    distributed = Distributed(rank, world_size, torch.device("cpu"))
-    local = slice(rank, None, world_size)  # the sampler's rank slice
-    out = metrix(GlobalBatch(model, distributed), images[local], distributed.gather_labels(labels[local]), lam=0.35)
-    out.loss.backward()
-    distributed.average_gradients([*model.parameters(), *metrix.loss.parameters()])
-    if rank == 0:
-        torch.save({"loss": out.loss.detach(), "grads": _gradients(model, metrix)}, out_file)
-    distributed.close()
 
 
 LOSSES = {"ms": MultiSimilarityLoss, "pa": lambda: ProxyAnchorLoss(6, 8)}
 
 
+def _torchrun(*args, **kwargs):
+    return subprocess.run(
+        [TORCHRUN, "--standalone", "--nproc_per_node", "2", *map(str, args)], capture_output=True, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, **kwargs,
+    )
+
+
 @pytest.mark.parametrize("loss_name", list(LOSSES))
 def test_two_process_gradients_equal_one_process(tmp_path, loss_name):
-    mp.spawn(_worker, args=(2, tmp_path / "init", tmp_path / "out.pt", loss_name), nprocs=2, join=True)
+    result = _torchrun("-m", "tests.ddp_gradient_worker", tmp_path / "out.pt", loss_name, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
     two = torch.load(tmp_path / "out.pt")
 
-    model, metrix, images, labels = _setup(LOSSES[loss_name])
+    model, metrix, images, labels = setup(LOSSES[loss_name])
     out = metrix(model, images, labels, lam=0.35)
     out.loss.backward()
-    one = _gradients(model, metrix)
+    one = gradients(model, metrix)
 
     torch.testing.assert_close(two["loss"], out.loss.detach(), atol=1e-6, rtol=1e-6)
     assert one.keys() == two["grads"].keys()
@@ -87,11 +79,7 @@ def test_torchrun_two_processes_train_like_one(tmp_path):
     config = write_config(tmp_path / "config.json", epochs=2, num_workers=0, lr=1e-3)
     one, two = tmp_path / "one", tmp_path / "two"
     metrix_cli("train", "--data", data, "--config", config, "--out", one, "--no-progress")
-    result = subprocess.run(
-        [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "metrix", "train", "--data", data,
-         "--config", config, "--out", two, "--no-progress"],
-        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    result = _torchrun("-m", "metrix", "train", "--data", data, "--config", config, "--out", two, "--no-progress")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 processes" in result.stdout and result.stdout.count("epoch 2/2") == 1  # only rank 0 reports
     assert len(_losses(two)) == 2  # and only rank 0 writes the log
