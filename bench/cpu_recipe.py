@@ -55,11 +55,15 @@ def main() -> None:
                 metrix("train", "--data", args.data, "--recipe", "cpu", "--loss", loss, "--mixup", mixup,
                        "--seed", seed, "--out", run, "--no-progress", *args.train_args.split())
                 seconds = time.perf_counter() - start
-                report = json.loads(metrix("evaluate", run, "--checkpoint", "best", "--json"))
-                results[name] = {"loss": loss, "mixup": mixup, "seed": seed, "train_seconds": seconds, **report}
-                if "floor" not in results:
+                evaluate = ["evaluate", run, "--checkpoint", "best", "--json"]
+                if "floor" in results:
+                    report = json.loads(metrix(*evaluate))
+                else:  # the first run also measures the untrained backbone, at the same input size
+                    both = json.loads(metrix(*evaluate, "--floor"))
+                    report = both["trained"]
                     results["floor"] = {"loss": "-", "mixup": "untrained floor", "seed": 0, "train_seconds": 0,
-                                        **json.loads(metrix("evaluate", run, "--floor", "--json"))["floor"]}
+                                        **both["floor"]}
+                results[name] = {"loss": loss, "mixup": mixup, "seed": seed, "train_seconds": seconds, **report}
                 results_file.write_text(json.dumps(results, indent=1))
                 print(f"{name}: R@1 {report['recall_at_1']:.2f} MAP@R {report['map_at_r']:.2f} ({seconds:.0f} s)",
                       flush=True)

@@ -85,7 +85,7 @@ def train(
     num_workers: Annotated[Optional[int], typer.Option(help="Image decoding processes. [default: 2]")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run directory. [default: runs/<time>-<data>-<loss>-<mixup>]")] = None,
     config: Annotated[Optional[Path], typer.Option(help="A JSON or TOML file of settings (flags override it).")] = None,
-    recipe: Annotated[Optional[str], typer.Option(help="default or paper (ResNet-50, the paper's protocol).")] = None,
+    recipe: Annotated[Optional[str], typer.Option(help="default, cpu (two CPU cores: cached frozen stages) or paper (ResNet-50, the paper's protocol).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory from its last checkpoint.")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:

@@ -13,6 +13,11 @@ from torch import Tensor, nn
 from .backbones import Backbone, create_backbone
 
 
+def pool(features: Tensor) -> Tensor:
+    """The paper's pooling of a feature map [B, C, h, w]: global average + global max, summed."""
+    return features.mean(dim=(2, 3)) + features.amax(dim=(2, 3))
+
+
 class EmbeddingHead(nn.Module):
     def __init__(self, in_features: int, embedding_size: int):
         super().__init__()
@@ -21,8 +26,7 @@ class EmbeddingHead(nn.Module):
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, features: Tensor) -> Tensor:
-        pooled = features.mean(dim=(2, 3)) + features.amax(dim=(2, 3))
-        return F.normalize(self.linear(pooled), dim=1)
+        return F.normalize(self.linear(pool(features)), dim=1)
 
 
 @torch.no_grad()
@@ -75,8 +79,7 @@ class PooledBackbone(nn.Module):
         return self.backbone.preprocessing
 
     def forward(self, images: Tensor) -> Tensor:
-        features = self.backbone(images)
-        return F.normalize(features.mean(dim=(2, 3)) + features.amax(dim=(2, 3)), dim=1)
+        return F.normalize(pool(self.backbone(images)), dim=1)
 
 
 def freeze_batchnorm(module: nn.Module) -> None:

@@ -26,7 +26,7 @@ from ..evaluation import evaluate_retrieval
 from ..image_dataset import ImageDataset
 from ..losses import build_loss
 from ..mixup import Metrix
-from ..model import EmbeddingModel, freeze_batchnorm, init_head_with_pca
+from ..model import EmbeddingModel, freeze_batchnorm, init_head_with_pca, pool
 from ..sampler import PKSampler
 from ..transforms import eval_transform, train_transform
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -175,7 +175,7 @@ def _pooled_training_features(run: TrainingRun) -> torch.Tensor:
     else:
         maps = (run.model.features(images) for images, _ in DataLoader(
             ImageDataset(run.data.train.samples, eval_transform(run.model.preprocessing)), batch_size=64))
-    pooled = torch.cat([m.mean(dim=(2, 3)) + m.amax(dim=(2, 3)) for m in maps])
+    pooled = torch.cat([pool(m) for m in maps])
     run.model.train(was_training)
     return pooled
 
