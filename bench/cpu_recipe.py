@@ -1,14 +1,17 @@
-"""Does Metrix help? Train and evaluate the CPU recipe over losses x mixing modes x seeds on
-one dataset, next to the untrained backbone (the floor).
+"""Does Metrix help? Train and evaluate the CPU recipe over losses x mixing modes x seeds on one
+dataset, next to the untrained backbone (the floor).
 
-    .venv/bin/python bench/cpu_recipe.py --data ../shared/datasets/cub100 --losses ms \\
-        --mixups none feature --seeds 0 1 2 --out bench/results/cpu_recipe-cub100
+    .venv/bin/python bench/cpu_recipe.py --data ../shared/datasets/cub100 --out bench/results/cpu_recipe-cub100
 
-Each run: `metrix train --recipe cpu` on the first half of the classes (a share held out for
-validation), then `metrix evaluate --checkpoint best --json` on the second half; the best
+Each run: `metrix train --recipe cpu` on the first half of the sorted classes (a fifth of them held
+out for validation), then `metrix evaluate --checkpoint best --json` on the second half. The best
 checkpoint is chosen on the validation classes, never the test classes. Results are appended to
-OUT/results.json as they come, so an interrupted benchmark keeps what it measured; a run already
-in results.json is not repeated. Prints a markdown table of mean +- standard deviation.
+OUT/results.json as they come, so an interrupted benchmark keeps what it measured and a run already
+there is not repeated; OUT/results.md gets the table (mean +- standard deviation over seeds).
+
+--runs takes loss:mixup pairs; --set KEY=VALUE changes a recipe setting for every run (named with
+--tag), for the attempts at making Metrix help. Input mixing needs pixels, so its runs do not use
+the cached views (slow: the frozen stages run on every mixed image).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import time
 from pathlib import Path
 
 METRICS = ("recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8", "map_at_r")
+GRID = ("ms:none", "ms:feature", "contrastive:none", "contrastive:feature", "pa:none", "pa:feature", "ms:embed",
+        "pml-ms:none")
 
 
 def metrix(*args) -> str:
@@ -34,55 +39,88 @@ def metrix(*args) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
-    parser.add_argument("--losses", nargs="+", default=["ms"])
-    parser.add_argument("--mixups", nargs="+", default=["none", "feature"])
+    parser.add_argument("--runs", nargs="*", default=list(GRID), help="loss:mixup pairs (none given: train nothing)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--train-args", default="", help="extra `metrix train` arguments, e.g. '--epochs 5'")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe settings to change")
+    parser.add_argument("--tag", default="", help="name prefix of runs made with --set")
+    parser.add_argument("--reevaluate", action="store_true",
+                        help="evaluate every finished run (and the floor) again, then train what is missing")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results_file = args.out / "results.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
+    if args.reevaluate:
+        results.pop("floor", None)
+        for name, row in list(results.items()):
+            if (args.out / name).is_dir():
+                row.update(evaluate(args.out / name, results))
+            else:
+                print(f"{name}: run directory gone; keeping the metrics recorded when it was trained")
+        results = {"floor": results.pop("floor"), **results} if results else results
+        results_file.write_text(json.dumps(results, indent=1))
+    settings = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
 
-    for loss in args.losses:
-        for mixup in args.mixups:
-            for seed in args.seeds:
-                name = f"{loss}-{mixup}-s{seed}"
-                if name in results:
-                    continue
-                run = args.out / name
-                start = time.perf_counter()
-                metrix("train", "--data", args.data, "--recipe", "cpu", "--loss", loss, "--mixup", mixup,
-                       "--seed", seed, "--out", run, "--no-progress", *args.train_args.split())
-                seconds = time.perf_counter() - start
-                evaluate = ["evaluate", run, "--checkpoint", "best", "--json"]
-                if "floor" in results:
-                    report = json.loads(metrix(*evaluate))
-                else:  # the first run also measures the untrained backbone, at the same input size
-                    both = json.loads(metrix(*evaluate, "--floor"))
-                    report = both["trained"]
-                    results["floor"] = {"loss": "-", "mixup": "untrained floor", "seed": 0, "train_seconds": 0,
-                                        **both["floor"]}
-                results[name] = {"loss": loss, "mixup": mixup, "seed": seed, "train_seconds": seconds, **report}
-                results_file.write_text(json.dumps(results, indent=1))
-                print(f"{name}: R@1 {report['recall_at_1']:.2f} MAP@R {report['map_at_r']:.2f} ({seconds:.0f} s)",
-                      flush=True)
-    print(table(results))
+    for spec in args.runs:
+        loss, mixup = spec.split(":")
+        for seed in args.seeds:
+            name = f"{args.tag + '-' if args.tag else ''}{loss}-{mixup}-s{seed}"
+            if name in results:
+                continue
+            run = args.out / name
+            config = args.out / f"{name}.json"
+            config.write_text(json.dumps({"recipe": "cpu", **settings, **({"cached_views": 0} if mixup == "input" else {})}))
+            start = time.perf_counter()
+            metrix("train", "--data", args.data, "--config", config, "--loss", loss, "--mixup", mixup,
+                   "--seed", seed, "--out", run, "--no-progress")
+            seconds = time.perf_counter() - start
+            report = evaluate(run, results)
+            best = _best_epoch(run)
+            results[name] = {"tag": args.tag, "settings": settings, "loss": loss, "mixup": mixup, "seed": seed,
+                             "train_seconds": seconds, **best, **report}
+            results_file.write_text(json.dumps(results, indent=1))
+            print(f"{name}: R@1 {report['recall_at_1']:.2f} MAP@R {report['map_at_r']:.2f} "
+                  f"(best epoch {best['best_epoch']}: val MAP@R {best['val_map_at_r']:.2f}; {seconds:.0f} s)", flush=True)
+    table = markdown_table(results)
+    (args.out / "results.md").write_text(table + "\n")
+    print(table)
 
 
-def table(results: dict) -> str:
+def evaluate(run: Path, results: dict) -> dict:
+    """The run's best checkpoint on the test classes; the first run evaluated also measures the
+    untrained backbone at the same input size (results["floor"])."""
+    command = ["evaluate", run, "--checkpoint", "best", "--json"]
+    if "floor" in results:
+        return json.loads(metrix(*command))
+    both = json.loads(metrix(*command, "--floor"))
+    results["floor"] = {"tag": "", "loss": "-", "mixup": "untrained floor", "seed": 0, "train_seconds": 0, **both["floor"]}
+    return both["trained"]
+
+
+def _best_epoch(run: Path) -> dict:
+    """The epoch with the highest validation MAP@R (what the trainer marks as best) and its
+    validation metrics: what attempts are compared on."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    best = max(records, key=lambda r: r["val_map_at_r"])
+    return {"best_epoch": best["epoch"], "val_recall_at_1": best["val_recall_at_1"], "val_map_at_r": best["val_map_at_r"]}
+
+
+def markdown_table(results: dict) -> str:
     groups: dict[tuple, list] = {}
     for row in results.values():
-        groups.setdefault((row["loss"], row["mixup"]), []).append(row)
-    lines = ["| loss | mixing | seeds | " + " | ".join(METRICS) + " | train s/run |", "|---" * (len(METRICS) + 4) + "|"]
-    for (loss, mixup), rows in groups.items():
+        groups.setdefault((row.get("tag", ""), row["loss"], row["mixup"]), []).append(row)
+    header = ["settings", "loss", "mixing", "seeds", *METRICS, "train s/run"]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for (tag, loss, mixup), rows in groups.items():
         cells = []
         for metric in METRICS:
             values = [r[metric] for r in rows]
-            spread = f" +- {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+            spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
             cells.append(f"{statistics.mean(values):.2f}{spread}")
         seconds = statistics.mean(r["train_seconds"] for r in rows)
-        lines.append(f"| {loss} | {mixup} | {len(rows)} | " + " | ".join(cells) + f" | {seconds:.0f} |")
+        described = ", ".join(f"{k}={v}" for k, v in rows[0].get("settings", {}).items()) or "recipe"
+        lines.append(f"| {described if loss != '-' else '-'} | {loss} | {mixup} | {len(rows)} | "
+                     + " | ".join(cells) + f" | {seconds:.0f} |")
     return "\n".join(lines)
 
 

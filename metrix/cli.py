@@ -71,7 +71,7 @@ def train(
     train_classes: Annotated[Optional[str], typer.Option(help="Image folder: N first classes, or names a,b,c.")] = None,
     split_file: Annotated[Optional[Path], typer.Option(help='Image folder: JSON {"train": [...], "test": [...]}.')] = None,
     val_fraction: Annotated[Optional[float], typer.Option(help="Share of training classes held out for validation.")] = None,
-    loss: Annotated[Optional[str], typer.Option(help="contrastive, ms or pa. [default: ms]")] = None,
+    loss: Annotated[Optional[str], typer.Option(help="contrastive, ms, pa, or pml-ms (pytorch-metric-learning's MS loss, a peer; --mixup none). [default: ms]")] = None,
     mixup: Annotated[Optional[str], typer.Option(help="none, input, feature or embed. [default: feature]")] = None,
     backbone: Annotated[Optional[str], typer.Option(help="A registered backbone. [default: efficientnet_lite0]")] = None,
     pretrained: Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained", help="ImageNet weights.")] = None,
@@ -85,7 +85,7 @@ def train(
     num_workers: Annotated[Optional[int], typer.Option(help="Image decoding processes. [default: 2]")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run directory. [default: runs/<time>-<data>-<loss>-<mixup>]")] = None,
     config: Annotated[Optional[Path], typer.Option(help="A JSON or TOML file of settings (flags override it).")] = None,
-    recipe: Annotated[Optional[str], typer.Option(help="default, cpu (two CPU cores: cached frozen stages) or paper (ResNet-50, the paper's protocol).")] = None,
+    recipe: Annotated[Optional[str], typer.Option(help="cpu (cached frozen stages, the default without a GPU), full (the whole backbone trains, the default with one) or paper (ResNet-50, the paper's protocol).")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory from its last checkpoint.")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:

@@ -14,8 +14,10 @@ from .backbones import Backbone, create_backbone
 
 
 def pool(features: Tensor) -> Tensor:
-    """The paper's pooling of a feature map [B, C, h, w]: global average + global max, summed."""
-    return features.mean(dim=(2, 3)) + features.amax(dim=(2, 3))
+    """The paper's pooling of a feature map [B, C, h, w]: global average + global max, summed.
+    max() rather than amax(): its backward is a scatter to one index, where amax's compares the
+    whole map with the maximum, several times slower on the large batches feature mixing makes."""
+    return features.mean(dim=(2, 3)) + features.flatten(2).max(dim=2).values
 
 
 class EmbeddingHead(nn.Module):
@@ -65,6 +67,10 @@ class EmbeddingModel(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         return self.head(self.features(images))
 
+    def forward_from(self, inputs: Tensor, start: int) -> Tensor:
+        """The embedding of `inputs` to backbone stage `start` (cached frozen-stage outputs)."""
+        return self.head(self.backbone.run_stages(inputs, start))
+
 
 class PooledBackbone(nn.Module):
     """The untrained floor: a pretrained backbone's GAP + GMP features, L2-normalised, no head."""
@@ -79,7 +85,10 @@ class PooledBackbone(nn.Module):
         return self.backbone.preprocessing
 
     def forward(self, images: Tensor) -> Tensor:
-        return F.normalize(pool(self.backbone(images)), dim=1)
+        return self.forward_from(images, 0)
+
+    def forward_from(self, inputs: Tensor, start: int) -> Tensor:
+        return F.normalize(pool(self.backbone.run_stages(inputs, start)), dim=1)
 
 
 def freeze_batchnorm(module: nn.Module) -> None:

@@ -36,10 +36,11 @@ def evaluate_run(run_dir: Path, checkpoint: str = "latest", data: str | None = N
     retrieval_data = load_training_data(config, log=log)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
+    frozen = config.frozen_stages(len(model.backbone.stages()))
 
     def embed(split):
         return embed_samples(model, split.samples, batch_size=batch_size, num_workers=num_workers,
-                             device=device, channels_last=device == "cpu")
+                             device=device, channels_last=device == "cpu", frozen_stages=frozen)
 
     query, query_labels = embed(retrieval_data.test)
     gallery, gallery_labels = embed(retrieval_data.gallery) if retrieval_data.gallery is not None else (None, None)

@@ -1,4 +1,13 @@
+import os
+import tempfile
+
 import torch
+
+
+def pytest_configure(config):
+    # Generated data and cached stage outputs go to a throwaway folder, not the user's cache.
+    if "METRIX_CACHE" not in os.environ:
+        os.environ["METRIX_CACHE"] = tempfile.mkdtemp(prefix="metrix-test-cache-")
 
 
 def make_labels(layout: str, n: int, generator: torch.Generator) -> torch.Tensor:

@@ -8,8 +8,17 @@ from metrix.training.config import RECIPES, ConfigError, TrainConfig, resolve_co
 
 
 def test_defaults_are_ms_with_feature_mixing():
-    config = resolve_config()
+    config = resolve_config(recipe="full")
     assert (config.loss, config.mixup, config.backbone, config.embedding_size) == ("ms", "feature", "efficientnet_lite0", 512)
+    assert config.train_stages is None and config.cached_views == 0
+
+
+@pytest.mark.parametrize("gpu, recipe", [(False, "cpu"), (True, "full")])
+def test_the_recipe_follows_the_hardware_unless_given(monkeypatch, gpu, recipe):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: gpu)
+    assert resolve_config().recipe == recipe
+    assert resolve_config().to_dict() == resolve_config(recipe=recipe).to_dict()
+    assert resolve_config(recipe="paper").recipe == "paper"
 
 
 def test_paper_recipe():
@@ -60,4 +69,4 @@ def test_bad_files(tmp_path):
     (tmp_path / "unknown.json").write_text('{"epoch": 3}')
     with pytest.raises(ConfigError, match="unknown setting"):
         resolve_config(tmp_path / "unknown.json")
-    assert set(RECIPES) >= {"default", "paper"}
+    assert set(RECIPES) >= {"full", "cpu", "paper"}

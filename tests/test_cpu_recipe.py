@@ -67,7 +67,7 @@ def test_config_rules():
     cpu = resolve_config(recipe="cpu")
     assert (cpu.image_size, cpu.train_stages, cpu.cached_views, cpu.head_init, cpu.lr) == (160, 3, 5, "pca", 3e-5)
     with pytest.raises(ConfigError, match="cached-views needs train-stages"):
-        resolve_config(cached_views=3)
+        resolve_config(recipe="full", cached_views=3)
     with pytest.raises(ConfigError, match="input mixing needs pixels"):
         resolve_config(recipe="cpu", mixup="input")
 

@@ -114,3 +114,16 @@ def test_proxy_anchor_defaults_are_the_papers():
     assert (ms.beta, ms.gamma, ms.margin, ms.miner_epsilon) == (2.0, 50.0, 0.5, None)
     ms = MultiSimilarityLoss.from_preset("metrix-code")
     assert (ms.beta, ms.gamma, ms.margin, ms.miner_epsilon) == (17.97, 75.66, 0.77, 0.39)
+
+
+def test_the_pml_peer_is_pmls_loss_and_refuses_mixing():
+    from metrix.mixup import EmbeddingOnly, Metrix
+    from metrix.training.config import ConfigError, resolve_config
+
+    embeddings, labels = torch.randn(24, 16, generator=torch.Generator().manual_seed(3)), torch.arange(24) // 4
+    peer, ours = build_loss("pml-ms"), build_loss("ms", preset="pml")
+    torch.testing.assert_close(peer(embeddings, labels), ours(embeddings, labels), **TOLERANCE)
+    with pytest.raises(ValueError, match="no Metrix form"):
+        Metrix(peer, mode="embed")(EmbeddingOnly(), embeddings, labels, lam=0.5)
+    with pytest.raises(ConfigError, match="no Metrix form"):
+        resolve_config(loss="pml-ms", mixup="feature")

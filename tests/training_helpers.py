@@ -8,7 +8,7 @@ from pathlib import Path
 from metrix.datasets.synthetic import generate_synthetic
 
 TINY = dict(
-    backbone="efficientnet_lite0", image_size=32, embedding_size=32, epochs=3, batch_size=8,
+    recipe="full", backbone="efficientnet_lite0", image_size=32, embedding_size=32, epochs=3, batch_size=8,
     samples_per_class=2, warmup_epochs=1, num_workers=2, val_fraction=0.2,
 )
 

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from ..cache import cache_root
+
 FORMAT_VERSION = 1
 MANIFEST = "synthetic.json"
 SYNTHETIC_DEFAULTS = {"num_classes": 120, "images_per_class": 30, "image_size": 96, "seed": 0}
@@ -178,9 +180,8 @@ def default_synthetic_root(num_classes: int = SYNTHETIC_DEFAULTS["num_classes"],
                            image_size: int = SYNTHETIC_DEFAULTS["image_size"],
                            seed: int = SYNTHETIC_DEFAULTS["seed"]) -> Path:
     """$METRIX_CACHE (or ~/.cache/metrix) / synthetic-v<format>-<hash of the parameters>."""
-    cache = Path(os.environ.get("METRIX_CACHE") or Path.home() / ".cache" / "metrix")
     params = json.dumps(_manifest(num_classes, images_per_class, image_size, seed), sort_keys=True)
-    return cache / f"synthetic-v{FORMAT_VERSION}-{hashlib.sha256(params.encode()).hexdigest()[:12]}"
+    return cache_root() / f"synthetic-v{FORMAT_VERSION}-{hashlib.sha256(params.encode()).hexdigest()[:12]}"
 
 
 def _is_complete(root: Path, manifest: dict) -> bool:

@@ -61,10 +61,14 @@ class TrainConfig:
     channels_last: bool = True
     device: str = "auto"
     out: str | None = None
-    recipe: str = "default"
+    recipe: str = "full"
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def frozen_stages(self, num_stages: int) -> int:
+        """How many of the backbone's first stages never train."""
+        return 0 if self.train_stages is None else max(0, num_stages - self.train_stages)
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
@@ -80,6 +84,8 @@ class TrainConfig:
             raise ConfigError(f"--dataset {self.dataset} needs --data-root DIR, the folder it was downloaded to")
         if self.loss not in LOSSES:
             raise ConfigError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+        if self.loss == "pml-ms" and self.mixup != "none":
+            raise ConfigError("loss pml-ms (the pytorch-metric-learning peer) has no Metrix form; use --mixup none")
         if self.mixup not in MIXUP_MODES:
             raise ConfigError(f"unknown mixup {self.mixup!r}; choose one of {', '.join(MIXUP_MODES)}")
         if self.lr_schedule not in ("cosine", "step", "none"):
@@ -99,9 +105,10 @@ class TrainConfig:
             raise ConfigError("input mixing needs pixels, but cached-views trains on cached features; use feature or embed")
 
 
-#: Named settings. "paper" is the ICLR 2022 protocol (METRIX.md section 3): a GPU recipe.
+#: Named settings. "full" trains the whole backbone with the defaults above; "paper" is the ICLR
+#: 2022 protocol (METRIX.md section 3). Both are GPU recipes; without a GPU, "cpu" is the default.
 RECIPES: dict[str, dict] = {
-    "default": {},
+    "full": {},
     "paper": dict(
         backbone="resnet50", embedding_size=512, image_size=224, batch_size=100, samples_per_class=5,
         lr=1e-4, weight_decay=1e-4, freeze_bn=True, warmup_epochs=5, epochs=60, grad_clip=10.0,
@@ -109,9 +116,11 @@ RECIPES: dict[str, dict] = {
     ),
     # Two CPU cores: EfficientNet-Lite0 at 160 px; the stem and first five block stages frozen and
     # cached for 5 augmented views; the last two block stages, the head convolution and a
-    # PCA-initialised head train at a low rate (docs/training.md, "The CPU recipe").
+    # PCA-initialised 1280-d head (a rotation of the pooled features: it starts at the floor) train
+    # at a low rate (docs/training.md, "The CPU recipe").
     "cpu": dict(
         backbone="efficientnet_lite0", image_size=160, train_stages=3, cached_views=5, head_init="pca",
+        embedding_size=1280,
         lr=3e-5, epochs=10, warmup_epochs=0, freeze_bn=True, batch_size=100, samples_per_class=5,
         lr_schedule="cosine",
     ),
@@ -122,7 +131,7 @@ def resolve_config(config_file: str | Path | None = None, **flags) -> TrainConfi
     """defaults < recipe < config file < flags (flags that are None were not given)."""
     values: dict = {}
     from_file = read_config_file(config_file) if config_file else {}
-    recipe = flags.pop("recipe", None) or from_file.get("recipe") or "default"
+    recipe = flags.pop("recipe", None) or from_file.get("recipe") or default_recipe()
     if recipe not in RECIPES:
         raise ConfigError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     values.update(RECIPES[recipe])
@@ -132,6 +141,13 @@ def resolve_config(config_file: str | Path | None = None, **flags) -> TrainConfi
     config = TrainConfig.from_dict(values)
     config.validate()
     return config
+
+
+def default_recipe() -> str:
+    """"full" where a GPU is present, else "cpu" (full fine-tuning is hours per epoch on a CPU)."""
+    import torch
+
+    return "full" if torch.cuda.is_available() else "cpu"
 
 
 def read_config_file(path: str | Path) -> dict:

@@ -1,17 +1,15 @@
-"""Training only the last stages of a backbone on CPU: run the frozen first stages once over V
-augmented views of every training image, keep their outputs (float16, in memory), and train
-the remaining stages and the head on those. Each epoch every image uses one of its V views,
-drawn from (seed, epoch)."""
+"""Training only the last stages of a backbone on CPU: the frozen first stages' outputs for V
+augmented views of every training image (float16, in memory, persisted by metrix.stage_cache),
+and the remaining stages and the head train on those. Each epoch every image uses one of its V
+views, drawn from (seed, epoch)."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
 from ..datasets.base import Sample
-from ..image_dataset import ImageDataset
-from ..transforms import train_transform
+from ..stage_cache import frozen_stage_outputs, view_seeds
 
 
 class FeatureCache:
@@ -23,26 +21,12 @@ class FeatureCache:
         return self.features.shape[1]
 
     @classmethod
-    @torch.no_grad()
     def build(cls, model, samples: list[Sample], label_map: dict[int, int], start: int, views: int, seed: int,
-              num_workers: int = 0, batch_size: int = 64, progress=None, channels_last: bool = False) -> "FeatureCache":
-        """Outputs of backbone stages [0, start) for `views` augmented views of each sample."""
-        was_training = model.training
-        model.eval()
-        per_view = []
-        for view in range(views):
-            dataset = ImageDataset(samples, train_transform(model.preprocessing), label_map, seed=seed * 131 + view)
-            chunks, labels = [], []
-            for images, batch_labels in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
-                if channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                chunks.append(model.backbone.run_stages(images, 0, start).half())
-                labels.append(batch_labels)
-                if progress is not None:
-                    progress(len(batch_labels))
-            per_view.append(torch.cat(chunks))
-        model.train(was_training)
-        return cls(torch.stack(per_view, dim=1), torch.cat(labels))
+              **options) -> "FeatureCache":
+        """Outputs of backbone stages [0, start) for `views` augmented views of each sample;
+        `options` go to frozen_stage_outputs."""
+        features = frozen_stage_outputs(model.backbone, start, samples, view_seeds(views, seed), **options)
+        return cls(features, torch.tensor([label_map[s.label] for s in samples]))
 
     def batch(self, indices: list[int], epoch_seed: int) -> tuple[Tensor, Tensor]:
         index = torch.as_tensor(indices)

@@ -118,7 +118,7 @@ def _build(config: TrainConfig, resume: Path | None, log, distributed: Distribut
     if config.freeze_bn:
         freeze_batchnorm(model)
     stages = model.backbone.stages()
-    first_trained = 0 if config.train_stages is None else max(0, len(stages) - config.train_stages)
+    first_trained = config.frozen_stages(len(stages))
     for stage in stages[:first_trained]:
         stage.requires_grad_(False)
     trained_params = [p for stage in stages[first_trained:] for p in stage.parameters() if p.requires_grad]
@@ -139,7 +139,8 @@ def _build(config: TrainConfig, resume: Path | None, log, distributed: Distribut
     if resume is None and distributed.is_main:
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
         log(f"training on {data.describe()}")
-        log(f"{config.backbone} -> {config.embedding_size}-d, loss {config.loss}, Metrix {config.mixup}, "
+        log(f"recipe {config.recipe}, {config.backbone} at {model.preprocessing.image_size} px -> "
+            f"{config.embedding_size}-d, loss {config.loss}, Metrix {config.mixup}, "
             f"{config.epochs} epochs, batch {config.batch_size} ({len(sampler)} batches/epoch), device {device}"
             + (f", {distributed.world_size} processes" if distributed.world_size > 1 else ""))
     return TrainingRun(config, run_dir, data, model, metrix, optimizer, scheduler, sampler, label_map, device,
@@ -155,7 +156,7 @@ def _prepare(run: TrainingRun, fresh: bool, progress: bool, log) -> None:
         with _progress_bar(progress, f"caching {config.cached_views} views", total, unit="images") as advance:
             run.cache = FeatureCache.build(
                 run.model, run.data.train.samples, run.label_map, run.first_trained_stage, config.cached_views,
-                config.seed, num_workers=config.num_workers, progress=lambda n: advance(n),
+                config.seed, num_workers=config.num_workers, progress=advance,
                 channels_last=config.channels_last and run.device.type == "cpu",
             )
         log(f"cached {config.cached_views} views of {len(run.data.train)} images "
@@ -257,6 +258,7 @@ def _validate(run: TrainingRun) -> dict:
     embeddings, labels = embed_samples(
         run.model, run.data.val.samples, batch_size=64, num_workers=run.config.num_workers,
         device=str(run.device), channels_last=run.config.channels_last and run.device.type == "cpu",
+        frozen_stages=run.first_trained_stage,
     )
     report = evaluate_retrieval(embeddings, labels, ks=(1, 2, 4, 8), nmi=False)
     return {"recall_at_1": report.recall_at[1], "map_at_r": report.map_at_r, "r_precision": report.r_precision}
