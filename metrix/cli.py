@@ -151,6 +151,39 @@ def evaluate(
             typer.echo(f"  {key:<14} " + " ".join(f"{r[key]:>24.2f}" for r in reports))
 
 
+@app.command("export")
+def export_(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by metrix train.")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the model. [default: model.onnx in the checkpoint folder]")] = None,
+    checkpoint: Annotated[str, typer.Option(help="latest, best, or a checkpoint folder name.")] = "latest",
+    quantize: Annotated[Optional[str], typer.Option(help="int8: also write MODEL.int8.onnx, with its R@1 change measured on the test split.")] = None,
+    max_r1_drop: Annotated[float, typer.Option(help="Refuse an int8 model that loses more R@1 points than this.")] = 1.0,
+) -> None:
+    """Export a trained run to ONNX (uint8 NHWC images in, L2-normalised embeddings out), verified against PyTorch."""
+    from metrix.export.onnx_export import ExportError, export_run
+    from metrix.export.runtime import ModelError
+    from metrix.training.checkpoint import CheckpointError
+
+    try:
+        report = export_run(run_dir, output, checkpoint, quantize, max_r1_drop)
+    except (CheckpointError, ExportError, ModelError) as error:
+        _fail(error)
+    meta = report["metadata"]
+    typer.echo(f"wrote {report['model']}")
+    typer.echo(f"  input   images: {meta.input_layout} [batch, {meta.image_size}, {meta.image_size}, 3]; {meta.resize_policy}")
+    typer.echo(f"  output  embeddings: float32 [batch, {meta.embedding_size}], L2-normalised")
+    typer.echo(f"  model   {meta.backbone}, loss {meta.loss}, mixup {meta.mixup}, {meta.train_classes} training classes "
+               f"of {meta.training_data}; weights sha256 {meta.weights_sha256[:16]}")
+    typer.echo(f"  graph   {meta.exporter}, opset {meta.opset}; onnx.checker (full) passed")
+    for parity in report["parity"]:
+        typer.echo(f"  parity  onnxruntime vs PyTorch, {parity} ({report['verified_on']})")
+    if "int8" in report:
+        q = report["int8"]
+        typer.echo(f"wrote {q['model']}")
+        typer.echo(f"  int8    R@1 on {q['data']} {q['split']} ({q['num_queries']} queries): fp32 {q['recall_at_1_fp32']:.2f}, "
+                   f"int8 {q['recall_at_1_int8']:.2f} ({q['recall_at_1_change']:+.2f})")
+
+
 def _str(path: Optional[Path]) -> Optional[str]:
     return None if path is None else str(path)
 

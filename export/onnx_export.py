@@ -1,0 +1,226 @@
+"""`metrix export`: a trained run -> one self-contained ONNX file that embeds images.
+
+The graph takes uint8 RGB images, NHWC, at the model's input size, with a dynamic batch axis:
+what a decoder hands over (a PIL image as a numpy array is HWC uint8), a quarter of the bytes of
+float32, and no normalisation left for a client to get wrong. Inside: cast, (x/255 - mean)/std,
+NHWC -> NCHW, the backbone, the head and the final L2 normalisation.
+
+Exporter: torch.onnx's dynamo exporter (torch.export), opset 20, weights inside the file. Every
+export is verified before it is renamed into place: onnx.checker (full check), then PyTorch vs
+onnxruntime on the same images at batch 1 and batch 7 (cosine >= 0.99999 per row, max abs
+difference <= 1e-4); a mismatch fails the export with the measured numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from metrix import __version__
+from metrix.training.checkpoint import MODEL_FILE, Checkpoint, build_model, load_checkpoint
+
+from .runtime import INPUT_NAME, OUTPUT_NAME, ModelMetadata, load_embedder, preprocess
+
+OPSET = 20
+MIN_COSINE, MAX_ABS_DIFF = 0.99999, 1e-4
+PARITY_BATCHES = (1, 7)
+
+
+class ExportError(ValueError):
+    """An export that failed or did not verify; the message is one line with the numbers."""
+
+
+class ImageEmbedder(nn.Module):
+    """uint8 [B, S, S, 3] RGB -> L2-normalised embeddings [B, D]: the model with its input
+    normalisation folded in (x * scale + shift == (x/255 - mean) / std)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        mean = torch.tensor(model.preprocessing.mean).view(1, 3, 1, 1)
+        std = torch.tensor(model.preprocessing.std).view(1, 3, 1, 1)
+        self.register_buffer("scale", 1.0 / (255.0 * std))
+        self.register_buffer("shift", -mean / std)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model(images.permute(0, 3, 1, 2).to(torch.float32) * self.scale + self.shift)
+
+
+@dataclass
+class Parity:
+    batch: int
+    min_cosine: float
+    max_abs_diff: float
+
+    @property
+    def ok(self) -> bool:
+        return self.min_cosine >= MIN_COSINE and self.max_abs_diff <= MAX_ABS_DIFF
+
+    def __str__(self) -> str:
+        return f"batch {self.batch}: min cosine {self.min_cosine:.7f}, max |diff| {self.max_abs_diff:.2e}"
+
+
+def describe(checkpoint: Checkpoint, model) -> ModelMetadata:
+    config, pre = checkpoint.config, model.preprocessing
+    data = config.get("data", {})
+    return ModelMetadata(
+        image_size=pre.image_size, resize_size=pre.resize_size, interpolation=pre.interpolation,
+        embedding_size=model.embedding_size, backbone=config["model"]["backbone"],
+        loss=config.get("loss", "?"), mixup=config.get("mixup", "?"),
+        training_data=f"{data.get('name', '?')}:{data.get('root', '?')}",
+        train_classes=len(data.get("train_classes", [])), weights_sha256=file_sha256(checkpoint.path / MODEL_FILE),
+        metrix_version=__version__, checkpoint=str(checkpoint.path),
+        exporter=f"torch.onnx dynamo (torch {torch.__version__})", opset=OPSET,
+    )
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def to_onnx(module: ImageEmbedder, metadata: ModelMetadata):
+    """The traced graph as an onnx ModelProto with the metadata attached."""
+    import warnings
+
+    example = torch.zeros(2, metadata.image_size, metadata.image_size, 3, dtype=torch.uint8)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module, (example,), dynamo=True, opset_version=OPSET, input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME], dynamic_shapes={"images": {0: batch}}, external_data=False, verbose=False,
+        )
+    proto = program.model_proto
+    proto.producer_name, proto.producer_version = "metrix", __version__
+    proto.doc_string = f"Metrix image embedder: {metadata.input_layout} [B, {metadata.image_size}, " \
+                       f"{metadata.image_size}, 3] -> L2-normalised float32 [B, {metadata.embedding_size}]"
+    _attach(proto, metadata)
+    return proto
+
+
+def _attach(proto, metadata: ModelMetadata) -> None:
+    del proto.metadata_props[:]
+    for key, value in metadata.to_props().items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def set_metadata(path: Path, metadata: ModelMetadata, **changes) -> None:
+    """Rewrite a model file's Metrix metadata (the quantiser does not carry it over)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    _attach(proto, replace(metadata, **changes))
+    onnx.save_model(proto, str(path))
+
+
+def check_parity(module: ImageEmbedder, onnx_path: Path, images: np.ndarray) -> list[Parity]:
+    """PyTorch vs onnxruntime on the same uint8 images, at each batch size of PARITY_BATCHES."""
+    embedder = load_embedder(onnx_path)
+    results = []
+    for batch in PARITY_BATCHES:
+        chunk = images[:batch]
+        with torch.no_grad():
+            expected = module(torch.from_numpy(chunk)).numpy()
+        got = embedder.embed(chunk)
+        cosine = (expected * got).sum(1) / (np.linalg.norm(expected, axis=1) * np.linalg.norm(got, axis=1))
+        results.append(Parity(batch, float(cosine.min()), float(np.abs(expected - got).max())))
+    return results
+
+
+def verification_images(paths: list[Path], metadata: ModelMetadata, count: int = max(PARITY_BATCHES)) -> np.ndarray:
+    """`count` images spread over `paths`, preprocessed as clients do; seeded noise where too few
+    (or no) paths are given, so an export verifies even without its training data."""
+    from metrix.images import ImageDecodeError, open_rgb
+
+    chosen = [paths[i * len(paths) // count] for i in range(count)] if len(paths) >= count else list(paths)
+    arrays = []
+    for path in chosen:
+        try:
+            arrays.append(preprocess(open_rgb(path), metadata))
+        except ImageDecodeError:
+            continue
+    rng = np.random.default_rng(0)
+    size = metadata.image_size
+    while len(arrays) < count:
+        arrays.append(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+    return np.stack(arrays)
+
+
+def write_atomically(proto, output: Path) -> Path:
+    """The model to a temporary file beside `output`; the caller renames it after verifying."""
+    import onnx
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    onnx.save_model(proto, str(tmp))
+    try:
+        onnx.checker.check_model(str(tmp), full_check=True)
+    except onnx.checker.ValidationError as error:
+        tmp.unlink(missing_ok=True)
+        raise ExportError(f"{output}: onnx.checker rejects the exported graph ({str(error).splitlines()[0]})") from None
+    return tmp
+
+
+def export_checkpoint(ckpt: Checkpoint, output: Path, sample_paths: list[Path]) -> tuple[ModelMetadata, list[Parity]]:
+    """Export, check and verify a checkpoint; the file appears at `output` only if all passed."""
+    model = build_model(ckpt)
+    metadata = describe(ckpt, model)
+    module = ImageEmbedder(model).eval()
+    tmp = write_atomically(to_onnx(module, metadata), output)
+    try:
+        parity = check_parity(module, tmp, verification_images(sample_paths, metadata))
+        failed = [p for p in parity if not p.ok]
+        if failed:
+            raise ExportError(f"{output}: onnxruntime disagrees with PyTorch ({'; '.join(map(str, failed))}; "
+                              f"need cosine >= {MIN_COSINE} and |diff| <= {MAX_ABS_DIFF})")
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return metadata, parity
+
+
+def export_run(run_dir: Path | str, output: Path | str | None = None, checkpoint: str = "latest",
+               quantize: str | None = None, max_r1_drop: float = 1.0) -> dict:
+    """`metrix export`: the run's checkpoint to ONNX (default: model.onnx in the checkpoint
+    folder), verified on images of its test split (seeded noise where its data is unreachable);
+    with quantize="int8", also model.int8.onnx with its measured R@1 change."""
+    ckpt = load_checkpoint(run_dir, checkpoint)
+    output = Path(output) if output is not None else ckpt.path / "model.onnx"
+    data = run_data(ckpt)
+    metadata, parity = export_checkpoint(ckpt, output, [s.path for s in data.test.samples] if data else [])
+    report = {"model": str(output), "metadata": metadata, "parity": parity,
+              "verified_on": f"{data.name} test images" if data else "seeded noise images (the run's data is not reachable)"}
+    if quantize is not None:
+        if quantize != "int8":
+            raise ExportError(f"--quantize {quantize}: only int8 is supported")
+        if data is None:
+            raise ExportError(f"{output}: written; --quantize int8 needs the run's data to calibrate and measure on, "
+                              f"and {metadata.training_data} is not reachable")
+        from .quantize import quantize_run
+
+        report["int8"] = quantize_run(output, data, max_r1_drop=max_r1_drop)
+    return report
+
+
+def run_data(checkpoint: Checkpoint):
+    """The run's data splits (metrix.datasets.RetrievalData), or None where the data is not
+    reachable from here (an export still verifies, on seeded noise images)."""
+    from metrix.datasets import DataError
+    from metrix.training.config import ConfigError, TrainConfig
+    from metrix.training.data import load_training_data
+
+    try:
+        return load_training_data(TrainConfig.from_dict(checkpoint.config["train_config"]), log=lambda *a, **k: None)
+    except (DataError, ConfigError, KeyError, TypeError, OSError):
+        return None

@@ -1,0 +1,168 @@
+"""Running an exported Metrix model without PyTorch: an onnxruntime session tuned for the CPU,
+the model's own description (ONNX metadata) and the preprocessing that matches it.
+
+    embedder = load_embedder("model.onnx")
+    vectors = embedder.embed_images([open_rgb("query.jpg")])   # [1, D] float32, L2-normalised
+
+The graph takes uint8 RGB images, NHWC, at `metadata.image_size`; the client only decodes,
+resizes the short side and centre-crops (`preprocess`), exactly as evaluation does in PyTorch.
+The indexer and the app both embed through here, so a query and the gallery meet the same graph.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+#: Written into every exported model; a reader refuses formats it does not know.
+FORMAT = "metrix-onnx/1"
+INPUT_NAME, OUTPUT_NAME = "images", "embeddings"
+_RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+class ModelError(ValueError):
+    """An exported model that cannot be used; the message is one line naming the file."""
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What an exported model says about itself (ONNX metadata_props, one key per field)."""
+
+    image_size: int
+    resize_size: int
+    interpolation: str
+    embedding_size: int
+    backbone: str
+    loss: str
+    mixup: str
+    training_data: str
+    train_classes: int
+    weights_sha256: str
+    metrix_version: str
+    checkpoint: str = ""
+    quantization: str = "none"
+    format: str = FORMAT
+    input_layout: str = "NHWC uint8 RGB"
+    exporter: str = ""
+    opset: int = 0
+
+    @property
+    def resize_policy(self) -> str:
+        return (f"resize the short side to {self.resize_size} px ({self.interpolation}), "
+                f"centre-crop {self.image_size}x{self.image_size}")
+
+    def to_props(self) -> dict[str, str]:
+        return {f"metrix.{key}": json.dumps(value) for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], source: Path | str) -> "ModelMetadata":
+        values = {key.removeprefix("metrix."): value for key, value in props.items() if key.startswith("metrix.")}
+        if not values:
+            raise ModelError(f"{source}: not a Metrix model (no metrix.* metadata); export it with `metrix export`")
+        fmt = json.loads(values.get("format", '""'))
+        if fmt != FORMAT:
+            raise ModelError(f"{source}: model format {fmt!r} is not {FORMAT!r}; re-export it with this version of metrix")
+        known = {f.name for f in fields(cls)}
+        try:
+            return cls(**{key: json.loads(value) for key, value in values.items() if key in known})
+        except (TypeError, ValueError) as error:
+            raise ModelError(f"{source}: incomplete Metrix metadata ({error})") from None
+
+
+def preprocess(image: Image.Image, metadata: ModelMetadata) -> np.ndarray:
+    """An RGB PIL image -> uint8 [image_size, image_size, 3]: torchvision's Resize(short side) +
+    CenterCrop with the same rounding, so the exported model sees what evaluation saw."""
+    width, height = image.size
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = metadata.resize_size, int(metadata.resize_size * long / short)
+    size = (new_short, new_long) if width <= height else (new_long, new_short)
+    if size != image.size:
+        image = image.resize(size, _RESAMPLING[metadata.interpolation])
+    crop = metadata.image_size
+    left = int(round((size[0] - crop) / 2.0))
+    top = int(round((size[1] - crop) / 2.0))
+    return np.asarray(image.crop((left, top, left + crop, top + crop)).convert("RGB"), dtype=np.uint8)
+
+
+def session_options(threads: int | None = None):
+    """CPU settings made explicit: all graph optimisations, `threads` intra-op threads (default:
+    the cores this process may use), one inter-op thread (the graph is a chain)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return options
+
+
+@dataclass
+class Embedder:
+    """A loaded model: `session` (onnxruntime), `metadata`, and the matching preprocessing."""
+
+    path: Path
+    session: object
+    metadata: ModelMetadata
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        return preprocess(image, self.metadata)
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 [B, S, S, 3] -> float32 [B, D], L2-normalised."""
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+
+    def embed_images(self, images: list[Image.Image]) -> np.ndarray:
+        return self.embed(np.stack([self.preprocess(image) for image in images]))
+
+
+def read_metadata(path: Path | str) -> ModelMetadata:
+    """The metadata of an exported model, without building a session (weights are not loaded)."""
+    import onnx
+
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # onnx raises DecodeError, OSError, ... for a bad file
+        raise ModelError(f"{path}: cannot read the ONNX model ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
+    return ModelMetadata.from_props({p.key: p.value for p in model.metadata_props}, path)
+
+
+def load_embedder(path: Path | str, threads: int | None = None) -> Embedder:
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    try:
+        session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own exception types
+        raise ModelError(f"{path}: onnxruntime cannot load it ({str(error).splitlines()[0]})") from None
+    return Embedder(path, session, ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map, path))
+
+
+def embed_files(embedder: Embedder, paths: list[Path], batch_size: int = 32) -> np.ndarray:
+    """Embeddings of image files in order, decoding the next batch while the model runs.
+    A file that cannot be decoded raises metrix.images.ImageDecodeError naming it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from metrix.images import open_rgb
+
+    def load(chunk):
+        return np.stack([embedder.preprocess(open_rgb(path)) for path in chunk])
+
+    chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
+    out = np.empty((len(paths), embedder.metadata.embedding_size), np.float32)
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(load, chunks[0]) if chunks else None
+        for i, _ in enumerate(chunks):
+            batch = pending.result()
+            pending = pool.submit(load, chunks[i + 1]) if i + 1 < len(chunks) else None
+            out[i * batch_size:i * batch_size + len(batch)] = embedder.embed(batch)
+    return out

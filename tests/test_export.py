@@ -1,0 +1,189 @@
+"""`metrix export`: a real trained run to ONNX, checked against PyTorch's own evaluation path,
+loaded back with its metadata, quantised, and refused cleanly on bad input."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from metrix.export import onnx_export
+from metrix.export.onnx_export import ExportError, ImageEmbedder, check_parity, export_run
+from metrix.export.runtime import ModelError, ModelMetadata, load_embedder, preprocess, read_metadata
+from metrix.images import open_rgb
+from metrix.training.checkpoint import CheckpointError, build_model, load_checkpoint
+from metrix.transforms import eval_transform
+
+from .training_helpers import metrix_cli, tiny_dataset, write_config
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("export")
+    data = tiny_dataset(tmp / "data")
+    out = tmp / "run"
+    metrix_cli("train", "--data", data, "--config", write_config(tmp / "config.json", epochs=1), "--out", out,
+               "--no-progress")
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(run):
+    result = metrix_cli("export", run, "--quantize", "int8", "--max-r1-drop", "100")
+    checkpoint = run / "checkpoints" / (run / "latest").read_text()
+    return checkpoint, result.stdout
+
+
+def _image_paths(run):
+    return sorted(Path(json.loads((run / "config.json").read_text())["data"]).rglob("*.png"))
+
+
+def _test_images(run, count):
+    paths = _image_paths(run)
+    return [open_rgb(p) for p in paths[::len(paths) // count][:count]]
+
+
+def test_metadata_describes_the_run(exported):
+    checkpoint, stdout = exported
+    embedder = load_embedder(checkpoint / "model.onnx")
+    meta, config = embedder.metadata, json.loads((checkpoint / "config.json").read_text())
+    assert (meta.backbone, meta.loss, meta.mixup) == (config["model"]["backbone"], config["loss"], config["mixup"])
+    assert meta.embedding_size == config["model"]["embedding_size"] == 32
+    assert meta.image_size == 32 and meta.resize_size == 37 and meta.interpolation == config["model"]["preprocessing"]["interpolation"]
+    assert meta.train_classes == len(config["data"]["train_classes"]) == 8
+    assert meta.weights_sha256 == hashlib.sha256((checkpoint / "model.safetensors").read_bytes()).hexdigest()
+    assert meta.quantization == "none" and meta.opset == onnx_export.OPSET and "dynamo" in meta.exporter
+    assert read_metadata(checkpoint / "model.onnx") == meta
+    (images,) = embedder.session.get_inputs()
+    assert images.type == "tensor(uint8)" and images.shape[1:] == [32, 32, 3] and isinstance(images.shape[0], str)
+    assert "parity  onnxruntime vs PyTorch, batch 1" in stdout and "batch 7" in stdout
+
+
+@pytest.mark.parametrize("batch", [1, 7, 13])
+def test_onnx_matches_pytorch_evaluation(exported, run, batch):
+    """The oracle is PyTorch's evaluation path: torchvision transforms + the checkpoint's model."""
+    checkpoint, _ = exported
+    model = build_model(load_checkpoint(run))
+    images = _test_images(run, batch)
+    with torch.no_grad():
+        expected = model(torch.stack([eval_transform(model.preprocessing)(im) for im in images])).numpy()
+    got = load_embedder(checkpoint / "model.onnx").embed_images(images)
+    assert got.shape == (batch, 32) and got.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
+    assert (expected * got).sum(1).min() >= 0.99999
+    assert np.abs(expected - got).max() <= 1e-4
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("size", [(50, 37), (37, 50), (91, 64), (37, 37), (300, 41)])
+def test_preprocess_is_torchvisions_resize_and_centre_crop(size, interpolation):
+    from torchvision import transforms as T
+
+    from metrix.backbones import Preprocessing
+
+    pre = Preprocessing(32, (0.5,) * 3, (0.5,) * 3, 0.875, interpolation)
+    image = Image.fromarray(np.random.default_rng(sum(size)).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    mode = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}[interpolation]
+    expected = T.Compose([T.Resize(pre.resize_size, interpolation=mode, antialias=True), T.CenterCrop(32)])(image)
+    meta = ModelMetadata(32, pre.resize_size, interpolation, 8, "b", "ms", "none", "d", 1, "h", "v")
+    np.testing.assert_array_equal(preprocess(image, meta), np.asarray(expected))
+
+
+def test_int8_model_is_quantised_and_measured(exported):
+    checkpoint, stdout = exported
+    path = checkpoint / "model.int8.onnx"
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    int8, fp32 = load_embedder(path), load_embedder(checkpoint / "model.onnx")
+    assert int8.metadata.quantization == "int8" and int8.metadata.weights_sha256 == fp32.metadata.weights_sha256
+    line = next(line for line in stdout.splitlines() if line.strip().startswith("int8"))
+    assert "R@1 on folder data at" in line and "fp32" in line and "120 queries" in line
+    batch = np.stack([fp32.preprocess(im) for im in _test_images(checkpoint.parent.parent, 16)])
+    a, b = fp32.embed(batch), int8.embed(batch)
+    assert 0.9 < (a * b).sum(1).mean() < 1 - 1e-7  # close to fp32, and really quantised
+
+
+def test_int8_losing_too_much_is_refused_and_fp32_stands(run, tmp_path):
+    output = tmp_path / "m.onnx"
+    result = metrix_cli("export", run, "-o", output, "--quantize", "int8", "--max-r1-drop", "-1000", check=False)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "int8 loses" in line and "fp32" in line and "not written" in line
+    assert output.is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_parity_failure_fails_the_export_with_numbers(run, tmp_path, monkeypatch):
+    monkeypatch.setattr(onnx_export, "MIN_COSINE", 1.5)
+    with pytest.raises(ExportError, match=r"disagrees with PyTorch \(batch 1: min cosine 1\.0*, max \|diff\|"):
+        export_run(run, tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_parity_sees_a_different_model(exported, run):
+    checkpoint, _ = exported
+    module = ImageEmbedder(build_model(load_checkpoint(run))).eval()
+    with torch.no_grad():
+        module.model.embedding_head.linear.weight.mul_(-1)
+    images = np.random.default_rng(0).integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
+    assert not any(p.ok for p in check_parity(module, checkpoint / "model.onnx", images))
+
+
+def test_bad_runs_fail_in_one_line_and_keep_what_is_stored(run, tmp_path):
+    good = tmp_path / "keep.onnx"
+    metrix_cli("export", run, "-o", good)
+    before = good.read_bytes()
+    broken = tmp_path / "broken"
+    shutil.copytree(run, broken)
+    checkpoint = broken / "checkpoints" / (broken / "latest").read_text()
+    cases = {
+        "no checkpoint": (tmp_path / "empty", "has no latest checkpoint"),
+        "corrupted weights": (broken, "is corrupted"),
+    }
+    (tmp_path / "empty").mkdir()
+    weights = (checkpoint / "model.safetensors").read_bytes()
+    (checkpoint / "model.safetensors").write_bytes(b"not a safetensors file")
+    for name, (run_dir, reason) in cases.items():
+        result = metrix_cli("export", run_dir, "-o", good, check=False)
+        assert result.returncode == 2, name
+        (line,) = result.stderr.strip().splitlines()
+        assert reason in line, (name, line)
+    (checkpoint / "model.safetensors").write_bytes(weights)
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["model"]["backbone"] = "no_such_backbone"
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="cannot be built"):
+        export_run(broken, good)
+    assert good.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken", "empty", "keep.onnx"]
+
+
+def test_loader_refuses_files_that_are_not_metrix_models(tmp_path):
+    text = tmp_path / "notes.onnx"
+    text.write_text("hello")
+    with pytest.raises(ModelError, match="notes.onnx: onnxruntime cannot load it"):
+        load_embedder(text)
+    plain = tmp_path / "plain.onnx"
+    torch.onnx.export(torch.nn.Linear(3, 2).eval(), (torch.zeros(1, 3),), str(plain), dynamo=True, external_data=False,
+                      verbose=False)
+    with pytest.raises(ModelError, match="plain.onnx: not a Metrix model"):
+        load_embedder(plain)
+    with pytest.raises(ModelError, match="no such model file"):
+        load_embedder(tmp_path / "missing.onnx")
+
+
+def test_serving_path_does_not_import_torch(exported, run):
+    checkpoint, _ = exported
+    image = _image_paths(run)[0]
+    code = ("import sys; from metrix.export.runtime import load_embedder; from metrix.images import open_rgb; "
+            f"e = load_embedder({str(checkpoint / 'model.onnx')!r}); v = e.embed_images([open_rgb({str(image)!r})]); "
+            "assert v.shape == (1, 32), v.shape; assert 'torch' not in sys.modules, 'torch imported'; print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
+    assert result.stdout.strip() == "ok", result.stderr
