@@ -13,7 +13,6 @@ difference <= 1e-4); a mismatch fails the export with the measured numbers.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +24,7 @@ from torch import Tensor, nn
 from metrix import __version__
 from metrix.training.checkpoint import MODEL_FILE, Checkpoint, build_model, load_checkpoint
 
-from .runtime import INPUT_NAME, OUTPUT_NAME, ModelMetadata, load_embedder, preprocess
+from .runtime import INPUT_NAME, OUTPUT_NAME, ModelMetadata, file_sha256, load_embedder, preprocess
 
 OPSET = 20
 MIN_COSINE, MAX_ABS_DIFF = 0.99999, 1e-4
@@ -78,14 +77,6 @@ def describe(checkpoint: Checkpoint, model) -> ModelMetadata:
         metrix_version=__version__, checkpoint=str(checkpoint.path),
         exporter=f"torch.onnx dynamo (torch {torch.__version__})", opset=OPSET,
     )
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def to_onnx(module: ImageEmbedder, metadata: ModelMetadata):

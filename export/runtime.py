@@ -11,6 +11,7 @@ The indexer and the app both embed through here, so a query and the gallery meet
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, fields
@@ -89,6 +90,23 @@ def preprocess(image: Image.Image, metadata: ModelMetadata) -> np.ndarray:
     return np.asarray(image.crop((left, top, left + crop, top + crop)).convert("RGB"), dtype=np.uint8)
 
 
+def load_for_model(path: Path | str, metadata: ModelMetadata, data: bytes | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """An image file -> (the model's uint8 input, (width, height) of the original image).
+    Raises metrix.images.ImageDecodeError naming the file."""
+    from metrix.images import decode_rgb
+
+    image, size = decode_rgb(path, data, min_short_side=metadata.resize_size)
+    return preprocess(image, metadata), size
+
+
+def file_sha256(path: Path | str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def session_options(threads: int | None = None):
     """CPU settings made explicit: all graph optimisations, `threads` intra-op threads (default:
     the cores this process may use), one inter-op thread (the graph is a chain)."""
@@ -152,10 +170,8 @@ def embed_files(embedder: Embedder, paths: list[Path], batch_size: int = 32) -> 
     A file that cannot be decoded raises metrix.images.ImageDecodeError naming it."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from metrix.images import open_rgb
-
     def load(chunk):
-        return np.stack([embedder.preprocess(open_rgb(path)) for path in chunk])
+        return np.stack([load_for_model(path, embedder.metadata)[0] for path in chunk])
 
     chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
     out = np.empty((len(paths), embedder.metadata.embedding_size), np.float32)

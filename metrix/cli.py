@@ -184,6 +184,78 @@ def export_(
                    f"int8 {q['recall_at_1_int8']:.2f} ({q['recall_at_1_change']:+.2f})")
 
 
+@app.command("build-index")
+def build_index_(
+    gallery: Annotated[Path, typer.Argument(help="A folder of images (searched recursively; top-level sub-folders are labels).")],
+    model: Annotated[Optional[Path], typer.Option(help="An exported model. [default: the newest model*.onnx of the newest run under runs/]")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Index folder. [default: indexes/<gallery folder name>]")] = None,
+    index_type: Annotated[Optional[str], typer.Option(help="auto (exact up to 100,000 images, IVF above), flat or ivf. [default: auto, or the index's]")] = None,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Start over instead of updating.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 64,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Embed a gallery folder into a faiss index with metadata; re-runs embed only what changed."""
+    from metrix.export.runtime import ModelError
+    from metrix.index.build import build_index
+    from metrix.index.defaults import default_index_dir, default_model
+    from metrix.index.store import GalleryIndexError
+
+    try:
+        if model is None:
+            model = default_model()
+            typer.echo(f"no --model given: using {model}, the newest exported model of the newest run")
+        out = out or default_index_dir(gallery)
+        report = build_index(gallery, model, out, index_type, rebuild, batch_size, progress=progress)
+    except (GalleryIndexError, ModelError, ValueError) as error:
+        _fail(error)
+    index = report.index
+    kind = index.get("type", "?") + (f", nprobe {index['nprobe']}, recall@10 {index['recall_at_10']:.3f} vs exact"
+                                     if "nprobe" in index else "")
+    typer.echo(f"{report.index_dir}: {report.count} images ({kind}), generation {report.generation}")
+    typer.echo(f"  added {report.added}, changed {report.changed}, removed {report.removed}, unchanged {report.unchanged}; "
+               f"{report.embedded_per_s:.1f} images/s embedding, {report.seconds:.1f} s in all")
+    if report.failed:
+        typer.echo(f"  skipped {len(report.failed)} file(s) (list in {report.index_dir / 'report.json'}):")
+        for path, reason in report.failed[:20]:
+            typer.echo(f"    {path}: {reason}")
+        if len(report.failed) > 20:
+            typer.echo(f"    ... and {len(report.failed) - 20} more")
+
+
+@app.command()
+def search(
+    image: Annotated[Path, typer.Argument(help="The query image.")],
+    index: Annotated[Optional[Path], typer.Option(help="Index folder. [default: the most recently built under indexes/]")] = None,
+    k: Annotated[int, typer.Option("-k", help="How many results.")] = 10,
+    model: Annotated[Optional[Path], typer.Option(help="The model to embed the query with. [default: the index's]")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """The gallery images most similar to IMAGE: path, cosine score and label."""
+    import json
+
+    from metrix.export.runtime import ModelError, load_embedder, load_for_model
+    from metrix.images import ImageDecodeError
+    from metrix.index.defaults import newest_index
+    from metrix.index.store import GalleryIndexError, open_index
+
+    try:
+        index = index or newest_index()
+        opened = open_index(index)
+        embedder = load_embedder(model or opened.manifest["model"]["path"])
+        opened.check_model(embedder.metadata)
+        query, _ = load_for_model(image, embedder.metadata)
+        hits = opened.search(embedder.embed(query[None]), k)[0]
+    except (GalleryIndexError, ModelError, ImageDecodeError) as error:
+        _fail(error)
+    if json_output:
+        typer.echo(json.dumps({"query": str(image), "index": str(index), "results": [
+            {"rank": r, "path": h.path, "score": h.score, "label": h.label, "id": h.id} for r, h in enumerate(hits, 1)]},
+            indent=1, ensure_ascii=False))
+        return
+    for rank, hit in enumerate(hits, 1):
+        typer.echo(f"{rank:>3}  {hit.score:.4f}  {hit.path}" + (f"  [{hit.label}]" if hit.label else ""))
+
+
 def _str(path: Optional[Path]) -> Optional[str]:
     return None if path is None else str(path)
 

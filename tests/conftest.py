@@ -1,6 +1,7 @@
 import os
 import tempfile
 
+import pytest
 import torch
 
 
@@ -23,3 +24,25 @@ def make_labels(layout: str, n: int, generator: torch.Generator) -> torch.Tensor
     if layout == "single":
         return torch.zeros(n, dtype=torch.long)
     raise ValueError(layout)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A real run: 2 epochs on 20 synthetic classes at 32 px (both checkpoints kept)."""
+    from .training_helpers import metrix_cli, tiny_dataset, write_config
+
+    tmp = tmp_path_factory.mktemp("tiny-run")
+    data = tiny_dataset(tmp / "data")
+    out = tmp / "run"
+    metrix_cli("train", "--data", data, "--config", write_config(tmp / "config.json", epochs=2), "--out", out,
+               "--no-progress")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_run):
+    """The tiny run's latest checkpoint exported to ONNX (model.onnx in the checkpoint folder)."""
+    from .training_helpers import metrix_cli
+
+    metrix_cli("export", tiny_run)
+    return tiny_run / "checkpoints" / (tiny_run / "latest").read_text() / "model.onnx"

@@ -22,17 +22,15 @@ from metrix.images import open_rgb
 from metrix.training.checkpoint import CheckpointError, build_model, load_checkpoint
 from metrix.transforms import eval_transform
 
-from .training_helpers import metrix_cli, tiny_dataset, write_config
+from .training_helpers import metrix_cli
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("export")
-    data = tiny_dataset(tmp / "data")
-    out = tmp / "run"
-    metrix_cli("train", "--data", data, "--config", write_config(tmp / "config.json", epochs=1), "--out", out,
-               "--no-progress")
-    return out
+def run(tiny_run, tmp_path_factory):
+    """A copy of the session's tiny run, so these tests may break and re-export it freely."""
+    copy = tmp_path_factory.mktemp("export") / "run"
+    shutil.copytree(tiny_run, copy)
+    return copy
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,203 @@
+"""The index on disk, and reading it.
+
+    INDEX_DIR/CURRENT              "gen-000007": the generation readers open
+    INDEX_DIR/gen-000007/          index.faiss, metadata.sqlite, manifest.json: one complete state
+    INDEX_DIR/report.json          the last build's bad-file report
+    INDEX_DIR/.lock                held by a build, so two builds never interleave
+
+A build writes a whole new generation into a temporary folder, fsyncs it, renames it to
+gen-NNNNNN and only then replaces CURRENT (an atomic rename). A kill -9 at any moment leaves
+CURRENT naming a complete generation, and a reader that resolved CURRENT sees that generation's
+three files, never a mix of two builds. The previous generation is kept, so a reader that opened
+it just before a switch can finish; older ones are removed by the next build.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+INDEX_FILE, METADATA_FILE, MANIFEST_FILE, CURRENT, REPORT_FILE = (
+    "index.faiss", "metadata.sqlite", "manifest.json", "CURRENT", "report.json")
+FORMAT = "metrix-index/1"
+SCHEMA = """CREATE TABLE IF NOT EXISTS images (
+    id INTEGER PRIMARY KEY,      -- the faiss id
+    path TEXT NOT NULL UNIQUE,   -- relative to the gallery root, "/" separators
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    label TEXT NOT NULL,         -- the top-level sub-folder, "" for files in the root
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL
+)"""
+COLUMNS = ("id", "path", "size", "mtime_ns", "sha256", "label", "width", "height")
+
+
+class GalleryIndexError(ValueError):
+    """An index that cannot be used as asked; the message is one line naming the folder."""
+
+
+@dataclass
+class Hit:
+    id: int
+    score: float
+    path: str
+    label: str
+    width: int
+    height: int
+
+
+class GalleryIndex:
+    """One generation of an index, opened for searching."""
+
+    def __init__(self, index_dir: Path, generation: str, manifest: dict, index, database: sqlite3.Connection):
+        self.dir, self.generation, self.manifest, self.index, self.db = index_dir, generation, manifest, index, database
+
+    @property
+    def gallery_root(self) -> Path:
+        return Path(self.manifest["gallery_root"])
+
+    def __len__(self) -> int:
+        return self.index.ntotal
+
+    def check_model(self, metadata) -> None:
+        """Refuse a model other than the one the gallery was embedded with (wrong results, silently)."""
+        want = self.manifest["model"]
+        got = {"weights_sha256": metadata.weights_sha256, "quantization": metadata.quantization,
+               "embedding_size": metadata.embedding_size}
+        for key, value in got.items():
+            if want.get(key) != value:
+                raise GalleryIndexError(f"{self.dir}: built with a model whose {key} is {want.get(key)!r}, "
+                                  f"this model's is {value!r}; use the index's model or rebuild with --rebuild")
+
+    def search(self, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:
+        k = min(k, len(self))
+        if k == 0:
+            return [[] for _ in vectors]
+        scores, ids = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+        rows = self.rows(int(i) for i in np.unique(ids) if i >= 0)
+        return [[Hit(int(i), float(s), *rows[int(i)]) for s, i in zip(sc, row) if i >= 0]
+                for sc, row in zip(scores, ids)]
+
+    def rows(self, ids) -> dict[int, tuple]:
+        ids = list(ids)
+        found = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            query = f"SELECT id, path, label, width, height FROM images WHERE id IN ({','.join('?' * len(chunk))})"
+            found.update({row[0]: row[1:] for row in self.db.execute(query, chunk)})
+        return found
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def current_generation(index_dir: Path) -> str | None:
+    pointer = Path(index_dir) / CURRENT
+    return pointer.read_text().strip() if pointer.is_file() else None
+
+
+def open_index(index_dir: Path | str, metadata=None) -> GalleryIndex:
+    """The current generation; with a model's metadata, also checks it is the index's model."""
+    import faiss
+
+    index_dir = Path(index_dir)
+    for attempt in range(3):  # a build may remove the generation between reading CURRENT and opening it
+        generation = current_generation(index_dir)
+        if generation is None:
+            raise GalleryIndexError(f"{index_dir}: no index here (no {CURRENT} file); build one with `metrix build-index`")
+        folder = index_dir / generation
+        try:
+            manifest = json.loads((folder / MANIFEST_FILE).read_text())
+            index = faiss.read_index(str(folder / INDEX_FILE))
+            database = sqlite3.connect(f"file:{folder / METADATA_FILE}?mode=ro", uri=True, check_same_thread=False)
+            break
+        except FileNotFoundError:
+            if attempt == 2:
+                raise GalleryIndexError(f"{folder}: generation vanished while opening it; is a build deleting it?") from None
+        except (ValueError, RuntimeError, sqlite3.Error) as error:
+            raise GalleryIndexError(f"{folder}: unreadable index ({str(error).splitlines()[0]})") from None
+    if manifest.get("format") != FORMAT:
+        raise GalleryIndexError(f"{folder}: index format {manifest.get('format')!r} is not {FORMAT!r}; rebuild it")
+    if "nprobe" in manifest["index"]:
+        faiss.extract_index_ivf(index).nprobe = manifest["index"]["nprobe"]
+    opened = GalleryIndex(index_dir, generation, manifest, index, database)
+    if metadata is not None:
+        opened.check_model(metadata)
+    return opened
+
+
+def write_generation(index_dir: Path, index, rows_database: Path, manifest: dict) -> str:
+    """Write a complete new generation and make it current; returns its name.
+    `rows_database` is a finished SQLite file, moved into the generation."""
+    import faiss
+
+    previous = current_generation(index_dir)
+    name = f"gen-{_number(previous) + 1:06d}"
+    tmp = index_dir / f".tmp-{name}-{os.getpid()}"
+    tmp.mkdir()
+    faiss.write_index(index, str(tmp / INDEX_FILE))
+    os.replace(rows_database, tmp / METADATA_FILE)
+    (tmp / MANIFEST_FILE).write_text(json.dumps({**manifest, "generation": name}, indent=1, ensure_ascii=False))
+    for file in (INDEX_FILE, METADATA_FILE, MANIFEST_FILE):
+        _fsync(tmp / file)
+    _fsync(tmp)
+    os.replace(tmp, index_dir / name)
+    write_text_atomically(index_dir / CURRENT, name)
+    _remove_old(index_dir, keep={name, previous})
+    return name
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync(path.parent)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _number(generation: str | None) -> int:
+    return int(generation.split("-")[1]) if generation else 0
+
+
+def remove_uncommitted(index_dir: Path) -> None:
+    """What a killed build left behind: temporary files and folders, and a generation written
+    but never made current. Call with the build lock held."""
+    current = _number(current_generation(index_dir))
+    for entry in index_dir.iterdir():
+        if entry.name.startswith((".tmp-", ".rows-")) or (entry.name.startswith("gen-") and _number(entry.name) > current):
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+
+
+def _remove_old(index_dir: Path, keep: set) -> None:
+    for entry in index_dir.iterdir():
+        if entry.is_dir() and entry.name.startswith("gen-") and entry.name not in keep:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def copy_rows(index_dir: Path, generation: str | None, destination: Path) -> sqlite3.Connection:
+    """A writable copy of a generation's metadata (or a new, empty table) at `destination`."""
+    destination.unlink(missing_ok=True)
+    database = sqlite3.connect(destination)
+    if generation is not None:
+        with sqlite3.connect(f"file:{index_dir / generation / METADATA_FILE}?mode=ro", uri=True) as source:
+            source.backup(database)
+    database.execute(SCHEMA)
+    database.commit()
+    return database

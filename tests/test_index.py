@@ -1,0 +1,370 @@
+"""`metrix build-index` and `metrix search` on real files the tests write: a gallery of good
+images in every format and mode plus a zoo of bad files; incremental updates; a real build
+process killed with SIGKILL; readers during a build; model mismatches; IVF against exact search."""
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from metrix.export.runtime import load_embedder, load_for_model
+from metrix.index import store
+from metrix.index.build import build_index
+from metrix.index.defaults import default_model, newest_index
+from metrix.index.gallery import find_images
+from metrix.index.store import GalleryIndexError, open_index
+from metrix.index.vectors import flat_index, ivf_index, rebuilt, stored, tune_nprobe
+
+from .training_helpers import metrix_cli
+
+
+def blocks(seed: int, size=(64, 64)) -> Image.Image:
+    """A distinct picture: a random 4 x 4 grid of colours, scaled up."""
+    grid = np.random.default_rng(seed).integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    return Image.fromarray(grid).resize(size, Image.Resampling.NEAREST)
+
+
+def write_good(root: Path) -> dict[str, tuple[int, int]]:
+    """Good images in every format and mode the indexer must read; {relative path: (w, h) as displayed}."""
+    good = {}
+
+    def save(relative, image, **kwargs):
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path, **kwargs)
+        good[relative] = kwargs.pop("_size", None) or image.size
+
+    for i in range(6):
+        save(f"birds/{i:02d}.jpg", blocks(i))
+        save(f"cars/{i:02d}.png", blocks(100 + i, (80, 48)))
+    save("birds/cmyk.jpg", blocks(200).convert("CMYK"))
+    save("birds/grey.png", blocks(201).convert("L"))
+    save("birds/rgba.png", blocks(202).convert("RGBA"))
+    save("cars/palette.gif", blocks(203).convert("P"))
+    save("cars/pic.webp", blocks(204))
+    save("cars/pic.bmp", blocks(205))
+    save("cars/pic.tiff", blocks(206))
+    deep = np.asarray(blocks(207).convert("L"), dtype=np.uint16) * 257
+    save("cars/sixteen bit.png", Image.fromarray(deep))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees when displayed
+    save("cars/rotated.jpg", blocks(208, (64, 40)), exif=exif.tobytes())
+    good["cars/rotated.jpg"] = (40, 64)
+    save("ünïcode name é.png", blocks(209))
+    save("with space.jpg", blocks(210))
+    return good
+
+
+def write_bad(root: Path) -> set[str]:
+    """Files that must be reported and skipped, never fatal; returns their relative paths."""
+    buffer = root / "birds" / "00.jpg"
+    (root / "bad").mkdir()
+    (root / "bad" / "truncated.jpg").write_bytes(buffer.read_bytes()[: buffer.stat().st_size // 2])
+    (root / "bad" / "zero.jpg").write_bytes(b"")
+    (root / "bad" / "text.jpg").write_text("this is not an image\n")
+    (root / "bad" / "huge.png").write_bytes(_png_header(100_000, 100_000))
+    os.symlink("..", root / "bad" / "loop")  # a folder link back up
+    os.symlink("self.jpg", root / "bad" / "self.jpg")  # a link to itself
+    (root / "empty").mkdir()
+    return {"bad/truncated.jpg", "bad/zero.jpg", "bad/text.jpg", "bad/huge.png", "bad/loop", "bad/self.jpg"}
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A small PNG file that declares width x height: valid chunks, almost no pixel data."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def rows(index_dir: Path) -> dict[str, tuple]:
+    opened = open_index(index_dir)
+    try:
+        return {r[1]: r for r in opened.db.execute("SELECT * FROM images")}
+    finally:
+        opened.close()
+
+
+def consistent_state(index_dir: Path) -> int:
+    """Open the index and check its three files agree; return its count."""
+    opened = open_index(index_dir)
+    try:
+        (count,) = opened.db.execute("SELECT COUNT(*) FROM images").fetchone()
+        assert count == opened.index.ntotal == opened.manifest["count"]
+        ids = {r[0] for r in opened.db.execute("SELECT id FROM images")}
+        assert ids == set(stored(opened.index)[0].tolist())
+        return count
+    finally:
+        opened.close()
+
+
+@pytest.fixture
+def gallery(tmp_path):
+    root = tmp_path / "gallery"
+    good = write_good(root)
+    return root, good, write_bad(root)
+
+
+def test_zoo_every_good_file_once_every_bad_file_reported(gallery, tiny_model, tmp_path):
+    root, good, bad = gallery
+    result = metrix_cli("build-index", root, "--model", tiny_model, "--out", tmp_path / "idx", "--no-progress")
+    assert f"{len(good)} images (IDMap2,Flat)" in result.stdout and f"skipped {len(bad)} file(s)" in result.stdout
+    report = json.loads((tmp_path / "idx" / "report.json").read_text())
+    assert {f["path"] for f in report["failed"]} == bad
+    reasons = {f["path"]: f["reason"] for f in report["failed"]}
+    assert reasons["bad/zero.jpg"] == "empty file" and "not an image" in reasons["bad/text.jpg"]
+    assert "bomb" in reasons["bad/huge.png"] or "pixel limit" in reasons["bad/huge.png"]
+    assert "truncated" in reasons["bad/truncated.jpg"].lower() and "loop" in reasons["bad/loop"]
+    indexed = rows(tmp_path / "idx")
+    assert set(indexed) == set(good)
+    assert consistent_state(tmp_path / "idx") == len(good)
+    for path, (width, height) in good.items():
+        row = indexed[path]
+        assert (row[6], row[7]) == (width, height), path
+        assert row[5] == (path.split("/")[0] if "/" in path else "")
+        assert row[4] == __import__("hashlib").sha256((root / path).read_bytes()).hexdigest()
+    embedder, opened = load_embedder(tiny_model), open_index(tmp_path / "idx")
+    for path in good:
+        query, _ = load_for_model(root / path, embedder.metadata)
+        top = opened.search(embedder.embed(query[None]), 3)[0]
+        assert top[0].path == path and top[0].score > 0.9999, (path, top)
+
+
+def test_search_command(gallery, tiny_model, tmp_path):
+    root, good, _ = gallery
+    build_index(root, tiny_model, tmp_path / "idx", progress=False)
+    query = root / "cars" / "03.png"
+    result = metrix_cli("search", query, "--index", tmp_path / "idx", "-k", "4", "--json")
+    hits = json.loads(result.stdout)["results"]
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4]
+    assert hits[0]["path"] == "cars/03.png" and hits[0]["label"] == "cars"
+    assert all(a["score"] >= b["score"] for a, b in zip(hits, hits[1:]))
+    text = metrix_cli("search", query, "--index", tmp_path / "idx", "-k", "2").stdout.splitlines()
+    assert len(text) == 2 and text[0].split()[2] == "cars/03.png"
+    failed = metrix_cli("search", root / "bad" / "text.jpg", "--index", tmp_path / "idx", check=False)
+    assert failed.returncode == 2 and failed.stderr.count("\n") == 1 and "text.jpg: not an image" in failed.stderr
+
+
+def test_incremental_updates(gallery, tiny_model, tmp_path):
+    root, good, _ = gallery
+    index_dir = tmp_path / "idx"
+    first = build_index(root, tiny_model, index_dir, progress=False)
+    before = rows(index_dir)
+
+    again = build_index(root, tiny_model, index_dir, progress=False)
+    assert (again.added, again.changed, again.removed, again.unchanged) == (0, 0, 0, len(good))
+    assert again.generation == first.generation  # nothing written
+
+    (root / "birds" / "00.jpg").unlink()
+    blocks(300).save(root / "birds" / "01.jpg")  # new content, same path
+    os.utime(root / "birds" / "02.jpg", ns=(1, 1))  # touched, same content
+    blocks(301).save(root / "new.png")
+    update = build_index(root, tiny_model, index_dir, progress=False)
+    assert (update.added, update.changed, update.removed, update.unchanged) == (1, 1, 1, len(good) - 2)
+    assert update.generation != first.generation
+    after = rows(index_dir)
+    assert set(after) == set(good) - {"birds/00.jpg"} | {"new.png"}
+    assert after["birds/01.jpg"][0] not in {r[0] for r in before.values()}  # re-embedded: a fresh id
+    assert after["birds/02.jpg"][0] == before["birds/02.jpg"][0] and after["birds/02.jpg"][3] == 1
+    unchanged = set(good) - {"birds/00.jpg", "birds/01.jpg", "birds/02.jpg"}
+    assert all(after[p][0] == before[p][0] for p in unchanged)
+    assert consistent_state(index_dir) == len(good)
+    embedder, opened = load_embedder(tiny_model), open_index(index_dir)
+    for path in ("birds/01.jpg", "new.png"):
+        top = opened.search(embedder.embed(load_for_model(root / path, embedder.metadata)[0][None]), 1)[0][0]
+        assert top.path == path
+
+    rebuilt_report = build_index(root, tiny_model, index_dir, rebuild=True, progress=False)
+    assert rebuilt_report.added == len(good) and rebuilt_report.unchanged == 0
+
+
+def test_another_model_is_refused(gallery, tiny_run, tiny_model, tmp_path):
+    root, _, _ = gallery
+    build_index(root, tiny_model, tmp_path / "idx", progress=False)
+    other = tmp_path / "epoch1.onnx"
+    metrix_cli("export", tiny_run, "--checkpoint", "epoch-0001", "-o", other)
+    failed = metrix_cli("build-index", root, "--model", other, "--out", tmp_path / "idx", check=False)
+    assert failed.returncode == 2 and "weights_sha256" in failed.stderr and "--rebuild" in failed.stderr
+    meta = load_embedder(tiny_model).metadata
+    for changed in (replace(meta, embedding_size=meta.embedding_size + 1), replace(meta, quantization="int8")):
+        with pytest.raises(GalleryIndexError, match="built with a model whose"):
+            open_index(tmp_path / "idx", changed)
+    open_index(tmp_path / "idx", meta).close()
+    searched = metrix_cli("search", root / "cars" / "01.png", "--index", tmp_path / "idx", "--model", other, check=False)
+    assert searched.returncode == 2 and "built with a model whose weights_sha256" in searched.stderr
+
+
+def test_a_failed_commit_leaves_the_previous_index(gallery, tiny_model, tmp_path, monkeypatch):
+    """A crash at each step of writing a generation: the index stays the previous, complete one."""
+    root, good, _ = gallery
+    index_dir = tmp_path / "idx"
+    build_index(root, tiny_model, index_dir, progress=False)
+    blocks(400).save(root / "added.png")
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("simulated crash")
+
+    import faiss
+
+    # the generation half written; then complete but not yet current
+    for target, attribute in ((faiss, "write_index"), (store, "write_text_atomically")):
+        monkeypatch.setattr(target, attribute, crash)
+        with pytest.raises(KeyboardInterrupt):
+            build_index(root, tiny_model, index_dir, progress=False)
+        monkeypatch.undo()
+        assert consistent_state(index_dir) == len(good) and "added.png" not in rows(index_dir)
+    final = build_index(root, tiny_model, index_dir, progress=False)
+    assert final.added == 1 and consistent_state(index_dir) == len(good) + 1
+    assert not [p for p in index_dir.iterdir() if p.name.startswith(".tmp-") or p.name.startswith(".rows-")]
+
+
+def _many_images(root: Path, start: int, count: int) -> None:
+    (root / "many").mkdir(parents=True, exist_ok=True)
+    for i in range(start, start + count):
+        blocks(10_000 + i).save(root / "many" / f"{i:05d}.png")
+
+
+def _build_process(root, model, index_dir) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "metrix", "build-index", str(root), "--model", str(model), "--out",
+                             str(index_dir), "--no-progress", "--batch-size", "16"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_kill_9_at_any_moment_leaves_a_complete_index(tiny_model, tmp_path):
+    root, index_dir = tmp_path / "gallery", tmp_path / "idx"
+    _many_images(root, 0, 300)
+    build_index(root, tiny_model, index_dir, progress=False)
+    _many_images(root, 300, 600)
+    killed = 0
+    for delay in np.arange(0.2, 20, 0.15):  # later and later, until a build finishes before its kill
+        process = _build_process(root, tiny_model, index_dir)
+        time.sleep(delay)
+        if process.poll() is not None:
+            break
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        killed += 1
+        assert consistent_state(index_dir) in (300, 900)
+    assert killed >= 3
+    build_index(root, tiny_model, index_dir, progress=False)
+    assert consistent_state(index_dir) == 900
+
+
+def test_readers_during_a_build_see_old_or_new_never_a_mix(tiny_model, tmp_path):
+    root, index_dir = tmp_path / "gallery", tmp_path / "idx"
+    _many_images(root, 0, 200)
+    build_index(root, tiny_model, index_dir, progress=False)
+    _many_images(root, 200, 300)
+    process = _build_process(root, tiny_model, index_dir)
+    seen = set()
+    while process.poll() is None:
+        seen.add(consistent_state(index_dir))
+    assert process.returncode == 0, process.stderr.read()
+    seen.add(consistent_state(index_dir))
+    assert seen <= {200, 500} and 500 in seen and len(seen) >= 1
+
+
+def test_a_second_build_waits_for_no_one(gallery, tiny_model, tmp_path):
+    import fcntl
+
+    root, _, _ = gallery
+    index_dir = tmp_path / "idx"
+    index_dir.mkdir()
+    with open(index_dir / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(GalleryIndexError, match="another build holds its lock"):
+            build_index(root, tiny_model, index_dir, progress=False)
+
+
+def test_walk_follows_links_once_and_skips_hidden(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    blocks(1).save(tmp_path / "a" / "b" / "x.png")
+    blocks(2).save(tmp_path / "a" / ".hidden.png")
+    (tmp_path / "a" / "notes.txt").write_text("no")
+    os.symlink(tmp_path / "a", tmp_path / "link_to_a")
+    os.symlink(tmp_path, tmp_path / "a" / "b" / "up")
+    files, skipped = find_images(tmp_path)
+    assert [f.path for f in files] == ["a/b/x.png"]
+    assert {path for path, _ in skipped} == {"a/b/up", "link_to_a"}
+    assert all("symlink loop" in reason for _, reason in skipped)
+
+
+def test_ivf_recall_against_exact_search(tmp_path):
+    """IVF's measured recall@10 equals a brute-force numpy count; ids and vectors survive conversions."""
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((3000, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = rng.permutation(10_000)[:3000].astype(np.int64)
+    flat = flat_index(32)
+    flat.add_with_ids(vectors, ids)
+    ivf = rebuilt(flat, "ivf", 32)
+    got_ids, got_vectors = stored(ivf)
+    order = np.argsort(got_ids)
+    np.testing.assert_array_equal(got_ids[order], np.sort(ids))
+    np.testing.assert_allclose(got_vectors[order], vectors[np.argsort(ids)], atol=0)
+    nprobe, recall = tune_nprobe(ivf)
+    assert recall >= 0.95 and 1 <= nprobe <= ivf.nlist
+    queries = np.random.default_rng(0).permutation(3000)[:1000]  # as tune_nprobe samples them
+    ivf.nprobe = nprobe
+    _, found = ivf.search(got_vectors[queries], 11)
+    truth = np.argsort(-(got_vectors[queries] @ got_vectors.T), axis=1)[:, :11]
+    hits = 0
+    for q, want, got in zip(queries, truth, found):
+        want = [got_ids[i] for i in want if i != q][:10]
+        hits += len(set(want) & set(got.tolist()))
+    assert abs(hits / 10_000 - recall) < 1e-9
+    ivf.remove_ids(ids[:100])
+    assert ivf.ntotal == 2900 and set(stored(ivf)[0].tolist()) == set(ids[100:].tolist())
+    back = rebuilt(ivf, "flat", 32)
+    assert back.ntotal == 2900
+
+
+def test_ivf_index_type_on_a_gallery(tiny_model, tmp_path):
+    root = tmp_path / "gallery"
+    _many_images(root, 0, 120)
+    report = build_index(root, tiny_model, tmp_path / "idx", index_type="ivf", progress=False)
+    assert report.index["kind"] == "ivf" and report.index["recall_at_10"] >= 0.95
+    manifest = json.loads((tmp_path / "idx" / report.generation / "manifest.json").read_text())
+    assert manifest["index"]["nprobe"] == report.index["nprobe"] and manifest["count"] == 120
+    assert {"weights_sha256", "embedding_size", "backbone"} <= manifest["model"].keys()
+    assert manifest["faiss_version"] and manifest["created"] and manifest["updated"]
+    (root / "many" / "00007.png").unlink()
+    update = build_index(root, tiny_model, tmp_path / "idx", progress=False)  # keeps the requested type
+    assert update.index["kind"] == "ivf" and update.removed == 1 and consistent_state(tmp_path / "idx") == 119
+
+
+def test_defaults_find_the_newest_model_and_index(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(GalleryIndexError, match="no exported model under runs/"):
+        default_model()
+    for run, stamp in (("old", 1), ("new", 3)):
+        folder = tmp_path / "runs" / run / "checkpoints" / "epoch-0001"
+        folder.mkdir(parents=True)
+        (folder / "model.onnx").write_bytes(b"x")
+        os.utime(folder / "model.onnx", (stamp, stamp))
+    assert default_model() == Path("runs/new/checkpoints/epoch-0001/model.onnx")
+    with pytest.raises(GalleryIndexError, match="no index under indexes/"):
+        newest_index()
+    for name, stamp in (("a", 5), ("b", 2)):
+        (tmp_path / "indexes" / name).mkdir(parents=True)
+        (tmp_path / "indexes" / name / "CURRENT").write_text("gen-000001")
+        os.utime(tmp_path / "indexes" / name / "CURRENT", (stamp, stamp))
+    assert newest_index() == Path("indexes/a")
+
+
+def test_not_a_folder_and_no_index(tmp_path, tiny_model):
+    failed = metrix_cli("build-index", tmp_path / "missing", "--model", tiny_model, "--out", tmp_path / "i", check=False)
+    assert failed.returncode == 2 and "missing: not a folder" in failed.stderr
+    with pytest.raises(GalleryIndexError, match="no index here"):
+        open_index(tmp_path)
