@@ -111,7 +111,8 @@ def markdown_table(results: dict) -> str:
         groups.setdefault((row.get("tag", ""), row["loss"], row["mixup"]), []).append(row)
     header = ["settings", "loss", "mixing", "seeds", *METRICS, "train s/run"]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    for (tag, loss, mixup), rows in groups.items():
+    order = {spec: i for i, spec in enumerate(("-:untrained floor", *GRID, "ms:input"))}
+    for (tag, loss, mixup), rows in sorted(groups.items(), key=lambda g: (g[0][0], order.get(f"{g[0][1]}:{g[0][2]}", 99))):
         cells = []
         for metric in METRICS:
             values = [r[metric] for r in rows]
@@ -119,6 +120,8 @@ def markdown_table(results: dict) -> str:
             cells.append(f"{statistics.mean(values):.2f}{spread}")
         seconds = statistics.mean(r["train_seconds"] for r in rows)
         described = ", ".join(f"{k}={v}" for k, v in rows[0].get("settings", {}).items()) or "recipe"
+        if rows[0].get("machine"):  # trained elsewhere (input mixing on a GPU): its time is not comparable
+            described += f", trained on {rows[0]['machine']}"
         lines.append(f"| {described if loss != '-' else '-'} | {loss} | {mixup} | {len(rows)} | "
                      + " | ".join(cells) + f" | {seconds:.0f} |")
     return "\n".join(lines)

@@ -17,6 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from metrix.export.runtime import file_sha256, load_embedder, load_for_model
+from metrix.images import ImageDecodeError
+
 from .gallery import GalleryFile, find_images
 from .store import (REPORT_FILE, FORMAT, GalleryIndexError, copy_rows, current_generation, open_index,
                     remove_uncommitted, write_generation, write_text_atomically)
@@ -65,8 +68,6 @@ class _Lock:
 def build_index(gallery: Path | str, model: Path | str, index_dir: Path | str, index_type: str | None = None,
                 rebuild: bool = False, batch_size: int = DEFAULT_BATCH, workers: int | None = None,
                 progress: bool = True, threads: int | None = None) -> BuildReport:
-    from metrix.export.runtime import load_embedder
-
     started = time.perf_counter()
     gallery, index_dir = Path(gallery).resolve(), Path(index_dir)
     if not gallery.is_dir():
@@ -96,35 +97,38 @@ def build_index(gallery: Path | str, model: Path | str, index_dir: Path | str, i
         if nothing_to_do:
             report.generation, report.count, report.index = old.generation, len(old), old.manifest["index"]
         else:
-            if index is None:
-                index = flat_index(embedder.metadata.embedding_size)
-            if removed_ids:
-                index.remove_ids(np.array(removed_ids, dtype=np.int64))
-            if ids:
-                index.add_with_ids(vectors, np.array(ids, dtype=np.int64))
-            if kind != kind_of(index):
-                index = rebuilt(index, kind, embedder.metadata.embedding_size)
+            index = _updated_index(index, removed_ids, ids, vectors, kind, embedder.metadata.embedding_size)
             params = {"type": "IDMap2,Flat" if kind == "flat" else f"IVF{index.nlist},Flat", "kind": kind,
                       "requested": requested, "metric": "inner_product"}
             if kind == "ivf":
                 params["nprobe"], params["recall_at_10"] = tune_nprobe(index)
-            database = copy_rows(index_dir, old.generation if old else None, index_dir / f".rows-{os.getpid()}.sqlite")
+            rows_file = index_dir / f".rows-{os.getpid()}.sqlite"
+            database = copy_rows(index_dir, old.generation if old else None, rows_file)
             with database:
                 database.executemany("DELETE FROM images WHERE id = ?", [(i,) for i in removed_ids])
                 database.executemany("UPDATE images SET size = ?, mtime_ns = ? WHERE id = ?",
                                      [(f.size, f.mtime_ns, known[f.path][0]) for f in touched])
                 database.executemany("INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
             database.close()
-            report.count = index.ntotal
-            report.index = params
-            report.generation = write_generation(index_dir, index, index_dir / f".rows-{os.getpid()}.sqlite",
-                                                 _manifest(old, gallery, embedder, params, index.ntotal,
-                                                           ids[-1] + 1 if ids else _next_id(old, known)))
+            report.count, report.index = index.ntotal, params
+            next_id = ids[-1] + 1 if ids else _next_id(old, known)
+            report.generation = write_generation(index_dir, index, rows_file,
+                                                 _manifest(old, gallery, embedder, params, index.ntotal, next_id))
         if old is not None:
             old.close()
         report.seconds = time.perf_counter() - started
         write_text_atomically(index_dir / REPORT_FILE, json.dumps(report.to_dict(), indent=1, ensure_ascii=False))
     return report
+
+
+def _updated_index(index, removed_ids: list[int], ids: list[int], vectors: np.ndarray, kind: str, dim: int):
+    """The old index (or a new flat one) with the removals and additions, in the kind asked for."""
+    index = index if index is not None else flat_index(dim)
+    if removed_ids:
+        index.remove_ids(np.array(removed_ids, dtype=np.int64))
+    if ids:
+        index.add_with_ids(vectors, np.array(ids, dtype=np.int64))
+    return index if kind == kind_of(index) else rebuilt(index, kind, dim)
 
 
 def _check_same_build(old, gallery: Path, metadata) -> None:
@@ -162,7 +166,7 @@ def _diff(gallery: Path, files: list[GalleryFile], known: dict, report: BuildRep
             report.unchanged += 1
         else:
             try:
-                same = _sha256(gallery / file.path) == row[4]
+                same = file_sha256(gallery / file.path) == row[4]
             except OSError:
                 same = False
             if same:
@@ -177,18 +181,9 @@ def _diff(gallery: Path, files: list[GalleryFile], known: dict, report: BuildRep
     return todo, touched, keep
 
 
-def _sha256(path: Path) -> str:
-    from metrix.export.runtime import file_sha256
-
-    return file_sha256(path)
-
-
 def _embed(embedder, gallery: Path, todo: list[GalleryFile], first_id: int, batch_size: int, workers: int | None,
            progress: bool, report: BuildReport):
     """Decode in `workers` threads while the model runs on full batches; failures are reported."""
-    from metrix.export.runtime import load_for_model
-    from metrix.images import ImageDecodeError
-
     def load(file: GalleryFile):
         path = gallery / file.path
         try:

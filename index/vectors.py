@@ -59,7 +59,10 @@ def stored(index) -> tuple[np.ndarray, np.ndarray]:
     import faiss
 
     if kind_of(index) == "flat":
-        return faiss.vector_to_array(index.id_map).astype(np.int64), index.index.reconstruct_n(0, index.ntotal)
+        # np.asarray: once faiss.contrib.torch_utils is imported (pytorch-metric-learning does),
+        # reconstruct_n returns a torch tensor
+        vectors = np.asarray(index.index.reconstruct_n(0, index.ntotal), dtype=np.float32)
+        return faiss.vector_to_array(index.id_map).astype(np.int64), vectors
     ids, vectors = [], []
     lists = index.invlists
     for list_no in range(index.nlist):

@@ -256,6 +256,58 @@ def search(
         typer.echo(f"{rank:>3}  {hit.score:.4f}  {hit.path}" + (f"  [{hit.label}]" if hit.label else ""))
 
 
+@app.command()
+def serve(
+    index: Annotated[Optional[Path], typer.Option(help="Index folder. [default: the most recently built under indexes/]")] = None,
+    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes the app to the network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 7860,
+    model: Annotated[Optional[Path], typer.Option(help="The model to embed queries with. [default: the index's]")] = None,
+) -> None:
+    """The web UI: upload a photo, see the most similar gallery images."""
+    import os
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from metrix.export.runtime import ModelError, load_embedder
+    from metrix.index.defaults import newest_index
+    from metrix.index.store import GalleryIndexError, open_index
+
+    try:
+        opened = open_index(index or newest_index())
+        embedder = load_embedder(model or opened.manifest["model"]["path"])
+        opened.check_model(embedder.metadata)
+    except (GalleryIndexError, ModelError) as error:
+        _fail(error)
+    from metrix.app.ui import build_app, launch
+
+    typer.echo(f"serving {opened.dir} ({len(opened):,} images from {opened.gallery_root}) on http://{host}:{port}")
+    launch(build_app(opened, embedder), opened.gallery_root, host, port)
+
+
+@app.command()
+def demo(
+    data: Annotated[Optional[Path], typer.Option(help="Your image folder (one sub-folder per class). [default: the built-in synthetic dataset]")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Where the run, gallery and index go. [default: runs/demo-<time>]")] = None,
+    serve_: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve the web UI at the end.")] = True,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 7860,
+) -> None:
+    """Train Metrix, export it, index the unseen classes, compare with the untrained backbone, serve the UI."""
+    from metrix.backbones import BackboneError
+    from metrix.datasets import DataError
+    from metrix.demo import run_demo
+    from metrix.export.onnx_export import ExportError
+    from metrix.index.store import GalleryIndexError
+    from metrix.training.checkpoint import CheckpointError
+    from metrix.training.config import ConfigError
+
+    try:
+        _, index_dir = run_demo(data, out)
+    except (ConfigError, DataError, BackboneError, CheckpointError, ExportError, GalleryIndexError) as error:
+        _fail(error)
+    if serve_:
+        serve(index=index_dir, host=host, port=port, model=None)
+
+
 def _str(path: Optional[Path]) -> Optional[str]:
     return None if path is None else str(path)
 

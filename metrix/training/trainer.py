@@ -172,9 +172,10 @@ def _pooled_training_features(run: TrainingRun) -> torch.Tensor:
     run.model.eval()
     if run.cache is not None:
         tail = CachedTail(run.model, run.first_trained_stage)
-        maps = (tail.features(run.cache.features[i : i + 64, 0].float()) for i in range(0, len(run.cache.labels), 64))
+        maps = (tail.features(run.cache.features[i : i + 64, 0].float().to(run.device))
+                for i in range(0, len(run.cache.labels), 64))
     else:
-        maps = (run.model.features(images) for images, _ in DataLoader(
+        maps = (run.model.features(images.to(run.device)) for images, _ in DataLoader(
             ImageDataset(run.data.train.samples, eval_transform(run.model.preprocessing)), batch_size=64))
     pooled = torch.cat([pool(m) for m in maps])
     run.model.train(was_training)

@@ -1,0 +1,65 @@
+"""The README's screenshot: serve an index, upload a query in headless Chromium, save the page.
+
+    .venv/bin/python bench/app_screenshot.py --index indexes/cub100-test --query path/to/bird.jpg --out docs/app.png
+
+Needs Debian's chromium and chromium-driver and the dev extra (selenium).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+def main() -> None:
+    from selenium import webdriver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from metrix.app.ui import build_app, launch
+    from metrix.export.runtime import load_embedder
+    from metrix.index.store import open_index
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--index", type=Path, required=True)
+    parser.add_argument("--query", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--k", type=int, default=8)
+    args = parser.parse_args()
+
+    index = open_index(args.index)
+    app = build_app(index, load_embedder(index.manifest["model"]["path"]), default_k=args.k)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launch(app, index.gallery_root, port=port, block=False)
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--window-size=1300,1050"):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(options=options, service=webdriver.ChromeService(shutil.which("chromedriver")))
+    try:
+        browser.get(f"http://127.0.0.1:{port}/")
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "input[type=file]"))
+        browser.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(args.query.resolve()))
+        wait.until(lambda b: "most similar" in b.find_element(By.ID, "status").text)
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#results img")) >= args.k)
+        browser.find_elements(By.CSS_SELECTOR, "#results .thumbnail-item")[1].click()
+        wait.until(lambda b: "similarity:" in b.find_element(By.TAG_NAME, "body").text)
+        browser.execute_script("window.scrollTo(0, 0)")
+        browser.save_screenshot(str(args.out))
+    finally:
+        browser.quit()
+        app.close()
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
