@@ -22,8 +22,7 @@ def main() -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     from metrix.app.ui import build_app, launch
-    from metrix.export.runtime import load_embedder
-    from metrix.index.store import open_index
+    from metrix.index.store import open_with_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--index", type=Path, required=True)
@@ -32,8 +31,8 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=8)
     args = parser.parse_args()
 
-    index = open_index(args.index)
-    app = build_app(index, load_embedder(index.manifest["model"]["path"]), default_k=args.k)
+    index, embedder = open_with_model(args.index)
+    app = build_app(index, embedder, default_k=args.k)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -135,11 +135,7 @@ def _check_same_build(old, gallery: Path, metadata) -> None:
     if Path(old.manifest["gallery_root"]) != gallery:
         raise GalleryIndexError(f"{old.dir}: indexes {old.manifest['gallery_root']}, not {gallery}; "
                                 "give another --out or --rebuild")
-    try:
-        old.check_model(metadata)
-    except GalleryIndexError as error:
-        raise GalleryIndexError(f"{error}".replace("use the index's model or rebuild with --rebuild",
-                                                   "pass --rebuild to re-embed the gallery with this model")) from None
+    old.check_model(metadata)
 
 
 def _known_rows(old) -> dict[str, tuple]:

@@ -73,8 +73,8 @@ class GalleryIndex:
                "embedding_size": metadata.embedding_size}
         for key, value in got.items():
             if want.get(key) != value:
-                raise GalleryIndexError(f"{self.dir}: built with a model whose {key} is {want.get(key)!r}, "
-                                  f"this model's is {value!r}; use the index's model or rebuild with --rebuild")
+                raise GalleryIndexError(f"{self.dir}: built with a model whose {key} is {want.get(key)!r}, this "
+                                        f"model's is {value!r}; use the index's model, or re-embed with build-index --rebuild")
 
     def search(self, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:
         k = min(k, len(self))
@@ -131,6 +131,17 @@ def open_index(index_dir: Path | str, metadata=None) -> GalleryIndex:
     if metadata is not None:
         opened.check_model(metadata)
     return opened
+
+
+def open_with_model(index_dir: Path | str, model: Path | str | None = None):
+    """(the index, an Embedder for its model): the model recorded in the manifest, or `model`,
+    which must be the same model (weights, quantization, size)."""
+    from metrix.export.runtime import load_embedder
+
+    opened = open_index(index_dir)
+    embedder = load_embedder(model or opened.manifest["model"]["path"])
+    opened.check_model(embedder.metadata)
+    return opened, embedder
 
 
 def write_generation(index_dir: Path, index, rows_database: Path, manifest: dict) -> str:

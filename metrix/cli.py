@@ -233,16 +233,14 @@ def search(
     """The gallery images most similar to IMAGE: path, cosine score and label."""
     import json
 
-    from metrix.export.runtime import ModelError, load_embedder, load_for_model
+    from metrix.export.runtime import ModelError, load_for_model
     from metrix.images import ImageDecodeError
     from metrix.index.defaults import newest_index
-    from metrix.index.store import GalleryIndexError, open_index
+    from metrix.index.store import GalleryIndexError, open_with_model
 
     try:
         index = index or newest_index()
-        opened = open_index(index)
-        embedder = load_embedder(model or opened.manifest["model"]["path"])
-        opened.check_model(embedder.metadata)
+        opened, embedder = open_with_model(index, model)
         query, _ = load_for_model(image, embedder.metadata)
         hits = opened.search(embedder.embed(query[None]), k)[0]
     except (GalleryIndexError, ModelError, ImageDecodeError) as error:
@@ -267,14 +265,12 @@ def serve(
     import os
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from metrix.export.runtime import ModelError, load_embedder
+    from metrix.export.runtime import ModelError
     from metrix.index.defaults import newest_index
-    from metrix.index.store import GalleryIndexError, open_index
+    from metrix.index.store import GalleryIndexError, open_with_model
 
     try:
-        opened = open_index(index or newest_index())
-        embedder = load_embedder(model or opened.manifest["model"]["path"])
-        opened.check_model(embedder.metadata)
+        opened, embedder = open_with_model(index or newest_index(), model)
     except (GalleryIndexError, ModelError) as error:
         _fail(error)
     from metrix.app.ui import build_app, launch

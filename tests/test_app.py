@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from metrix.index.build import build_index
-from metrix.index.store import open_index
+from metrix.index.store import open_with_model
 
 from .test_index import blocks
 from .training_helpers import metrix_cli
@@ -44,11 +44,9 @@ def gallery_index(tmp_path_factory, tiny_model):
 @pytest.fixture(scope="module")
 def served(gallery_index):
     from metrix.app.ui import build_app, launch
-    from metrix.export.runtime import load_embedder
 
     root, index_dir = gallery_index
-    index = open_index(index_dir)
-    app = build_app(index, load_embedder(index.manifest["model"]["path"]))
+    app = build_app(*open_with_model(index_dir))
     port = free_port()
     launch(app, root, port=port, block=False)
     yield f"http://127.0.0.1:{port}/", root, index_dir
@@ -116,9 +114,8 @@ def test_twenty_concurrent_queries_all_succeed(served):
 
 def test_serving_path_imports_no_torch(gallery_index):
     _, index_dir = gallery_index
-    code = ("import sys; from metrix.app.ui import build_app; from metrix.export.runtime import load_embedder; "
-            f"from metrix.index.store import open_index; i = open_index({str(index_dir)!r}); "
-            "build_app(i, load_embedder(i.manifest['model']['path'])); print('torch' in sys.modules)")
+    code = ("import sys; from metrix.app.ui import build_app; from metrix.index.store import open_with_model; "
+            f"build_app(*open_with_model({str(index_dir)!r})); print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
 

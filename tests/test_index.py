@@ -23,7 +23,7 @@ from metrix.index.build import build_index
 from metrix.index.defaults import default_model, newest_index
 from metrix.index.gallery import find_images
 from metrix.index.store import GalleryIndexError, open_index
-from metrix.index.vectors import flat_index, ivf_index, rebuilt, stored, tune_nprobe
+from metrix.index.vectors import flat_index, rebuilt, stored, tune_nprobe
 
 from .training_helpers import metrix_cli
 
