@@ -52,9 +52,7 @@ class Distributed:
         """Concatenate every process's x along dim 0, in rank order; gradients flow back."""
         if self.world_size == 1:
             return x
-        from torch.distributed.nn.functional import all_gather
-
-        return torch.cat(all_gather(x), dim=0)
+        return _GatherWithGradient.apply(x, self.rank, self.world_size)
 
     def gather_labels(self, labels: Tensor) -> Tensor:
         if self.world_size == 1:
@@ -102,6 +100,30 @@ class Distributed:
 
             dist.barrier()  # tearing gloo down while a peer is still finishing aborts that peer
             dist.destroy_process_group()
+
+
+class _GatherWithGradient(torch.autograd.Function):
+    """all_gather whose backward sums the gradient of the whole gathered tensor over processes
+    (every process's loss uses every slice) and returns this process's slice. Plain collectives
+    only: torch.distributed.nn's version is deprecated and, under gloo, sometimes aborted a
+    process at teardown."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, rank: int, world_size: int) -> Tensor:
+        import torch.distributed as dist
+
+        parts = [torch.empty_like(x) for _ in range(world_size)]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rank, ctx.rows = rank, x.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        import torch.distributed as dist
+
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows], None, None
 
 
 class GlobalBatch(nn.Module):
