@@ -26,8 +26,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from metrix.export.onnx_export import (ImageEmbedder, check_parity, describe, run_data, to_onnx, verification_images,
-                                       write_atomically)
+from metrix.export.onnx_export import (ImageEmbedder, check_parity, describe, run_data, save_checked, to_onnx,
+                                       verification_images)
 from metrix.export.quantize import CALIBRATION_IMAGES, quantize_int8
 from metrix.export.runtime import load_embedder, preprocess
 from metrix.images import open_rgb
@@ -60,7 +60,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         fp32_path, int8_path = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
-        os.replace(write_atomically(to_onnx(eager, metadata), fp32_path), fp32_path)
+        save_checked(to_onnx(eager, metadata), fp32_path, fp32_path)
         parity = check_parity(eager, fp32_path, images)
         quantize_int8(fp32_path, int8_path, verification_images([s.path for s in data.train.samples], metadata,
                                                                 CALIBRATION_IMAGES))

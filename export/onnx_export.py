@@ -14,6 +14,7 @@ difference <= 1e-4); a mismatch fails the export with the measured numbers.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 from metrix import __version__
 from metrix.training.checkpoint import MODEL_FILE, Checkpoint, build_model, load_checkpoint
 
-from .runtime import INPUT_NAME, OUTPUT_NAME, ModelMetadata, file_sha256, load_embedder, preprocess
+from .runtime import INPUT_NAME, OUTPUT_NAME, ModelMetadata, file_sha256, load_embedder, load_for_model
 
 OPSET = 20
 MIN_COSINE, MAX_ABS_DIFF = 0.99999, 1e-4
@@ -130,15 +131,15 @@ def check_parity(module: ImageEmbedder, onnx_path: Path, images: np.ndarray) -> 
 
 
 def verification_images(paths: list[Path], metadata: ModelMetadata, count: int = max(PARITY_BATCHES)) -> np.ndarray:
-    """`count` images spread over `paths`, preprocessed as clients do; seeded noise where too few
+    """`count` images spread over `paths`, loaded as clients load them; seeded noise where too few
     (or no) paths are given, so an export verifies even without its training data."""
-    from metrix.images import ImageDecodeError, open_rgb
+    from metrix.images import ImageDecodeError
 
     chosen = [paths[i * len(paths) // count] for i in range(count)] if len(paths) >= count else list(paths)
     arrays = []
     for path in chosen:
         try:
-            arrays.append(preprocess(open_rgb(path), metadata))
+            arrays.append(load_for_model(path, metadata)[0])
         except ImageDecodeError:
             continue
     rng = np.random.default_rng(0)
@@ -148,19 +149,28 @@ def verification_images(paths: list[Path], metadata: ModelMetadata, count: int =
     return np.stack(arrays)
 
 
-def write_atomically(proto, output: Path) -> Path:
-    """The model to a temporary file beside `output`; the caller renames it after verifying."""
-    import onnx
-
+@contextmanager
+def staged(output: Path):
+    """A temporary path beside `output`, renamed onto it if the block succeeds and removed in
+    any case: a failed or interrupted export leaves an existing file untouched."""
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    onnx.save_model(proto, str(tmp))
     try:
-        onnx.checker.check_model(str(tmp), full_check=True)
-    except onnx.checker.ValidationError as error:
+        yield tmp
+        os.replace(tmp, output)
+    finally:
         tmp.unlink(missing_ok=True)
-        raise ExportError(f"{output}: onnx.checker rejects the exported graph ({str(error).splitlines()[0]})") from None
-    return tmp
+
+
+def save_checked(proto, path: Path, name: Path) -> None:
+    """Write the model and run onnx.checker's full check on the file (`name` is for the error)."""
+    import onnx
+
+    onnx.save_model(proto, str(path))
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as error:
+        raise ExportError(f"{name}: onnx.checker rejects the exported graph ({str(error).splitlines()[0]})") from None
 
 
 def export_checkpoint(ckpt: Checkpoint, output: Path, sample_paths: list[Path]) -> tuple[ModelMetadata, list[Parity]]:
@@ -168,16 +178,13 @@ def export_checkpoint(ckpt: Checkpoint, output: Path, sample_paths: list[Path]) 
     model = build_model(ckpt)
     metadata = describe(ckpt, model)
     module = ImageEmbedder(model).eval()
-    tmp = write_atomically(to_onnx(module, metadata), output)
-    try:
+    with staged(output) as tmp:
+        save_checked(to_onnx(module, metadata), tmp, output)
         parity = check_parity(module, tmp, verification_images(sample_paths, metadata))
         failed = [p for p in parity if not p.ok]
         if failed:
             raise ExportError(f"{output}: onnxruntime disagrees with PyTorch ({'; '.join(map(str, failed))}; "
                               f"need cosine >= {MIN_COSINE} and |diff| <= {MAX_ABS_DIFF})")
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
     return metadata, parity
 
 

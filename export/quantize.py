@@ -45,15 +45,12 @@ def quantize_run(fp32_model: Path, data, output: Path | None = None, max_r1_drop
     """Quantise an exported model, calibrated on `data.train` and measured on `data.test`
     (against `data.gallery` where the data has one). The int8 file is renamed into place only if
     it loses at most `max_r1_drop` points of R@1; either way the report holds both figures."""
-    import os
-
-    from .onnx_export import ExportError, set_metadata, verification_images
+    from .onnx_export import ExportError, set_metadata, staged, verification_images
     from .runtime import embed_files, load_embedder, read_metadata
 
     output = output or fp32_model.with_name(f"{fp32_model.stem}.int8.onnx")
     metadata = read_metadata(fp32_model)
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    try:
+    with staged(output) as tmp:
         quantize_int8(fp32_model, tmp, verification_images([s.path for s in data.train.samples], metadata, CALIBRATION_IMAGES))
         set_metadata(tmp, metadata, quantization="int8")
         report = {"model": str(output), "data": f"{data.name} data at {data.root}", "split": "test", "num_queries": len(data.test)}
@@ -69,7 +66,4 @@ def quantize_run(fp32_model: Path, data, output: Path | None = None, max_r1_drop
                 f"{output}: int8 loses {-report['recall_at_1_change']:.2f} R@1 on the {data.name} test split "
                 f"(fp32 {report['recall_at_1_fp32']:.2f}, int8 {report['recall_at_1_int8']:.2f}; limit {max_r1_drop}); "
                 "not written, the fp32 model stands")
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
     return report
