@@ -188,16 +188,17 @@ def export_checkpoint(ckpt: Checkpoint, output: Path, sample_paths: list[Path]) 
     return metadata, parity
 
 
-def export_run(run_dir: Path | str, output: Path | str | None = None, checkpoint: str = "latest",
+def export_run(run_dir: Path | str, output: Path | str | None = None, checkpoint: str = "best",
                quantize: str | None = None, max_r1_drop: float = 1.0) -> dict:
-    """`metrix export`: the run's checkpoint to ONNX (default: model.onnx in the checkpoint
-    folder), verified on images of its test split (seeded noise where its data is unreachable);
-    with quantize="int8", also model.int8.onnx with its measured R@1 change."""
+    """`metrix export`: the run's checkpoint (default: the one chosen on the validation classes,
+    latest where the run has none) to ONNX (default: model.onnx in the checkpoint folder),
+    verified on images of its test split (seeded noise where its data is unreachable); with
+    quantize="int8", also model.int8.onnx with its measured R@1 change."""
     ckpt = load_checkpoint(run_dir, checkpoint)
     output = Path(output) if output is not None else ckpt.path / "model.onnx"
     data = run_data(ckpt)
     metadata, parity = export_checkpoint(ckpt, output, [s.path for s in data.test.samples] if data else [])
-    report = {"model": str(output), "metadata": metadata, "parity": parity,
+    report = {"model": str(output), "checkpoint_choice": ckpt.choice, "metadata": metadata, "parity": parity,
               "verified_on": f"{data.name} test images" if data else "seeded noise images (the run's data is not reachable)"}
     if quantize is not None:
         if quantize != "int8":

@@ -20,12 +20,15 @@ from .training.config import TrainConfig
 from .training.data import load_training_data
 
 
-def evaluate_run(run_dir: Path, checkpoint: str = "latest", data: str | None = None, dataset: str | None = None,
+def evaluate_run(run_dir: Path, checkpoint: str = "best", data: str | None = None, dataset: str | None = None,
                  data_root: str | None = None, floor: bool = False, batch_size: int = 64, num_workers: int = 2,
                  log=print) -> dict:
-    """Metrics of the run's model; with floor=True, of the untrained pretrained backbone instead
-    (pooled features, same split, same input size): what training has to beat."""
+    """Metrics of the run's model (by default the checkpoint chosen on the validation classes);
+    with floor=True, of the untrained pretrained backbone instead (pooled features, same split,
+    same input size): what training has to beat."""
     ckpt = load_checkpoint(run_dir, checkpoint)
+    if not floor:
+        log(ckpt.choice)
     model = build_model(ckpt)
     if floor:
         model = _untrained_floor(ckpt, model)
@@ -51,6 +54,7 @@ def evaluate_run(run_dir: Path, checkpoint: str = "latest", data: str | None = N
     train, _ = embed(retrieval_data.train)
     return {
         "run": str(run_dir), "checkpoint": "untrained backbone (floor)" if floor else ckpt.path.name,
+        "checkpoint_choice": ckpt.choice,
         "data": retrieval_data.name,
         "split": "test (query vs gallery)" if gallery is not None else "test (each image against all others)",
         "num_queries": len(query_labels), "num_classes": len(set(query_labels.tolist())),
@@ -59,6 +63,17 @@ def evaluate_run(run_dir: Path, checkpoint: str = "latest", data: str | None = N
         "utilization": utilization(query if gallery is None else gallery, train),
     }
 
+
+def format_table(reports: list[dict]) -> list[str]:
+    """`metrix evaluate`'s text table: one column per report, titled by its checkpoint in full."""
+    titles = [r["checkpoint"] for r in reports]
+    widths = [max(len(t), 8) for t in titles]
+    keys = [k for k, v in reports[0].items() if isinstance(v, float)]
+    key_width = max(len(k) for k in keys)
+    lines = [f"  {'':<{key_width}}  " + "  ".join(f"{t:>{w}}" for t, w in zip(titles, widths))]
+    for key in keys:
+        lines.append(f"  {key:<{key_width}}  " + "  ".join(f"{r[key]:>{w}.2f}" for r, w in zip(reports, widths)))
+    return lines
 
 
 def _untrained_floor(ckpt, trained) -> PooledBackbone:

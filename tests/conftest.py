@@ -41,8 +41,9 @@ def tiny_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_run):
-    """The tiny run's latest checkpoint exported to ONNX (model.onnx in the checkpoint folder)."""
+    """The tiny run exported to ONNX as a user exports it: its best checkpoint (chosen on the
+    validation classes), model.onnx in that checkpoint's folder."""
     from .training_helpers import metrix_cli
 
     metrix_cli("export", tiny_run)
-    return tiny_run / "checkpoints" / (tiny_run / "latest").read_text() / "model.onnx"
+    return tiny_run / "checkpoints" / (tiny_run / "best").read_text() / "model.onnx"

@@ -16,7 +16,7 @@ import pytest
 from metrix.index.build import build_index
 from metrix.index.store import open_with_model
 
-from .test_index import blocks
+from .pictures import assert_apart, blocks
 from .training_helpers import metrix_cli
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -36,6 +36,7 @@ def gallery_index(tmp_path_factory, tiny_model):
         for i in range(10):
             (root / label).mkdir(parents=True, exist_ok=True)
             blocks(500 + 10 * len(label) * i + (label == "bees"), (72, 56)).save(root / label / f"{i:02d}.png")
+    assert_apart(tiny_model, root, [p.relative_to(root) for p in root.rglob("*.png")])  # the tests search by self-retrieval
     index_dir = root.parent / "index"
     build_index(root, tiny_model, index_dir, progress=False)
     return root, index_dir

@@ -47,3 +47,28 @@ def test_build_model_refuses_a_config_it_cannot_build(tmp_path):
     (path / "config.json").write_text(json.dumps({"model": {"backbone": "vgg99", "embedding_size": 8, "preprocessing": {}}}))
     with pytest.raises(CheckpointError, match="cannot be built"):
         build_model(load_checkpoint(tmp_path))
+
+
+def _run(run, val_classes):
+    """Three epochs as the trainer writes them; epoch 1 is the best one."""
+    for epoch in (1, 2, 3):
+        metrics = {"val_map_at_r": 40.0 + epoch} if val_classes else {}
+        config = {"epoch": epoch, "data": {"val_classes": val_classes}, "metrics": metrics}
+        save_checkpoint(run, epoch, {"model.w": torch.full((2, 2), float(epoch))}, config, {}, is_best=epoch == 1)
+    return run
+
+
+def test_best_is_chosen_on_validation(tmp_path):
+    run = _run(tmp_path, ["a", "b"])
+    best = load_checkpoint(run, "best")
+    assert best.path.name == "epoch-0001" and best.choice == "using checkpoint epoch-0001 (best on validation classes, val MAP@R 41.0)"
+    assert load_checkpoint(run, "latest").choice == "using checkpoint epoch-0003 (latest, val MAP@R 43.0)"
+    assert load_checkpoint(run, "epoch-0003").choice == "using checkpoint epoch-0003 (val MAP@R 43.0)"
+
+
+def test_best_without_a_validation_split_is_latest_and_says_so(tmp_path):
+    run = _run(tmp_path, [])
+    assert (run / "best").read_text() == "epoch-0001"  # the trainer's best followed the training loss
+    best = load_checkpoint(run, "best")
+    assert best.path.name == "epoch-0003" and best.choice == "run has no validation split: using latest (epoch-0003)"
+    assert load_checkpoint(run, "epoch-0001").choice == "using checkpoint epoch-0001"

@@ -35,8 +35,9 @@ def run(tiny_run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(run):
+    """The default export: the best checkpoint (the run has a validation split)."""
     result = metrix_cli("export", run, "--quantize", "int8", "--max-r1-drop", "100")
-    checkpoint = run / "checkpoints" / (run / "latest").read_text()
+    checkpoint = run / "checkpoints" / (run / "best").read_text()
     return checkpoint, result.stdout
 
 
@@ -63,13 +64,15 @@ def test_metadata_describes_the_run(exported):
     (images,) = embedder.session.get_inputs()
     assert images.type == "tensor(uint8)" and images.shape[1:] == [32, 32, 3] and isinstance(images.shape[0], str)
     assert "parity  onnxruntime vs PyTorch, batch 1" in stdout and "batch 7" in stdout
+    val_map = json.loads((checkpoint / "config.json").read_text())["metrics"]["val_map_at_r"]
+    assert stdout.splitlines()[0] == f"using checkpoint {checkpoint.name} (best on validation classes, val MAP@R {val_map:.1f})"
 
 
 @pytest.mark.parametrize("batch", [1, 7, 13])
 def test_onnx_matches_pytorch_evaluation(exported, run, batch):
     """The oracle is PyTorch's evaluation path: torchvision transforms + the checkpoint's model."""
     checkpoint, _ = exported
-    model = build_model(load_checkpoint(run))
+    model = build_model(load_checkpoint(run, checkpoint.name))
     images = _test_images(run, batch)
     with torch.no_grad():
         expected = model(torch.stack([eval_transform(model.preprocessing)(im) for im in images])).numpy()
@@ -127,7 +130,7 @@ def test_parity_failure_fails_the_export_with_numbers(run, tmp_path, monkeypatch
 
 def test_check_parity_sees_a_different_model(exported, run):
     checkpoint, _ = exported
-    module = ImageEmbedder(build_model(load_checkpoint(run))).eval()
+    module = ImageEmbedder(build_model(load_checkpoint(run, checkpoint.name))).eval()
     with torch.no_grad():
         module.model.embedding_head.linear.weight.mul_(-1)
     images = np.random.default_rng(0).integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
@@ -140,7 +143,7 @@ def test_bad_runs_fail_in_one_line_and_keep_what_is_stored(run, tmp_path):
     before = good.read_bytes()
     broken = tmp_path / "broken"
     shutil.copytree(run, broken)
-    checkpoint = broken / "checkpoints" / (broken / "latest").read_text()
+    checkpoint = broken / "checkpoints" / (broken / "best").read_text()  # what an export takes by default
     cases = {
         "no checkpoint": (tmp_path / "empty", "has no latest checkpoint"),
         "corrupted weights": (broken, "is corrupted"),

@@ -25,13 +25,8 @@ from metrix.index.gallery import find_images
 from metrix.index.store import GalleryIndexError, open_index
 from metrix.index.vectors import flat_index, rebuilt, stored, tune_nprobe
 
+from .pictures import assert_apart, blocks
 from .training_helpers import metrix_cli
-
-
-def blocks(seed: int, size=(64, 64)) -> Image.Image:
-    """A distinct picture: a random 4 x 4 grid of colours, scaled up."""
-    grid = np.random.default_rng(seed).integers(0, 256, (4, 4, 3), dtype=np.uint8)
-    return Image.fromarray(grid).resize(size, Image.Resampling.NEAREST)
 
 
 def write_good(root: Path) -> dict[str, tuple[int, int]]:
@@ -110,9 +105,11 @@ def consistent_state(index_dir: Path) -> int:
 
 
 @pytest.fixture
-def gallery(tmp_path):
+def gallery(tmp_path, tiny_model):
+    """The zoo; its good images are checked to be told apart by the test model (self-retrieval)."""
     root = tmp_path / "gallery"
     good = write_good(root)
+    assert_apart(tiny_model, root, good)
     return root, good, write_bad(root)
 
 
@@ -180,6 +177,7 @@ def test_incremental_updates(gallery, tiny_model, tmp_path):
     unchanged = set(good) - {"birds/00.jpg", "birds/01.jpg", "birds/02.jpg"}
     assert all(after[p][0] == before[p][0] for p in unchanged)
     assert consistent_state(index_dir) == len(good)
+    assert_apart(tiny_model, root, after)
     embedder, opened = load_embedder(tiny_model), open_index(index_dir)
     for path in ("birds/01.jpg", "new.png"):
         top = opened.search(embedder.embed(load_for_model(root / path, embedder.metadata)[0][None]), 1)[0][0]
@@ -192,8 +190,9 @@ def test_incremental_updates(gallery, tiny_model, tmp_path):
 def test_another_model_is_refused(gallery, tiny_run, tiny_model, tmp_path):
     root, _, _ = gallery
     build_index(root, tiny_model, tmp_path / "idx", progress=False)
-    other = tmp_path / "epoch1.onnx"
-    metrix_cli("export", tiny_run, "--checkpoint", "epoch-0001", "-o", other)
+    other = tmp_path / "other.onnx"
+    (other_checkpoint,) = {p.name for p in (tiny_run / "checkpoints").iterdir()} - {tiny_model.parent.name}
+    metrix_cli("export", tiny_run, "--checkpoint", other_checkpoint, "-o", other)
     failed = metrix_cli("build-index", root, "--model", other, "--out", tmp_path / "idx", check=False)
     assert failed.returncode == 2 and "weights_sha256" in failed.stderr and "--rebuild" in failed.stderr
     meta = load_embedder(tiny_model).metadata

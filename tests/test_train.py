@@ -52,6 +52,7 @@ def test_evaluate_reports_every_metric(trained_run):
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["data"] == "synthetic" and report["num_classes"] == 10 and report["num_queries"] == 120
+    assert report["checkpoint"] == (run / "best").read_text()  # the default: chosen on the validation classes
     for key in ("recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8", "map_at_r", "r_precision", "nmi"):
         assert 0 <= report[key] <= 100
     assert report["recall_at_1"] <= report["recall_at_2"] <= report["recall_at_4"] <= report["recall_at_8"]
@@ -129,3 +130,39 @@ def test_evaluate_with_the_untrained_floor(trained_run):
     assert both["floor"]["checkpoint"] == "untrained backbone (floor)"
     assert both["floor"]["num_queries"] == both["trained"]["num_queries"] == 120
     assert both["floor"]["map_at_r"] != both["trained"]["map_at_r"]
+
+
+def test_evaluate_text_names_the_checkpoint_and_titles_whole_columns(trained_run):
+    run, _ = trained_run
+    result = runner.invoke(app, ["evaluate", str(run), "--floor"], env={"METRIX_CACHE": str(run.parent / "cache")})
+    assert result.exit_code == 0, result.output
+    best = (run / "best").read_text()
+    val_map = json.loads((run / "checkpoints" / best / "config.json").read_text())["metrics"]["val_map_at_r"]
+    lines = result.output.splitlines()
+    assert f"using checkpoint {best} (best on validation classes, val MAP@R {val_map:.1f})" in lines
+    header = next(i for i, line in enumerate(lines) if line.startswith(f"{run} on synthetic")) + 1
+    assert lines[header].split() == [best, "untrained", "backbone", "(floor)"]  # whole titles
+    table = lines[header + 1:]
+    assert [row.split()[0] for row in table] == ["recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8", "map_at_r",
+                                                 "r_precision", "nmi", "utilization"]
+    assert all(len(row) == len(lines[header]) and len(row.split()) == 3 for row in table)  # aligned under the titles
+
+
+@pytest.fixture(scope="module")
+def run_without_validation(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("no-val")
+    out = tmp / "run"
+    metrix_cli("train", "--data", tiny_dataset(tmp / "data"), "--config",
+               write_config(tmp / "config.json", epochs=2, val_fraction=0), "--out", out, "--no-progress")
+    return out
+
+
+def test_evaluate_without_a_validation_split_uses_latest_and_says_so(run_without_validation):
+    run = run_without_validation
+    latest = (run / "latest").read_text()
+    result = runner.invoke(app, ["evaluate", str(run)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert f"run has no validation split: using latest ({latest})" in lines
+    header = next(i for i, line in enumerate(lines) if line.startswith(f"{run} on folder"))
+    assert lines[header + 1].split() == [latest]  # the table's one column is the latest checkpoint

@@ -27,6 +27,8 @@ class Checkpoint:
     path: Path
     config: dict
     model_state: dict[str, torch.Tensor]
+    #: How it was chosen, for the user: "using checkpoint epoch-0007 (best on validation classes, ...)".
+    choice: str = ""
 
     def trainer_state(self) -> dict:
         try:
@@ -60,15 +62,13 @@ def save_checkpoint(run_dir: Path, epoch: int, model_state: dict, config: dict, 
 
 
 def load_checkpoint(run_dir: Path | str, which: str = "latest") -> Checkpoint:
-    """which: "latest", "best", or a checkpoint folder name such as epoch-0003."""
+    """which: "latest", "best", or a checkpoint folder name such as epoch-0003. "best" is the one
+    chosen on the validation classes; a run without a validation split has none, and "best"
+    falls back to "latest" (its `choice` says so)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir} is not a run directory")
-    if which in ("latest", "best"):
-        pointer = run_dir / which
-        if not pointer.is_file():
-            raise CheckpointError(f"{run_dir} has no {which} checkpoint (no {which} file): was the run trained for an epoch?")
-        which = pointer.read_text().strip()
+    which, reason = resolve_checkpoint(run_dir, which)
     path = run_dir / "checkpoints" / which
     for name in (MODEL_FILE, CONFIG_FILE):
         if not (path / name).is_file():
@@ -81,7 +81,44 @@ def load_checkpoint(run_dir: Path | str, which: str = "latest") -> Checkpoint:
         model_state = load_file(path / MODEL_FILE)
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"{path / MODEL_FILE} is corrupted ({error})") from None
-    return Checkpoint(path, config, model_state)
+    return Checkpoint(path, config, model_state, _describe_choice(which, reason, config))
+
+
+def resolve_checkpoint(run_dir: Path, which: str) -> tuple[str, str]:
+    """(checkpoint folder name, why it was chosen) for "latest", "best" or a folder name."""
+    if which not in ("latest", "best"):
+        return which, ""
+    latest = _read_pointer(run_dir, "latest")  # every run with a checkpoint has it
+    if which == "latest":
+        return latest, "latest"
+    if _val_classes(run_dir / "checkpoints" / latest) == []:
+        return latest, "no validation split"
+    return _read_pointer(run_dir, "best"), "best on validation classes"
+
+
+def _read_pointer(run_dir: Path, name: str) -> str:
+    pointer = run_dir / name
+    if not pointer.is_file():
+        raise CheckpointError(f"{run_dir} has no {name} checkpoint (no {name} file): was the run trained for an epoch?")
+    return pointer.read_text().strip()
+
+
+def _val_classes(path: Path) -> list | None:
+    """The validation classes a checkpoint's run held out ([] for none), or None where unknown."""
+    try:
+        return json.loads((path / CONFIG_FILE).read_text())["data"]["val_classes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _describe_choice(name: str, reason: str, config: dict) -> str:
+    if reason == "no validation split":
+        return f"run has no validation split: using latest ({name})"
+    details = [reason] if reason else []
+    score = (config.get("metrics") or {}).get("val_map_at_r")
+    if score is not None:
+        details.append(f"val MAP@R {score:.1f}")
+    return f"using checkpoint {name}" + (f" ({', '.join(details)})" if details else "")
 
 
 def _write_pointer(path: Path, target: str) -> None:
