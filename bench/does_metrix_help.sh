@@ -10,9 +10,9 @@ cd "$(dirname "$0")/.."
 shared=${SHARED:-../shared}
 for dataset in cub100 omniglot_small; do
     out="bench/results/cpu_recipe-$dataset"
-    .venv/bin/python bench/cpu_recipe.py --data "$shared/datasets/$dataset" --out "$out" \
+    .venv/bin/python bench/recipe_grid.py --data "$shared/datasets/$dataset" --out "$out" \
         --runs ms:none ms:feature contrastive:none contrastive:feature pa:none pa:feature
-    .venv/bin/python bench/cpu_recipe.py --data "$shared/datasets/$dataset" --out "$out" \
+    .venv/bin/python bench/recipe_grid.py --data "$shared/datasets/$dataset" --out "$out" \
         --runs ms:embed pml-ms:none ms:input --seeds 0
 done
 .venv/bin/python bench/retrieval_examples.py bench/results/cpu_recipe-cub100/ms-none-s0 \

@@ -80,12 +80,15 @@ def train(
     epochs: Annotated[Optional[int], typer.Option(help="[default: 10]")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="[default: 100]")] = None,
     samples_per_class: Annotated[Optional[int], typer.Option(help="K images per class in a batch. [default: 5]")] = None,
+    sampler: Annotated[Optional[str], typer.Option(help="balanced (P classes x K images) or random (the paper's for CUB and Cars). [default: balanced]")] = None,
+    pair_choice: Annotated[Optional[str], typer.Option(help="Metrix pairs: all (positive-negative and anchor-negative every step) or coin (the official code's: one kind per step). [default: all]")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="fp32, or bf16 autocast of the backbone (CPUs with AMX / AVX512-BF16, GPUs). [default: fp32]")] = None,
     lr: Annotated[Optional[float], typer.Option(help="[default: 1e-4]")] = None,
     seed: Annotated[Optional[int], typer.Option(help="[default: 0]")] = None,
     num_workers: Annotated[Optional[int], typer.Option(help="Image decoding processes. [default: 2]")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Run directory. [default: runs/<time>-<data>-<loss>-<mixup>]")] = None,
     config: Annotated[Optional[Path], typer.Option(help="A JSON or TOML file of settings (flags override it).")] = None,
-    recipe: Annotated[Optional[str], typer.Option(help="cpu (cached frozen stages, the default without a GPU), full (the whole backbone trains, the default with one) or paper (ResNet-50, the paper's protocol).")] = None,
+    recipe: Annotated[Optional[str], typer.Option(help="cpu (cached frozen stages), full-cpu (the whole network trains at 96 px), full (the whole backbone at its own size, the default with a GPU) or paper (ResNet-50, the paper's protocol); docs/training.md says which is the default without a GPU and why.")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory from its last checkpoint.")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
@@ -93,14 +96,15 @@ def train(
     from metrix.backbones import BackboneError
     from metrix.datasets import DataError
     from metrix.training.checkpoint import CheckpointError
-    from metrix.training.config import ConfigError, resolve_config
+    from metrix.training.config import ConfigError, explain_choices, read_config_file, resolve_config
     from metrix.training.trainer import train as run_training
 
     flags = dict(
         data=_str(data), dataset=dataset, data_root=_str(data_root), train_classes=train_classes,
         split_file=_str(split_file), val_fraction=val_fraction, loss=loss, mixup=mixup, backbone=backbone,
         pretrained=pretrained, embedding_size=embedding_size, image_size=image_size, epochs=epochs,
-        batch_size=batch_size, samples_per_class=samples_per_class, lr=lr, seed=seed, num_workers=num_workers,
+        batch_size=batch_size, samples_per_class=samples_per_class, sampler=sampler, pair_choice=pair_choice,
+        precision=precision, lr=lr, seed=seed, num_workers=num_workers,
         out=_str(out), recipe=recipe,
     )
     try:
@@ -110,7 +114,9 @@ def train(
                 raise ConfigError(f"--resume continues a run with its own settings; drop {', '.join('--' + g.replace('_', '-') for g in given)}")
             run_training(None, resume=resume, progress=progress)
         else:
-            run_training(resolve_config(config, **flags), progress=progress)
+            resolved = resolve_config(config, **flags)
+            given = {k for k, v in flags.items() if v is not None} | set(read_config_file(config) if config else ())
+            run_training(resolved, progress=progress, why=explain_choices(resolved, given))
     except (ConfigError, DataError, BackboneError, CheckpointError) as error:
         _fail(error)
 
@@ -118,7 +124,7 @@ def train(
 @app.command()
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by metrix train.")],
-    checkpoint: Annotated[str, typer.Option(help="latest, best, or a checkpoint folder name.")] = "latest",
+    checkpoint: Annotated[str, typer.Option(help="best (chosen on the validation classes; latest where the run has no validation split), latest, or a checkpoint folder name.")] = "best",
     data: Annotated[Optional[Path], typer.Option(help="Evaluate on this image folder's test classes instead.")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="Or on this benchmark's test split.")] = None,
     data_root: Annotated[Optional[Path], typer.Option(help="Where that benchmark was downloaded.")] = None,
@@ -129,7 +135,7 @@ def evaluate(
     import json
 
     from metrix.datasets import DataError
-    from metrix.run_evaluation import evaluate_run
+    from metrix.run_evaluation import evaluate_run, format_table
     from metrix.training.checkpoint import CheckpointError
 
     log = (lambda *a, **k: None) if json_output else print
@@ -145,17 +151,15 @@ def evaluate(
     first = reports[0]
     typer.echo(f"{first['run']} on {first['data']}, {first['split']}: {first['num_queries']} queries, "
                f"{first['num_classes']} classes")
-    typer.echo(f"  {'':<14} " + " ".join(f"{r['checkpoint'][:22]:>24}" for r in reports))
-    for key, value in first.items():
-        if isinstance(value, float):
-            typer.echo(f"  {key:<14} " + " ".join(f"{r[key]:>24.2f}" for r in reports))
+    for line in format_table(reports):
+        typer.echo(line)
 
 
 @app.command("export")
 def export_(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by metrix train.")],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the model. [default: model.onnx in the checkpoint folder]")] = None,
-    checkpoint: Annotated[str, typer.Option(help="latest, best, or a checkpoint folder name.")] = "latest",
+    checkpoint: Annotated[str, typer.Option(help="best (chosen on the validation classes; latest where the run has no validation split), latest, or a checkpoint folder name.")] = "best",
     quantize: Annotated[Optional[str], typer.Option(help="int8: also write MODEL.int8.onnx, with its R@1 change measured on the test split.")] = None,
     max_r1_drop: Annotated[float, typer.Option(help="Refuse an int8 model that loses more R@1 points than this.")] = 1.0,
 ) -> None:
@@ -169,6 +173,7 @@ def export_(
     except (CheckpointError, ExportError, ModelError) as error:
         _fail(error)
     meta = report["metadata"]
+    typer.echo(report["checkpoint_choice"])
     typer.echo(f"wrote {report['model']}")
     typer.echo(f"  input   images: {meta.input_layout} [batch, {meta.image_size}, {meta.image_size}, 3]; {meta.resize_policy}")
     typer.echo(f"  output  embeddings: float32 [batch, {meta.embedding_size}], L2-normalised")

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .datasets.base import Sample
+from .decoded_images import DecodedImages
 from .image_dataset import ImageDataset
 from .stage_cache import frozen_stage_outputs
 from .transforms import eval_transform
@@ -17,12 +18,13 @@ from .transforms import eval_transform
 @torch.no_grad()
 def embed_samples(
     model, samples: Sequence[Sample], batch_size: int = 64, num_workers: int = 0, device: str = "cpu",
-    channels_last: bool = False, progress=None, frozen_stages: int = 0,
+    channels_last: bool = False, progress=None, frozen_stages: int = 0, images: DecodedImages | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Returns (embeddings [N, D] float32, labels [N]); unreadable images are replaced by another
     image of their class (see ImageDataset), so rows stay aligned with `samples`. With
     frozen_stages > 0 the outputs of the model's first, frozen stages come from the stage cache
-    (metrix.stage_cache) and only the rest of the model runs."""
+    (metrix.stage_cache) and only the rest of the model runs. `images`: the samples' pixels,
+    already decoded."""
     was_training = model.training
     model.eval()
     if channels_last:  # inputs and weights must share the layout, or every conv converts
@@ -33,9 +35,9 @@ def embed_samples(
         batches = ((cached[i : i + batch_size], len(cached[i : i + batch_size]))
                    for i in range(0, len(cached), batch_size))
     else:
-        loader = DataLoader(ImageDataset(samples, eval_transform(model.preprocessing)), batch_size=batch_size,
+        loader = DataLoader(ImageDataset(samples, eval_transform(model.preprocessing), images=images), batch_size=batch_size,
                             num_workers=num_workers, shuffle=False)
-        batches = ((images, len(images)) for images, _ in loader)
+        batches = ((batch, len(batch)) for batch, _ in loader)
     chunks = []
     for inputs, count in batches:
         inputs = inputs.to(device)

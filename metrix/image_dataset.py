@@ -2,7 +2,8 @@
 by name, and replaced by another image of the same class, so one bad file never stops training.
 
 With `seed` set, each sample's random augmentation is drawn from (seed, index): the same image
-gets the same crop whichever process or loader worker reads it."""
+gets the same crop whichever process or loader worker reads it. With `images` (DecodedImages of
+the same samples) pixels come from memory instead of the files."""
 
 from __future__ import annotations
 
@@ -14,13 +15,15 @@ import torch
 from torch.utils.data import Dataset
 
 from .datasets.base import Sample
+from .decoded_images import DecodedImages
 from .images import ImageDecodeError, open_rgb
 
 
 class ImageDataset(Dataset):
     def __init__(self, samples: Sequence[Sample], transform: Callable, label_map: dict[int, int] | None = None,
-                 seed: int | None = None):
+                 seed: int | None = None, images: DecodedImages | None = None):
         self.samples = list(samples)
+        self.images = images
         self.seed = seed
         self.transform = transform
         self.label_map = label_map
@@ -39,7 +42,7 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         for candidate in self._candidates(index):
             try:
-                image = open_rgb(self.samples[candidate].path)
+                image = self.images.open(candidate) if self.images is not None else open_rgb(self.samples[candidate].path)
             except ImageDecodeError as error:
                 if candidate not in self.bad:
                     self.bad.add(candidate)

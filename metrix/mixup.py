@@ -22,6 +22,10 @@ MIXUP_MODES: tuple[str, ...] = ("none", "input", "feature", "embed")
 #: Hardest negatives per anchor when not given: input mixing re-encodes every mix, so keep it
 #: to one (as the paper does); feature and embedding mixes are cheap.
 DEFAULT_NEGATIVES_PER_ANCHOR = {"input": 1, "feature": 3, "embed": 3}
+#: "all": every iteration mixes positive-negative pairs for anchors with a positive in the batch
+#: and anchor-negative pairs for the others. "coin": the official code's choice, one of the two
+#: kinds per iteration with probability 1/2 (proxy anchor, whose anchors are proxies, ignores it).
+PAIR_CHOICES: tuple[str, ...] = ("all", "coin")
 
 
 class SplitModel(Protocol):
@@ -50,8 +54,11 @@ class Metrix(nn.Module):
         weight: float = 0.4,
         negatives_per_anchor: int | None | Literal["auto"] = "auto",
         seed: int = 0,
+        pair_choice: str = "all",
     ):
         super().__init__()
+        if pair_choice not in PAIR_CHOICES:
+            raise ValueError(f"pair choice must be one of {', '.join(PAIR_CHOICES)}; got {pair_choice!r}")
         if mode not in MIXUP_MODES:
             raise ValueError(f"mixup mode must be one of {', '.join(MIXUP_MODES)}; got {mode!r}")
         if alpha <= 0:
@@ -60,6 +67,7 @@ class Metrix(nn.Module):
         if negatives_per_anchor == "auto":
             negatives_per_anchor = DEFAULT_NEGATIVES_PER_ANCHOR.get(mode)
         self.negatives_per_anchor = negatives_per_anchor
+        self.pair_choice = pair_choice
         self._rng = random.Random(seed)
 
     def reseed(self, seed: int) -> None:
@@ -79,8 +87,12 @@ class Metrix(nn.Module):
             return MetrixOutput(clean, clean, zero, lam=float("nan"), num_mixes=0)
 
         lam = self.sample_lambda() if lam is None else float(lam)
+        kinds = "both"
+        if self.pair_choice == "coin" and self.loss.mix_anchor_positives:
+            kinds = "positive-negative" if self._rng.random() < 0.5 else "anchor-negative"
         plan = choose_pairs(
-            None, labels, lam, self.negatives_per_anchor, self.loss.mix_anchor_positives, similarity=sims.within_batch()
+            None, labels, lam, self.negatives_per_anchor, self.loss.mix_anchor_positives,
+            similarity=sims.within_batch(), kinds=kinds,
         )
         if len(plan) == 0:  # e.g. a single-class batch: nothing to mix
             return MetrixOutput(clean, clean, zero, lam=lam, num_mixes=0)

@@ -4,7 +4,8 @@ For each anchor a: its k hardest negatives n (highest clean cosine similarity, n
 An anchor with positives gets the positive-negative mixes (p, n) for every positive p; an anchor
 without a positive in the batch gets the anchor-negative mixes (a, n). For proxy anchors every
 example is a positive of its proxy, and is mixed with its own k hardest negatives. A (p, n) pair
-chosen by several anchors is mixed once and shared. Everything is tensor ops: no loop over
+chosen by several anchors is mixed once and shared. `kinds` keeps only one of the two kinds (the
+official code's per-iteration coin flip between them). Everything is tensor ops: no loop over
 anchors or pairs.
 """
 
@@ -15,6 +16,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+PAIR_KINDS = ("both", "positive-negative", "anchor-negative")
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,7 @@ def choose_pairs(
     negatives_per_anchor: int | None,
     anchor_positives: bool = True,
     similarity: Tensor | None = None,
+    kinds: str = "both",
 ) -> MixPlan:
     """Choose the mixing pairs from the clean embeddings [N, D] (or their cosine similarity
     matrix [N, N], if already at hand) and labels [N].
@@ -88,7 +93,10 @@ def choose_pairs(
     negatives_per_anchor: k hardest negatives per anchor; None takes all of them.
     anchor_positives: False mixes every example with its own negatives (anchor-negative pairs
     only), for losses whose anchors are proxies.
+    kinds: "both", "positive-negative" or "anchor-negative": which mixes to make.
     """
+    if kinds not in PAIR_KINDS:
+        raise ValueError(f"kinds must be one of {', '.join(PAIR_KINDS)}, got {kinds!r}")
     if negatives_per_anchor is not None and negatives_per_anchor < 1:
         raise ValueError(f"negatives_per_anchor must be >= 1 or None, got {negatives_per_anchor}")
     if not 0 <= lam <= 1:
@@ -103,7 +111,10 @@ def choose_pairs(
         eye = torch.eye(n, dtype=torch.bool, device=labels.device)
         positive = same & ~eye
         has_positive = positive.any(dim=1, keepdim=True) & anchor_positives
-        own_side = (positive & anchor_positives) | (eye & ~has_positive)
+        positive_negative = positive & anchor_positives
+        anchor_negative = eye & ~has_positive
+        own_side = {"both": positive_negative | anchor_negative, "positive-negative": positive_negative,
+                    "anchor-negative": anchor_negative}[kinds]
 
         k = n if negatives_per_anchor is None else min(negatives_per_anchor, n)
         negative_sim, negative = sim.masked_fill(same, -torch.inf).topk(k, dim=1)

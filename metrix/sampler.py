@@ -1,8 +1,10 @@
-"""Balanced batches: P classes x K images each, reshuffled every epoch from (seed, epoch).
+"""Training batches, reshuffled every epoch from (seed, epoch).
 
-A class with fewer than K images is topped up by repeating its own images. With several
+PKSampler: balanced batches of P classes x K images each; a class with fewer than K images is
+topped up by repeating its own images. RandomBatchSampler: plain shuffled batches, the paper's
+choice for CUB and Cars (many anchors then have no positive in their batch). With several
 processes (DDP) every rank draws the same global batches and takes its own slice of each, so
-the global batch is the same P x K whatever the number of processes.
+the global batch is the same whatever the number of processes.
 """
 
 from __future__ import annotations
@@ -14,7 +16,51 @@ from collections.abc import Iterator, Sequence
 from .datasets.base import DataError
 
 
-class PKSampler:
+SAMPLERS = ("balanced", "random")
+
+
+class _GlobalBatches:
+    """What both samplers share: the epoch, and each rank's slice of every global batch."""
+
+    seed: int
+    rank: int
+    world_size: int
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def global_batches(self) -> list[list[int]]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.global_batches():
+            yield batch[self.rank :: self.world_size]
+
+    def __len__(self) -> int:
+        return len(self.global_batches())
+
+
+class RandomBatchSampler(_GlobalBatches):
+    """Every image once per epoch in a random order, cut into batches; the last, short batch is
+    dropped."""
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+        if not 2 <= batch_size <= num_samples:
+            raise DataError(f"batch size {batch_size} must lie between 2 and the {num_samples} training images")
+        if batch_size % world_size:
+            raise DataError(f"batch size {batch_size} does not split evenly over {world_size} processes")
+        self.num_samples, self.batch_size = num_samples, batch_size
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+
+    def global_batches(self) -> list[list[int]]:
+        order = list(range(self.num_samples))
+        random.Random(f"{self.seed}:{self.epoch}").shuffle(order)
+        size = self.batch_size
+        return [order[i : i + size] for i in range(0, self.num_samples - size + 1, size)]
+
+
+class PKSampler(_GlobalBatches):
     def __init__(
         self,
         labels: Sequence[int],
@@ -43,10 +89,6 @@ class PKSampler:
         self.by_class = dict(by_class)
         self.batch_size, self.samples_per_class = batch_size, samples_per_class
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def global_batches(self) -> list[list[int]]:
         rng = random.Random(f"{self.seed}:{self.epoch}")
@@ -75,9 +117,9 @@ class PKSampler:
                 current = {}
         return batches
 
-    def __iter__(self) -> Iterator[list[int]]:
-        for batch in self.global_batches():
-            yield batch[self.rank :: self.world_size]
 
-    def __len__(self) -> int:
-        return len(self.global_batches())
+def build_sampler(kind: str, labels: Sequence[int], batch_size: int, samples_per_class: int, seed: int = 0,
+                  rank: int = 0, world_size: int = 1) -> _GlobalBatches:
+    if kind == "random":
+        return RandomBatchSampler(len(labels), batch_size, seed, rank, world_size)
+    return PKSampler(labels, batch_size, samples_per_class, seed, rank, world_size)

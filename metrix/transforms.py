@@ -7,12 +7,12 @@ from torchvision import transforms as T
 
 from .backbones import Preprocessing
 
-_INTERPOLATION = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}
+INTERPOLATION = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}
 
 
 def train_transform(pre: Preprocessing) -> T.Compose:
     return T.Compose([
-        T.RandomResizedCrop(pre.image_size, interpolation=_INTERPOLATION[pre.interpolation], antialias=True),
+        T.RandomResizedCrop(pre.image_size, interpolation=INTERPOLATION[pre.interpolation], antialias=True),
         T.RandomHorizontalFlip(),
         T.ToTensor(),
         T.Normalize(pre.mean, pre.std),
@@ -21,7 +21,7 @@ def train_transform(pre: Preprocessing) -> T.Compose:
 
 def eval_transform(pre: Preprocessing) -> T.Compose:
     return T.Compose([
-        T.Resize(pre.resize_size, interpolation=_INTERPOLATION[pre.interpolation], antialias=True),
+        T.Resize(pre.resize_size, interpolation=INTERPOLATION[pre.interpolation], antialias=True),
         T.CenterCrop(pre.image_size),
         T.ToTensor(),
         T.Normalize(pre.mean, pre.std),

@@ -28,6 +28,13 @@ def test_paper_recipe():
     assert config.freeze_bn and config.warmup_epochs == 5 and config.image_size == 224
 
 
+def test_full_cpu_recipe_trains_everything_on_fresh_crops():
+    config = resolve_config(recipe="full-cpu")
+    assert config.train_stages is None and config.cached_views == 0 and config.decode_once
+    assert (config.backbone, config.image_size, config.warmup_epochs) == ("efficientnet_lite0", 96, 1)
+    assert config.train_retrieval and config.sampler == "balanced"
+
+
 @pytest.mark.parametrize("suffix, text", [(".json", '{"epochs": 7, "lr": 0.001, "recipe": "paper"}'),
                                           (".toml", 'epochs = 7\nlr = 0.001\nrecipe = "paper"\n')])
 def test_file_overrides_recipe_and_flags_override_file(tmp_path, suffix, text):
@@ -53,6 +60,9 @@ def test_round_trip():
         (dict(dataset="cub"), "needs --data-root"),
         (dict(lr_schedule="linear"), "unknown lr schedule"),
         (dict(epochs=0), "epochs must be at least 1"),
+        (dict(sampler="stratified"), "unknown sampler 'stratified'; choose one of balanced, random"),
+        (dict(pair_choice="some"), "unknown pair choice 'some'; choose one of all, coin"),
+        (dict(precision="fp16"), "unknown precision 'fp16'; choose fp32 or bf16"),
     ],
 )
 def test_bad_settings(kwargs, match):

@@ -280,3 +280,41 @@ def test_closed_form_embedding_mix_equals_explicit_mixed_vectors(make_loss, lam)
     torch.testing.assert_close(v1, v2, atol=1e-12, rtol=1e-10)
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-9)
+
+
+def test_coin_pair_choice_makes_one_kind_per_iteration_and_both_over_time():
+    """pair_choice="coin": each iteration mixes either the positive-negative pairs or the
+    anchor-negative ones (anchors alone in their class), each about half the time, seeded; "all"
+    mixes both every time."""
+    torch.manual_seed(0)
+    labels = torch.tensor([0, 0, 1, 1, 2, 3, 4])  # anchors 4-6 have no positive in the batch
+    embeddings = torch.randn(7, 5)
+    counts = {}
+    for choice in ("all", "coin"):
+        metrix = Metrix(MultiSimilarityLoss(), mode="embed", pair_choice=choice, seed=3)
+        with torch.no_grad():
+            counts[choice] = [metrix(EmbeddingOnly(), embeddings, labels).num_mixes for _ in range(40)]
+    every = choose_pairs(embeddings, labels, 0.5, 3)
+    pos_neg = len(choose_pairs(embeddings, labels, 0.5, 3, kinds="positive-negative"))
+    anchor_neg = len(choose_pairs(embeddings, labels, 0.5, 3, kinds="anchor-negative"))
+    assert set(counts["all"]) == {len(every)}
+    assert set(counts["coin"]) == {pos_neg, anchor_neg} and pos_neg != anchor_neg
+    assert 10 <= counts["coin"].count(pos_neg) <= 30
+    again = Metrix(MultiSimilarityLoss(), mode="embed", pair_choice="coin", seed=3)
+    with torch.no_grad():
+        assert [again(EmbeddingOnly(), embeddings, labels).num_mixes for _ in range(40)] == counts["coin"]
+
+
+def test_proxy_anchor_ignores_the_coin():
+    """Proxy anchor's anchors are proxies: every example is mixed with its own negatives either way."""
+    labels, embeddings = torch.tensor([0, 0, 1, 2]), torch.randn(4, 5)
+    loss = ProxyAnchorLoss(num_classes=3, embedding_size=5)
+    with torch.no_grad():
+        sizes = {Metrix(loss, mode="embed", pair_choice=c, seed=s)(EmbeddingOnly(), embeddings, labels).num_mixes
+                 for c in ("all", "coin") for s in range(6)}
+    assert len(sizes) == 1
+
+
+def test_unknown_pair_choice_is_refused():
+    with pytest.raises(ValueError, match="pair choice must be one of all, coin"):
+        Metrix(MultiSimilarityLoss(), pair_choice="sometimes")

@@ -1,5 +1,6 @@
 """Property tests of the pair chooser over random label layouts (hypothesis)."""
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -67,3 +68,25 @@ def test_single_class_and_single_example_batches_have_no_pairs():
     for labels in (torch.zeros(6, dtype=torch.long), torch.zeros(1, dtype=torch.long)):
         plan = choose_pairs(torch.randn(len(labels), 4), labels, 0.5, 3)
         assert len(plan) == 0 and len(plan.anchors) == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(batches())
+def test_the_two_pair_kinds_split_the_plan(batch):
+    """kinds= keeps exactly the positive-negative or the anchor-negative part of the full plan (the
+    official code's coin flip picks one of them per iteration)."""
+    embeddings, labels, k, anchor_positives = batch
+
+    def relations(kinds):
+        plan = choose_pairs(embeddings, labels, 0.5, k, anchor_positives, kinds=kinds)
+        return {(a, tuple(s)) for a, s in zip(plan.anchors.tolist(), plan.sources[plan.mixes].tolist())}
+
+    both, pos_neg, anchor_neg = relations("both"), relations("positive-negative"), relations("anchor-negative")
+    assert pos_neg | anchor_neg == both and not pos_neg & anchor_neg
+    assert all(own == a for a, (own, _) in anchor_neg)  # the anchor itself is the own side
+    assert all(own != a for a, (own, _) in pos_neg)
+
+
+def test_unknown_pair_kinds_are_refused():
+    with pytest.raises(ValueError, match="kinds must be one of"):
+        choose_pairs(torch.randn(4, 3), torch.tensor([0, 0, 1, 1]), 0.5, 1, kinds="positive")

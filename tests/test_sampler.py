@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from metrix.datasets import DataError
-from metrix.sampler import PKSampler
+from metrix.sampler import PKSampler, RandomBatchSampler, build_sampler
 
 
 @settings(max_examples=60, deadline=None)
@@ -60,3 +60,41 @@ def test_batches_that_cannot_be_filled(batch, k, match):
     labels = [c for c in range(6) for _ in range(5)]
     with pytest.raises(DataError, match=match):
         PKSampler(labels, batch, k)
+
+
+@pytest.mark.parametrize("n, batch, world", [(100, 10, 1), (103, 10, 2), (57, 8, 4)])
+def test_random_batches_use_each_image_at_most_once_and_drop_the_short_one(n, batch, world):
+    sampler = RandomBatchSampler(n, batch, seed=2)
+    batches = sampler.global_batches()
+    used = [i for b in batches for i in b]
+    assert len(batches) == n // batch == len(sampler) and all(len(b) == batch for b in batches)
+    assert len(set(used)) == len(used) == n - n % batch
+    shards = [list(RandomBatchSampler(n, batch, seed=2, rank=r, world_size=world)) for r in range(world)]
+    for i, whole in enumerate(batches):
+        assert sorted(sum((shard[i] for shard in shards), [])) == sorted(whole)
+
+
+def test_random_batches_are_seeded_and_reshuffled_every_epoch():
+    a, b = RandomBatchSampler(50, 10, seed=1), RandomBatchSampler(50, 10, seed=1)
+    assert a.global_batches() == b.global_batches()
+    first = a.global_batches()
+    a.set_epoch(1)
+    assert a.global_batches() != first
+    assert RandomBatchSampler(50, 10, seed=2).global_batches() != first
+
+
+def test_random_batches_leave_anchors_without_positives():
+    """The point of the paper's random batches on CUB: many anchors have no positive in their
+    batch (balanced batches give every anchor K - 1)."""
+    labels = [c for c in range(50) for _ in range(40)]
+    batches = build_sampler("random", labels, 100, 5, seed=0).global_batches()
+    lonely = [sum(Counter(labels[i] for i in b)[labels[i]] == 1 for i in b) for b in batches]
+    assert sum(lonely) / (100 * len(batches)) > 0.05
+    balanced = build_sampler("balanced", labels, 100, 5, seed=0).global_batches()
+    assert all(min(Counter(labels[i] for i in b).values()) == 5 for b in balanced)
+
+
+@pytest.mark.parametrize("n, batch, world, match", [(10, 20, 1, "between 2 and the 10"), (30, 10, 3, "split evenly")])
+def test_random_batches_that_cannot_be_made(n, batch, world, match):
+    with pytest.raises(DataError, match=match):
+        RandomBatchSampler(n, batch, world_size=world)

@@ -43,10 +43,12 @@ class TrainConfig:
     mixup_alpha: float = 2.0
     mixup_weight: float = 0.4
     negatives_per_anchor: int | str | None = "auto"
+    pair_choice: str = "all"  # all | coin (metrix.mixup.PAIR_CHOICES)
     # Optimisation
     epochs: int = 10
     batch_size: int = 100
     samples_per_class: int = 5
+    sampler: str = "balanced"  # balanced (P classes x K images) | random (the paper's for CUB and Cars)
     lr: float = 1e-4
     weight_decay: float = 1e-4
     warmup_epochs: int = 1  # epochs that train only the head (and proxies)
@@ -59,6 +61,9 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 2
     channels_last: bool = True
+    decode_once: bool = False  # keep the training images decoded in memory (metrix.decoded_images)
+    precision: str = "fp32"  # fp32 | bf16 (autocast of the backbone's forward; the head and loss stay fp32)
+    train_retrieval: bool = False  # also measure retrieval on as many training classes as validation has
     device: str = "auto"
     out: str | None = None
     recipe: str = "full"
@@ -76,7 +81,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         from ..losses import LOSSES
-        from ..mixup import MIXUP_MODES
+        from ..mixup import MIXUP_MODES, PAIR_CHOICES
+        from ..sampler import SAMPLERS
 
         if (self.data is not None) + (self.dataset is not None) > 1:
             raise ConfigError("give either --data DIR (an image folder) or --dataset NAME, not both")
@@ -86,6 +92,12 @@ class TrainConfig:
             raise ConfigError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
         if self.loss == "pml-ms" and self.mixup != "none":
             raise ConfigError("loss pml-ms (the pytorch-metric-learning peer) has no Metrix form; use --mixup none")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if self.pair_choice not in PAIR_CHOICES:
+            raise ConfigError(f"unknown pair choice {self.pair_choice!r}; choose one of {', '.join(PAIR_CHOICES)}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"unknown precision {self.precision!r}; choose fp32 or bf16")
         if self.mixup not in MIXUP_MODES:
             raise ConfigError(f"unknown mixup {self.mixup!r}; choose one of {', '.join(MIXUP_MODES)}")
         if self.lr_schedule not in ("cosine", "step", "none"):
@@ -117,12 +129,21 @@ RECIPES: dict[str, dict] = {
     # Two CPU cores: EfficientNet-Lite0 at 160 px; the stem and first five block stages frozen and
     # cached for 5 augmented views; the last two block stages, the head convolution and a
     # PCA-initialised 1280-d head (a rotation of the pooled features: it starts at the floor) train
-    # at a low rate (docs/training.md, "The CPU recipe").
+    # at a low rate (docs/training.md, "The CPU recipe"). No mixing: in both CPU recipes it
+    # measured best on the validation classes (docs/benchmarks.md, issues 4 and 13).
     "cpu": dict(
         backbone="efficientnet_lite0", image_size=160, train_stages=3, cached_views=5, head_init="pca",
-        embedding_size=1280,
+        embedding_size=1280, mixup="none",
         lr=3e-5, epochs=10, warmup_epochs=0, freeze_bn=True, batch_size=100, samples_per_class=5,
         lr_schedule="cosine",
+    ),
+    # Two CPU cores, the whole network trains (docs/training.md, "The full CPU recipe"):
+    # EfficientNet-Lite0 at 96 px, the training images decoded once, a fresh random crop and flip
+    # every epoch, one head-only warm-up epoch, the best epoch chosen on the validation classes.
+    "full-cpu": dict(
+        backbone="efficientnet_lite0", image_size=96, embedding_size=512, decode_once=True, mixup="none",
+        lr=1e-4, epochs=20, warmup_epochs=1, freeze_bn=True, batch_size=100, samples_per_class=5,
+        lr_schedule="cosine", train_retrieval=True,
     ),
 }
 
@@ -141,6 +162,37 @@ def resolve_config(config_file: str | Path | None = None, **flags) -> TrainConfi
     config = TrainConfig.from_dict(values)
     config.validate()
     return config
+
+
+#: Why each recipe exists, in one line (docs/training.md and docs/benchmarks.md have the evidence).
+RECIPE_NOTES = {
+    "cpu": "frozen early stages cached for 5 views, the tail trains: about 5 min for cub100 on two cores, "
+           "the best validation result on photos (use full-cpu for images far from ImageNet)",
+    "full-cpu": "the whole network trains on fresh augmentations at 96 px: about 9 min for cub100 on two cores, "
+                "the best validation result on handwriting, below cpu on photos",
+    "full": "the whole backbone trains at its own input size: the GPU recipe",
+    "paper": "the ICLR 2022 protocol with ResNet-50: a GPU recipe",
+}
+
+
+def explain_choices(config: TrainConfig, given: set[str]) -> str:
+    """The first line `metrix train` prints: which recipe and mixing run, and why. `given`: the
+    settings given by flags or a config file."""
+    import torch
+
+    if "recipe" in given:
+        why_recipe = "asked for"
+    else:
+        why_recipe = f"the default {'with' if torch.cuda.is_available() else 'without'} a GPU"
+    recipe_mixup = {**asdict(TrainConfig()), **RECIPES[config.recipe]}["mixup"]
+    if "mixup" in given or config.mixup != recipe_mixup:
+        why_mixup = "asked for"
+    elif recipe_mixup == "none":
+        why_mixup = "the recipe's default: no mixing measured best on the validation classes"
+    else:
+        why_mixup = "the recipe's default: the paper's method"
+    return (f"recipe {config.recipe} ({why_recipe}: {RECIPE_NOTES[config.recipe]}); "
+            f"mixing {config.mixup} ({why_mixup})")
 
 
 def default_recipe() -> str:

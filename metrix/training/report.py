@@ -41,11 +41,13 @@ def plot_curves(run_dir: Path) -> Path:
     left.set_xlabel("epoch")
     left.set_title("training loss")
     left.legend()
-    for key, name in (("val_recall_at_1", "R@1"), ("val_map_at_r", "MAP@R")):
-        if records and key in records[0]:
-            right.plot(epochs, [r[key] for r in records], marker="o", label=name)
+    for split, style in (("val", "-"), ("train", "--")):
+        for key, name, color in (("recall_at_1", "R@1", "C0"), ("map_at_r", "MAP@R", "C1")):
+            if records and f"{split}_{key}" in records[0]:
+                right.plot(epochs, [r[f"{split}_{key}"] for r in records], style, marker="o", color=color,
+                           label=f"{name} {'validation' if split == 'val' else 'training'} classes")
     right.set_xlabel("epoch")
-    right.set_title("validation (held-out training classes), %")
+    right.set_title("retrieval on held-out training classes (and on training classes), %")
     right.legend()
     fig.tight_layout()
     path = run_dir / CURVES_FILE

@@ -11,12 +11,14 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..datasets.base import RetrievalData, check_trainable
@@ -27,7 +29,8 @@ from ..image_dataset import ImageDataset
 from ..losses import build_loss
 from ..mixup import Metrix
 from ..model import EmbeddingModel, freeze_batchnorm, init_head_with_pca, pool
-from ..sampler import PKSampler
+from ..decoded_images import DecodedImages
+from ..sampler import build_sampler
 from ..transforms import eval_transform, train_transform
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
@@ -45,24 +48,30 @@ class TrainingRun:
     metrix: Metrix
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    sampler: PKSampler
+    sampler: object  # metrix.sampler.PKSampler or RandomBatchSampler
     label_map: dict[int, int]
     device: torch.device
     distributed: Distributed
     trained_params: list[torch.nn.Parameter]  # of the backbone stages that train
     first_trained_stage: int
     cache: FeatureCache | None = None
+    decoded: dict[str, DecodedImages] | None = None  # "train", "val", "train_eval" (decode_once)
+    train_eval: list | None = None  # training samples measured each epoch (train_retrieval)
+    eta_pending: bool = True
+    log: Callable = print
 
 
-def train(config: TrainConfig, resume: Path | None = None, progress: bool = True, log=print) -> Path:
-    """Train (or resume) a run; returns the run directory."""
+def train(config: TrainConfig, resume: Path | None = None, progress: bool = True, log=print,
+          why: str | None = None) -> Path:
+    """Train (or resume) a run; returns the run directory. `why`: a line saying which recipe and
+    mixing run and why, printed once the data has loaded."""
     start_epoch, best = 0, -math.inf
     if resume is not None:
         config = _config_of_run(resume)
     distributed = Distributed.from_environment(config.device)
     if not distributed.is_main:
         log, progress = (lambda *args: None), False
-    run = _build(config, resume, log, distributed)
+    run = _build(config, resume, log, distributed, why)
     _prepare(run, fresh=resume is None, progress=progress, log=log)
     if resume is not None:
         checkpoint = load_checkpoint(resume, "latest")
@@ -78,11 +87,14 @@ def train(config: TrainConfig, resume: Path | None = None, progress: bool = True
     for epoch in range(start_epoch, config.epochs):
         stats = _train_epoch(run, epoch, progress)
         if distributed.is_main:
-            val = _validate(run) if len(run.data.val) else {}
+            val = _validate(run, run.data.val.samples, "val") if len(run.data.val) else {}
+            if run.train_eval:
+                val.update({f"train_{k}": v for k, v in _validate(run, run.train_eval, "train_eval").items()})
             score = val.get("map_at_r", -stats["loss"])
             is_best = score > best
             best = max(best, score)
-            record = {"epoch": epoch + 1, **stats, **{f"val_{k}": v for k, v in val.items()}}
+            record = {"epoch": epoch + 1, **stats,
+                      **{k if k.startswith("train_") else f"val_{k}": v for k, v in val.items()}}
             append_metrics(run.run_dir, record)
             plot_curves(run.run_dir)
             _save(run, epoch, record, best, is_best)
@@ -93,7 +105,7 @@ def train(config: TrainConfig, resume: Path | None = None, progress: bool = True
     return run.run_dir
 
 
-def _build(config: TrainConfig, resume: Path | None, log, distributed: Distributed) -> TrainingRun:
+def _build(config: TrainConfig, resume: Path | None, log, distributed: Distributed, why: str | None) -> TrainingRun:
     if distributed.world_size > 1 and config.mixup == "input":
         raise ConfigError("input mixing is not supported with several processes yet; use --mixup feature or embed")
     torch.manual_seed(config.seed)
@@ -110,7 +122,8 @@ def _build(config: TrainConfig, resume: Path | None, log, distributed: Distribut
         **({"preset": config.ms_preset} if config.loss == "ms" else {}),
     )
     metrix = Metrix(loss, mode=config.mixup, alpha=config.mixup_alpha, weight=config.mixup_weight,
-                    negatives_per_anchor=config.negatives_per_anchor, seed=config.seed)
+                    negatives_per_anchor=config.negatives_per_anchor, seed=config.seed,
+                    pair_choice=config.pair_choice)
     model.to(device)
     metrix.to(device)
     if config.channels_last and device.type == "cpu":
@@ -131,8 +144,10 @@ def _build(config: TrainConfig, resume: Path | None, log, distributed: Distribut
         lr=config.lr, weight_decay=config.weight_decay,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
-    sampler = PKSampler(data.train.labels, config.batch_size, config.samples_per_class, seed=config.seed,
-                        rank=distributed.rank, world_size=distributed.world_size)
+    sampler = build_sampler(config.sampler, data.train.labels, config.batch_size, config.samples_per_class,
+                            seed=config.seed, rank=distributed.rank, world_size=distributed.world_size)
+    if why and distributed.is_main:
+        log(why)
     run_dir = Path(distributed.broadcast(str(resume or _new_run_dir(config, data))))
     if distributed.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -140,11 +155,13 @@ def _build(config: TrainConfig, resume: Path | None, log, distributed: Distribut
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
         log(f"training on {data.describe()}")
         log(f"recipe {config.recipe}, {config.backbone} at {model.preprocessing.image_size} px -> "
-            f"{config.embedding_size}-d, loss {config.loss}, Metrix {config.mixup}, "
-            f"{config.epochs} epochs, batch {config.batch_size} ({len(sampler)} batches/epoch), device {device}"
+            f"{config.embedding_size}-d, loss {config.loss}, Metrix {config.mixup}"
+            + (f" ({config.pair_choice} pairs)" if config.mixup != "none" else "")
+            + f", {config.epochs} epochs, {config.sampler} batches of {config.batch_size} ({len(sampler)}/epoch), "
+            f"{config.precision}, device {device}"
             + (f", {distributed.world_size} processes" if distributed.world_size > 1 else ""))
     return TrainingRun(config, run_dir, data, model, metrix, optimizer, scheduler, sampler, label_map, device,
-                       distributed, trained_params, first_trained)
+                       distributed, trained_params, first_trained, log=log)
 
 
 def _prepare(run: TrainingRun, fresh: bool, progress: bool, log) -> None:
@@ -161,9 +178,51 @@ def _prepare(run: TrainingRun, fresh: bool, progress: bool, log) -> None:
             )
         log(f"cached {config.cached_views} views of {len(run.data.train)} images "
             f"({run.cache.features.numel() * 2 / 1e6:.0f} MB) in {time.perf_counter() - start:.0f} s")
+    if config.decode_once and not config.cached_views:
+        run.decoded = _decode_once(run, progress, log)
+    if config.train_retrieval and len(run.data.val):
+        run.train_eval = _train_eval_samples(run.data.train.samples, len(run.data.val.classes), config.seed)
+        if run.decoded is not None:
+            index = {id(sample): i for i, sample in enumerate(run.data.train.samples)}
+            run.decoded["train_eval"] = run.decoded["train"].subset([index[id(s)] for s in run.train_eval])
     if fresh and config.head_init == "pca":
         init_head_with_pca(run.model.embedding_head, _pooled_training_features(run))
         log("head initialised with the principal directions of the pooled pretrained features")
+
+
+#: More decoded pixels than this are not kept in memory; the images are decoded every epoch instead.
+DECODE_ONCE_MAX_BYTES = 8 * 2**30
+
+
+def _decode_once(run: TrainingRun, progress: bool, log) -> dict[str, DecodedImages] | None:
+    pre = run.model.preprocessing
+    splits = {"train": run.data.train.samples, "val": run.data.val.samples}
+    count = sum(map(len, splits.values()))
+    estimate = count * pre.resize_size**2 * 3 * 4 // 3  # photos are rarely squarer than 4:3
+    if estimate > DECODE_ONCE_MAX_BYTES:
+        log(f"not keeping {count:,} decoded images in memory (about {estimate / 2**30:.0f} GB); decoding every epoch")
+        return None
+    start = time.perf_counter()
+    with _progress_bar(progress, "decoding images once", count, unit="images") as advance:
+        decoded = {name: DecodedImages.decode(samples, pre.resize_size, pre.interpolation,
+                                              threads=max(1, run.config.num_workers), progress=advance)
+                   for name, samples in splits.items()}
+    size = sum(d.nbytes for d in decoded.values())
+    log(f"decoded {count:,} images once ({size / 1e6:.0f} MB at short side {pre.resize_size} px) "
+        f"in {time.perf_counter() - start:.0f} s")
+    return decoded
+
+
+def _train_eval_samples(samples: list, num_classes: int, seed: int) -> list:
+    """The images of `num_classes` training classes (seeded): retrieval among as many training
+    classes as the validation split has, next to the validation classes' retrieval, shows how far
+    a model over-fits its training classes."""
+    by_class: dict[int, list] = {}
+    for sample in samples:
+        by_class.setdefault(sample.label, []).append(sample)
+    classes = sorted(by_class)
+    random.Random(seed).shuffle(classes)
+    return [sample for label in classes[:num_classes] for sample in by_class[label]]
 
 
 @torch.no_grad()
@@ -218,12 +277,15 @@ def _train_epoch(run: TrainingRun, epoch: int, progress: bool) -> dict:
         loader = (run.cache.batch(indices, epoch_seed) for indices in run.sampler)
     else:
         split_model = model
+        decoded = run.decoded["train"] if run.decoded else None
         dataset = ImageDataset(run.data.train.samples, train_transform(model.preprocessing), run.label_map,
-                               seed=epoch_seed)
-        loader = DataLoader(
-            dataset, batch_sampler=run.sampler, num_workers=config.num_workers,
+                               seed=epoch_seed, images=decoded)
+        loader = DataLoader(  # cropping decoded pixels is cheap next to a training step: no workers
+            dataset, batch_sampler=run.sampler, num_workers=0 if decoded else config.num_workers,
             generator=torch.Generator().manual_seed(epoch_seed), persistent_workers=False,
         )
+    if config.precision == "bf16":
+        split_model = _BFloat16Features(split_model)
     if run.distributed.world_size > 1:
         split_model = GlobalBatch(split_model, run.distributed)
     params = [p for group in run.optimizer.param_groups for p in group["params"]]
@@ -247,6 +309,9 @@ def _train_epoch(run: TrainingRun, epoch: int, progress: bool) -> dict:
             for key in totals:
                 totals[key] += float(getattr(out, key).detach())
             advance(totals["loss"] / steps, images_seen / (time.perf_counter() - start))
+            if steps == ETA_AFTER_STEPS and run.eta_pending and not warm_up:
+                run.eta_pending = False
+                _log_eta(run, epoch, (time.perf_counter() - start) / steps)
     run.scheduler.step()
     seconds = time.perf_counter() - start
     return {
@@ -255,11 +320,40 @@ def _train_epoch(run: TrainingRun, epoch: int, progress: bool) -> dict:
     }
 
 
-def _validate(run: TrainingRun) -> dict:
+#: Steps of the first fully training epoch after which `metrix train` estimates its time.
+ETA_AFTER_STEPS = 3
+
+
+def _log_eta(run: TrainingRun, epoch: int, seconds_per_step: float) -> None:
+    config = run.config
+    steps_left = len(run.sampler) * (config.epochs - epoch) - ETA_AFTER_STEPS
+    evaluated = len(run.data.val) + len(run.train_eval or [])
+    eval_seconds = evaluated * seconds_per_step / config.batch_size / 3  # an eval pass: about 1/3 of a step
+    minutes = (steps_left * seconds_per_step + eval_seconds * (config.epochs - epoch)) / 60
+    run.log(f"estimated {minutes:.0f} min to go ({seconds_per_step:.2f} s per step in the first batches)")
+
+
+class _BFloat16Features(nn.Module):
+    """The backbone's forward under bfloat16 autocast; the head, the mixes and the loss in fp32
+    (MS's exp(50 s) would amplify bfloat16's rounding of the similarities)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def features(self, inputs: Tensor) -> Tensor:
+        with torch.autocast(inputs.device.type, dtype=torch.bfloat16):
+            return self.model.features(inputs).float()
+
+    def head(self, features: Tensor) -> Tensor:
+        return self.model.head(features)
+
+
+def _validate(run: TrainingRun, samples: list, split: str) -> dict:
     embeddings, labels = embed_samples(
-        run.model, run.data.val.samples, batch_size=64, num_workers=run.config.num_workers,
+        run.model, samples, batch_size=64, num_workers=0 if run.decoded else run.config.num_workers,
         device=str(run.device), channels_last=run.config.channels_last and run.device.type == "cpu",
-        frozen_stages=run.first_trained_stage,
+        frozen_stages=run.first_trained_stage, images=run.decoded[split] if run.decoded else None,
     )
     report = evaluate_retrieval(embeddings, labels, ks=(1, 2, 4, 8), nmi=False)
     return {"recall_at_1": report.recall_at[1], "map_at_r": report.map_at_r, "r_precision": report.r_precision}
@@ -327,6 +421,8 @@ def _describe_epoch(record: dict, epochs: int) -> str:
             f"mixed {record['mixed']:.4f}), {record['images_per_s']:.1f} img/s, {record['seconds']:.0f} s")
     if "val_map_at_r" in record:
         text += f"; val R@1 {record['val_recall_at_1']:.1f}, MAP@R {record['val_map_at_r']:.1f}"
+    if "train_map_at_r" in record:
+        text += f" (training classes: R@1 {record['train_recall_at_1']:.1f}, MAP@R {record['train_map_at_r']:.1f})"
     return text
 
 

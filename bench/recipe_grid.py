@@ -1,9 +1,11 @@
-"""Does Metrix help? Train and evaluate the CPU recipe over losses x mixing modes x seeds on one
+"""Does Metrix help? Train and evaluate one recipe over losses x mixing modes x seeds on one
 dataset, next to the untrained backbone (the floor).
 
-    .venv/bin/python bench/cpu_recipe.py --data ../shared/datasets/cub100 --out bench/results/cpu_recipe-cub100
+    .venv/bin/python bench/recipe_grid.py --data ../shared/datasets/cub100 --out bench/results/cpu_recipe-cub100
+    .venv/bin/python bench/recipe_grid.py --recipe full-cpu --data ../shared/datasets/omniglot_small \
+        --out bench/results/full_cpu-omniglot_small --runs ms:none ms:feature
 
-Each run: `metrix train --recipe cpu` on the first half of the sorted classes (a fifth of them held
+Each run: `metrix train --recipe RECIPE` (default cpu) on the first half of the sorted classes (a fifth of them held
 out for validation), then `metrix evaluate --checkpoint best --json` on the second half. The best
 checkpoint is chosen on the validation classes, never the test classes. Results are appended to
 OUT/results.json as they come, so an interrupted benchmark keeps what it measured and a run already
@@ -11,7 +13,8 @@ there is not repeated; OUT/results.md gets the table (mean +- standard deviation
 
 --runs takes loss:mixup pairs; --set KEY=VALUE changes a recipe setting for every run (named with
 --tag), for the attempts at making Metrix help. Input mixing needs pixels, so its runs do not use
-the cached views (slow: the frozen stages run on every mixed image).
+the cached views (slow: the frozen stages run on every mixed image). A run's machine (CPU model) is
+recorded with it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ import time
 from pathlib import Path
 
 METRICS = ("recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8", "map_at_r")
+#: Per-epoch values kept in results.json (the run directories are not committed): enough to plot
+#: training against validation retrieval, the over-fitting gap.
+CURVE_KEYS = ("epoch", "loss", "clean", "mixed", "images_per_s", "seconds", "val_recall_at_1", "val_map_at_r",
+              "train_recall_at_1", "train_map_at_r")
 GRID = ("ms:none", "ms:feature", "contrastive:none", "contrastive:feature", "pa:none", "pa:feature", "ms:embed",
         "pml-ms:none")
 
@@ -39,6 +46,7 @@ def metrix(*args) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
+    parser.add_argument("--recipe", default="cpu")
     parser.add_argument("--runs", nargs="*", default=list(GRID), help="loss:mixup pairs (none given: train nothing)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", type=Path, required=True)
@@ -69,21 +77,30 @@ def main() -> None:
                 continue
             run = args.out / name
             config = args.out / f"{name}.json"
-            config.write_text(json.dumps({"recipe": "cpu", **settings, **({"cached_views": 0} if mixup == "input" else {})}))
+            uncached = {"cached_views": 0} if mixup == "input" and args.recipe == "cpu" else {}
+            config.write_text(json.dumps({"recipe": args.recipe, **settings, **uncached}))
             start = time.perf_counter()
             metrix("train", "--data", args.data, "--config", config, "--loss", loss, "--mixup", mixup,
                    "--seed", seed, "--out", run, "--no-progress")
             seconds = time.perf_counter() - start
             report = evaluate(run, results)
             best = _best_epoch(run)
-            results[name] = {"tag": args.tag, "settings": settings, "loss": loss, "mixup": mixup, "seed": seed,
-                             "train_seconds": seconds, **best, **report}
+            results[name] = {"tag": args.tag, "recipe": args.recipe, "settings": settings, "loss": loss,
+                             "mixup": mixup, "seed": seed, "train_seconds": seconds, "cpu": cpu_model(), **best,
+                             **report}
             results_file.write_text(json.dumps(results, indent=1))
             print(f"{name}: R@1 {report['recall_at_1']:.2f} MAP@R {report['map_at_r']:.2f} "
                   f"(best epoch {best['best_epoch']}: val MAP@R {best['val_map_at_r']:.2f}; {seconds:.0f} s)", flush=True)
     table = markdown_table(results)
     (args.out / "results.md").write_text(table + "\n")
     print(table)
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
 
 
 def evaluate(run: Path, results: dict) -> dict:
@@ -102,7 +119,9 @@ def _best_epoch(run: Path) -> dict:
     validation metrics: what attempts are compared on."""
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     best = max(records, key=lambda r: r["val_map_at_r"])
-    return {"best_epoch": best["epoch"], "val_recall_at_1": best["val_recall_at_1"], "val_map_at_r": best["val_map_at_r"]}
+    curve = [{k: r[k] for k in CURVE_KEYS if k in r} for r in records]
+    return {"best_epoch": best["epoch"], "val_recall_at_1": best["val_recall_at_1"], "val_map_at_r": best["val_map_at_r"],
+            "curve": curve}
 
 
 def markdown_table(results: dict) -> str:
