@@ -19,7 +19,7 @@ from .datasets.base import DataError
 SAMPLERS = ("balanced", "random")
 
 
-class _GlobalBatches:
+class BatchSampler:
     """What both samplers share: the epoch, and each rank's slice of every global batch."""
 
     seed: int
@@ -41,7 +41,7 @@ class _GlobalBatches:
         return len(self.global_batches())
 
 
-class RandomBatchSampler(_GlobalBatches):
+class RandomBatchSampler(BatchSampler):
     """Every image once per epoch in a random order, cut into batches; the last, short batch is
     dropped."""
 
@@ -60,7 +60,7 @@ class RandomBatchSampler(_GlobalBatches):
         return [order[i : i + size] for i in range(0, self.num_samples - size + 1, size)]
 
 
-class PKSampler(_GlobalBatches):
+class PKSampler(BatchSampler):
     def __init__(
         self,
         labels: Sequence[int],
@@ -119,7 +119,7 @@ class PKSampler(_GlobalBatches):
 
 
 def build_sampler(kind: str, labels: Sequence[int], batch_size: int, samples_per_class: int, seed: int = 0,
-                  rank: int = 0, world_size: int = 1) -> _GlobalBatches:
+                  rank: int = 0, world_size: int = 1) -> BatchSampler:
     if kind == "random":
         return RandomBatchSampler(len(labels), batch_size, seed, rank, world_size)
     return PKSampler(labels, batch_size, samples_per_class, seed, rank, world_size)

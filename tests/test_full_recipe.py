@@ -16,7 +16,7 @@ from metrix.image_dataset import ImageDataset
 from metrix.images import ImageDecodeError
 from metrix.model import EmbeddingModel
 from metrix.training.config import explain_choices, resolve_config
-from metrix.training.trainer import _BFloat16Features, _train_eval_samples
+from metrix.training.trainer import _BFloat16Features, _train_eval_indices
 from metrix.transforms import eval_transform
 
 from .training_helpers import metrix_cli, tiny_dataset, write_config
@@ -79,6 +79,10 @@ def test_bfloat16_backbone_keeps_the_head_and_loss_in_float32():
 
 def test_training_retrieval_uses_as_many_whole_training_classes_as_validation(tmp_path):
     data = load_image_folder(tiny_dataset(tmp_path / "d"))
+
+    def _train_eval_samples(samples, num_classes, seed):
+        return [samples[i] for i in _train_eval_indices(samples, num_classes, seed)]
+
     chosen = _train_eval_samples(data.train.samples, len(data.val.classes), seed=0)
     classes = {s.label for s in chosen}
     assert len(classes) == len(data.val.classes) and classes <= set(data.train.classes)

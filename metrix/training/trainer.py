@@ -30,7 +30,7 @@ from ..losses import build_loss
 from ..mixup import Metrix
 from ..model import EmbeddingModel, freeze_batchnorm, init_head_with_pca, pool
 from ..decoded_images import DecodedImages
-from ..sampler import build_sampler
+from ..sampler import BatchSampler, build_sampler
 from ..transforms import eval_transform, train_transform
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
@@ -48,7 +48,7 @@ class TrainingRun:
     metrix: Metrix
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    sampler: object  # metrix.sampler.PKSampler or RandomBatchSampler
+    sampler: BatchSampler
     label_map: dict[int, int]
     device: torch.device
     distributed: Distributed
@@ -181,10 +181,10 @@ def _prepare(run: TrainingRun, fresh: bool, progress: bool, log) -> None:
     if config.decode_once and not config.cached_views:
         run.decoded = _decode_once(run, progress, log)
     if config.train_retrieval and len(run.data.val):
-        run.train_eval = _train_eval_samples(run.data.train.samples, len(run.data.val.classes), config.seed)
+        chosen = _train_eval_indices(run.data.train.samples, len(run.data.val.classes), config.seed)
+        run.train_eval = [run.data.train.samples[i] for i in chosen]
         if run.decoded is not None:
-            index = {id(sample): i for i, sample in enumerate(run.data.train.samples)}
-            run.decoded["train_eval"] = run.decoded["train"].subset([index[id(s)] for s in run.train_eval])
+            run.decoded["train_eval"] = run.decoded["train"].subset(chosen)
     if fresh and config.head_init == "pca":
         init_head_with_pca(run.model.embedding_head, _pooled_training_features(run))
         log("head initialised with the principal directions of the pooled pretrained features")
@@ -213,16 +213,16 @@ def _decode_once(run: TrainingRun, progress: bool, log) -> dict[str, DecodedImag
     return decoded
 
 
-def _train_eval_samples(samples: list, num_classes: int, seed: int) -> list:
-    """The images of `num_classes` training classes (seeded): retrieval among as many training
-    classes as the validation split has, next to the validation classes' retrieval, shows how far
-    a model over-fits its training classes."""
-    by_class: dict[int, list] = {}
-    for sample in samples:
-        by_class.setdefault(sample.label, []).append(sample)
+def _train_eval_indices(samples: list, num_classes: int, seed: int) -> list[int]:
+    """Indices of the images of `num_classes` training classes (seeded): retrieval among as many
+    training classes as the validation split has, next to the validation classes' retrieval,
+    shows how far a model over-fits its training classes."""
+    by_class: dict[int, list[int]] = {}
+    for index, sample in enumerate(samples):
+        by_class.setdefault(sample.label, []).append(index)
     classes = sorted(by_class)
     random.Random(seed).shuffle(classes)
-    return [sample for label in classes[:num_classes] for sample in by_class[label]]
+    return [index for label in classes[:num_classes] for index in by_class[label]]
 
 
 @torch.no_grad()
