@@ -1,1 +1,1 @@
-"""metrix.app: the Gradio web UI that searches an index with an uploaded image (`metrix serve`)."""
+"""metrix.app: the search service: the web page and the JSON API of `metrix serve`, in one process."""

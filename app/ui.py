@@ -1,40 +1,30 @@
 """The web UI: upload (or paste) a photo, see the most similar gallery images.
 
-`build_app(index, embedder)` makes the Gradio Blocks for any opened index, so tests can serve a
-gallery they wrote. Queries are embedded by the index's exported ONNX model through
-metrix.export.runtime: the serving path imports no torch.
+`build_app(live, access)` makes the Gradio Blocks for a live index (see metrix.index.live), so a
+rebuilt gallery shows up without a restart. Queries are embedded by the index's exported ONNX
+model through metrix.export.runtime: the serving path imports no torch. Result images are shown
+by URL from the API's image route (signed when access is controlled), so Gradio copies none of
+them into its cache and serves no file of the gallery folder itself.
 """
 
 from __future__ import annotations
 
+import html
 import logging
-from pathlib import Path
 
 import gradio as gr
 
-from metrix.export.runtime import Embedder, load_for_model
-from metrix.images import ImageDecodeError
+from metrix.images import ImageDecodeError, open_rgb
+from metrix.index.live import LiveIndex
 from metrix.index.store import GalleryIndex, Hit
 
+from .access import Access
+from .api import image_url
+from .search import DEFAULT_K, MAX_K, run_query
+
 log = logging.getLogger("metrix.app")
-DEFAULT_K, MAX_K = 8, 50
-#: Uploads above this are refused by Gradio before they reach us; decoded images above
-#: metrix.images.MAX_PIXELS are refused by the decoder.
-MAX_UPLOAD = "20mb"
 PROMPT = "Upload or paste a photo to search the gallery."
-
-
-def search(index: GalleryIndex, embedder: Embedder, image_path: str | None, k: int) -> tuple[list, str, list[dict]]:
-    """(gallery items [(file, caption)], status line, hits as dicts) for a query image file."""
-    if not image_path:
-        return [], PROMPT, []
-    try:
-        query, _ = load_for_model(image_path, embedder.metadata)
-    except ImageDecodeError as error:
-        return [], f"That upload cannot be searched: {error.reason}. Try a JPEG, PNG or WebP photo.", []
-    hits = index.search(embedder.embed(query[None]), int(k))[0]
-    items = [(str(index.gallery_root / hit.path), caption(hit)) for hit in hits]
-    return items, f"{len(hits)} most similar of {len(index):,} gallery images.", [vars(hit) for hit in hits]
+THUMBNAIL, QUERY_PREVIEW = 320, 512
 
 
 def caption(hit: Hit) -> str:
@@ -48,7 +38,7 @@ def header(index: GalleryIndex) -> str:
     return (f"## Metrix image search\n"
             f"**{len(index):,} images** from `{manifest['gallery_root']}` · model **{model['backbone']}** "
             f"({model['loss']}, mixup {model['mixup']}, {model['embedding_size']}-d, weights "
-            f"`{model['weights_sha256'][:12]}`) · index {kind} · built {manifest['updated']}")
+            f"`{model['weights_sha256'][:12]}`) · index {kind} ({index.generation}) · built {manifest['updated']}")
 
 
 def details(hit: dict) -> str:
@@ -56,28 +46,52 @@ def details(hit: dict) -> str:
                       f"- size: {hit['width']} x {hit['height']} px", f"- id: {hit['id']}"])
 
 
-def build_app(index: GalleryIndex, embedder: Embedder, default_k: int = DEFAULT_K) -> gr.Blocks:
-    root = index.gallery_root
+def request_base(request: gr.Request | None) -> str:
+    inner = getattr(request, "request", None)
+    if inner is not None and hasattr(inner, "base_url"):
+        return str(inner.base_url)
+    headers = getattr(request, "headers", {}) or {}
+    return f"{headers.get('x-forwarded-proto', 'http')}://{headers.get('host', '127.0.0.1')}/"
 
-    def run(image_path, k):
+
+def build_app(live: LiveIndex, access: Access, default_k: int = DEFAULT_K,
+              delete_cache: tuple[int, int] | None = None) -> gr.Blocks:
+
+    def run(image_path, k, request: gr.Request):
+        if not image_path:
+            return [], PROMPT, []
         try:
-            return search(index, embedder, image_path, k)
+            result = run_query(live, image_path, int(k))
+        except ImageDecodeError as error:
+            return [], f"That upload cannot be searched: {error.reason}. Try a JPEG, PNG or WebP photo.", []
         except Exception:  # never show a stack trace in the UI; the server log has it
             log.exception("search failed")
             return [], "The search failed on the server; the log says why.", []
+        base = request_base(request)
+        hits = [{**vars(hit), "url": image_url(base, access, hit.id)} for hit in result.hits]
+        items = [(image_url(base, access, hit.id, THUMBNAIL), caption(hit)) for hit in result.hits]
+        return items, result.status(), hits
 
     def select(hits: list[dict], event: gr.SelectData):
         if not hits or event.index is None or event.index >= len(hits):
-            return None, "", None
+            return "", "", None
         hit = hits[event.index]
-        return str(root / hit["path"]), details(hit), str(root / hit["path"])
+        return f'<img src="{html.escape(hit["url"])}" alt="{html.escape(hit["path"])}" class="selected-result">', details(hit), hit
 
-    def search_with(selected: str | None, k):
-        items, status, hits = run(selected, k)
-        return selected, items, status, hits
+    def search_with(hit: dict | None, k, request: gr.Request):
+        """Search with a result: read from the gallery on the server (the page only has its URL)."""
+        if not hit:
+            return None, [], PROMPT, []
+        path = live.snapshot().index.gallery_root / hit["path"]
+        try:
+            preview = open_rgb(path)
+        except ImageDecodeError as error:
+            return None, [], f"{hit['path']} cannot be searched: {error.reason}.", []
+        preview.thumbnail((QUERY_PREVIEW, QUERY_PREVIEW))
+        return (preview, *run(str(path), k, request))
 
-    with gr.Blocks(title="Metrix image search") as app:
-        gr.Markdown(header(index))
+    with gr.Blocks(title="Metrix image search", delete_cache=delete_cache) as app:
+        title = gr.Markdown(header(live.snapshot().index))
         hits_state, selected_state = gr.State([]), gr.State(None)
         with gr.Row():
             with gr.Column(scale=1):
@@ -91,25 +105,18 @@ def build_app(index: GalleryIndex, embedder: Embedder, default_k: int = DEFAULT_
             with gr.Column(scale=2):
                 results = gr.Gallery(label="Most similar", columns=4, height="auto", object_fit="contain",
                                      allow_preview=False, elem_id="results")
-        with gr.Row(visible=True):
+        with gr.Row():
             with gr.Column(scale=1):
-                large = gr.Image(label="Selected result", type="filepath", interactive=False, height=360)
+                large = gr.HTML(elem_id="selected")
             with gr.Column(scale=1):
                 info = gr.Markdown("Click a result to see it larger.")
                 again = gr.Button("Search with this image")
 
         outputs = [results, status, hits_state]
-        query.change(run, [query, k], outputs, api_name="search")
+        # upload, not change: "Search with this image" sets the query's picture too, and must not search twice
+        query.upload(run, [query, k], outputs, api_name="search")
         k.release(run, [query, k], outputs, api_name=False)
         results.select(select, [hits_state], [large, info, selected_state], api_name=False)
         again.click(search_with, [selected_state, k], [query, *outputs], api_name=False)
+        app.load(lambda: header(live.snapshot().index), None, title, api_name=False)
     return app
-
-
-def launch(app: gr.Blocks, gallery_root: Path, host: str = "127.0.0.1", port: int = 7860,
-           concurrency: int = 2, block: bool = True):
-    """Serve through Gradio's queue; files are served from the gallery root only."""
-    app.queue(default_concurrency_limit=concurrency, max_size=256)
-    return app.launch(server_name=host, server_port=port, allowed_paths=[str(gallery_root)],
-                      max_file_size=MAX_UPLOAD, show_error=False, prevent_thread_lock=not block,
-                      footer_links=["api"], quiet=not block)

@@ -21,8 +21,8 @@ def main() -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from metrix.app.ui import build_app, launch
-    from metrix.index.store import open_with_model
+    from metrix.app.server import Server
+    from metrix.index.live import LiveIndex
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--index", type=Path, required=True)
@@ -31,12 +31,10 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=8)
     args = parser.parse_args()
 
-    index, embedder = open_with_model(args.index)
-    app = build_app(index, embedder, default_k=args.k)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    launch(app, index.gallery_root, port=port, block=False)
+    server = Server(LiveIndex(args.index), port=port, default_k=args.k).start()
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -56,7 +54,7 @@ def main() -> None:
         browser.save_screenshot(str(args.out))
     finally:
         browser.quit()
-        app.close()
+        server.stop()
     print(f"wrote {args.out}")
 
 

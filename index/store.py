@@ -51,6 +51,15 @@ class Hit:
     label: str
     width: int
     height: int
+    size: int  # bytes, as indexed
+    mtime_ns: int
+
+
+@dataclass
+class Answer:
+    """One query's hits whose files are still as indexed, and what was left out (path, reason)."""
+    hits: list[Hit]
+    left_out: list[tuple[str, str]]
 
 
 class GalleryIndex:
@@ -85,12 +94,41 @@ class GalleryIndex:
         return [[Hit(int(i), float(s), *rows[int(i)]) for s, i in zip(sc, row) if i >= 0]
                 for sc, row in zip(scores, ids)]
 
+    def search_present(self, vector: np.ndarray, k: int = 10) -> Answer:
+        """The k nearest hits whose files are still in the gallery unchanged since indexing (size and
+        mtime): a moved, deleted or rewritten file is left out and reported, and more candidates are
+        fetched so that k hits still come back where the index has them."""
+        left_out: dict[str, str] = {}
+        fetch = k + 8
+        while True:
+            hits = self.search(vector[None], fetch)[0]
+            present = []
+            for hit in hits:
+                reason = left_out.get(hit.path) or self.stale(hit)
+                if reason:
+                    left_out[hit.path] = reason
+                else:
+                    present.append(hit)
+            if len(present) >= k or fetch >= len(self):
+                return Answer(present[:k], list(left_out.items()))
+            fetch = min(len(self), 4 * fetch)
+
+    def stale(self, hit: Hit) -> str | None:
+        """Why the hit's file no longer is the image that was indexed, or None."""
+        try:
+            stat = (self.gallery_root / hit.path).stat()
+        except FileNotFoundError:
+            return "missing"
+        except OSError as error:
+            return f"unreadable ({error.strerror})"
+        return None if (stat.st_size, stat.st_mtime_ns) == (hit.size, hit.mtime_ns) else "changed"
+
     def rows(self, ids) -> dict[int, tuple]:
         ids = list(ids)
         found = {}
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
-            query = f"SELECT id, path, label, width, height FROM images WHERE id IN ({','.join('?' * len(chunk))})"
+            query = f"SELECT id, path, label, width, height, size, mtime_ns FROM images WHERE id IN ({','.join('?' * len(chunk))})"
             found.update({row[0]: row[1:] for row in self.db.execute(query, chunk)})
         return found
 

@@ -247,16 +247,20 @@ def search(
         index = index or newest_index()
         opened, embedder = open_with_model(index, model)
         query, _ = load_for_model(image, embedder.metadata)
-        hits = opened.search(embedder.embed(query[None]), k)[0]
+        answer = opened.search_present(embedder.embed(query[None])[0], k)
     except (GalleryIndexError, ModelError, ImageDecodeError) as error:
         _fail(error)
     if json_output:
         typer.echo(json.dumps({"query": str(image), "index": str(index), "results": [
-            {"rank": r, "path": h.path, "score": h.score, "label": h.label, "id": h.id} for r, h in enumerate(hits, 1)]},
+            {"rank": r, "path": h.path, "score": h.score, "label": h.label, "id": h.id} for r, h in enumerate(answer.hits, 1)],
+            "left_out": [{"path": path, "reason": reason} for path, reason in answer.left_out]},
             indent=1, ensure_ascii=False))
         return
-    for rank, hit in enumerate(hits, 1):
+    for rank, hit in enumerate(answer.hits, 1):
         typer.echo(f"{rank:>3}  {hit.score:.4f}  {hit.path}" + (f"  [{hit.label}]" if hit.label else ""))
+    if answer.left_out:
+        typer.echo(f"left out {len(answer.left_out)} result(s) whose file is gone or changed since indexing "
+                   f"(e.g. {answer.left_out[0][0]}: {answer.left_out[0][1]}); re-run `metrix build-index`", err=True)
 
 
 @app.command()
@@ -265,23 +269,38 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes the app to the network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 7860,
     model: Annotated[Optional[Path], typer.Option(help="The model to embed queries with. [default: the index's]")] = None,
+    auth: Annotated[Optional[str], typer.Option(help="USER:PASSWORD for the page (and HTTP Basic on the API). [env: METRIX_AUTH]")] = None,
+    auth_file: Annotated[Optional[Path], typer.Option(help="A file of USER:PASSWORD lines, one per user.")] = None,
+    token: Annotated[Optional[str], typer.Option(help="Bearer token the JSON API requires. [env: METRIX_API_TOKEN]")] = None,
+    cache_ttl: Annotated[int, typer.Option(help="Seconds the page's uploads stay in Gradio's cache before they are swept.")] = 600,
 ) -> None:
-    """The web UI: upload a photo, see the most similar gallery images."""
+    """The search service: the web page at / and the JSON API at /api (docs at /docs). Follows the
+    index's CURRENT generation, so a rebuilt gallery is served without a restart."""
+    import logging
     import os
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from metrix.app.access import AccessError, is_loopback, load_access
     from metrix.export.runtime import ModelError
     from metrix.index.defaults import newest_index
-    from metrix.index.store import GalleryIndexError, open_with_model
+    from metrix.index.live import LiveIndex
+    from metrix.index.store import GalleryIndexError
 
     try:
-        opened, embedder = open_with_model(index or newest_index(), model)
-    except (GalleryIndexError, ModelError) as error:
+        access = load_access(auth, auth_file, token)
+        live = LiveIndex(index or newest_index(), model)
+    except (GalleryIndexError, ModelError, AccessError) as error:
         _fail(error)
-    from metrix.app.ui import build_app, launch
+    from metrix.app.server import Server
 
-    typer.echo(f"serving {opened.dir} ({len(opened):,} images from {opened.gallery_root}) on http://{host}:{port}")
-    launch(build_app(opened, embedder), opened.gallery_root, host, port)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    opened = live.snapshot().index
+    if not is_loopback(host) and not access.enabled:
+        typer.echo(f"warning: serving {opened.gallery_root} to the network ({host}) with no login or token: anyone who "
+                   "can reach this port can search it and fetch its images; pass --auth and/or --token", err=True)
+    typer.echo(f"serving {opened.dir} ({len(opened):,} images from {opened.gallery_root}, {opened.generation}) on "
+               f"http://{host}:{port} (page /, API /api, docs /docs)" + (" with access control" if access.enabled else ""))
+    Server(live, access, host, port, delete_cache=(min(60, cache_ttl), cache_ttl)).run()
 
 
 @app.command()

@@ -1,42 +1,28 @@
-"""The Gradio app served for real on a free localhost port: queried through gradio_client, by 20
-clients at once, by raw HTTP for file access, and in headless Chromium (Selenium) like a user."""
+"""The web page served for real on a free localhost port: queried through gradio_client, by 20
+clients at once, and in headless Chromium (Selenium) like a user; `metrix serve` as a process."""
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from metrix.index.build import build_index
-from metrix.index.store import open_with_model
 
-from .pictures import assert_apart, blocks
+from .pictures import assert_apart
+from .service_helpers import free_port, make_gallery, serve_process
 from .training_helpers import metrix_cli
 
-os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 gradio_client = pytest.importorskip("gradio_client")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def gallery_index(tmp_path_factory, tiny_model):
     root = tmp_path_factory.mktemp("app") / "gallery"
-    for label in ("ants", "bees"):
-        for i in range(10):
-            (root / label).mkdir(parents=True, exist_ok=True)
-            blocks(500 + 10 * len(label) * i + (label == "bees"), (72, 56)).save(root / label / f"{i:02d}.png")
-    assert_apart(tiny_model, root, [p.relative_to(root) for p in root.rglob("*.png")])  # the tests search by self-retrieval
+    paths = make_gallery(root)
+    assert_apart(tiny_model, root, [p.relative_to(root) for p in paths])  # the tests search by self-retrieval
     index_dir = root.parent / "index"
     build_index(root, tiny_model, index_dir, progress=False)
     return root, index_dir
@@ -44,18 +30,19 @@ def gallery_index(tmp_path_factory, tiny_model):
 
 @pytest.fixture(scope="module")
 def served(gallery_index):
-    from metrix.app.ui import build_app, launch
+    from metrix.app.server import Server
+    from metrix.index.live import LiveIndex
 
     root, index_dir = gallery_index
-    app = build_app(*open_with_model(index_dir))
-    port = free_port()
-    launch(app, root, port=port, block=False)
-    yield f"http://127.0.0.1:{port}/", root, index_dir
-    app.close()
+    server = Server(LiveIndex(index_dir), port=free_port()).start()
+    yield server.url, root, index_dir
+    server.stop()
 
 
 def _client(url):
-    return gradio_client.Client(url, verbose=False)
+    # download_files=False: result images are URLs of the API's image route, which gradio_client cannot
+    # download (it fetches everything through Gradio's /file= route); programs use /api/search instead.
+    return gradio_client.Client(url, verbose=False, download_files=False)
 
 
 def test_upload_returns_the_gallery_image_first(served):
@@ -86,20 +73,6 @@ def test_oversized_upload_is_refused(served, tmp_path):
         client.predict(gradio_client.handle_file(str(big)), 5, api_name="/search")
 
 
-def test_only_gallery_files_are_served(served):
-    url, root, index_dir = served
-
-    def status(path):
-        try:
-            return urllib.request.urlopen(f"{url}gradio_api/file={path}", timeout=10).status
-        except urllib.error.HTTPError as error:
-            return error.code
-
-    assert status(root / "ants" / "01.png") == 200
-    for outside in ("/etc/passwd", index_dir / "CURRENT", root.parent / "index" / "report.json", root / ".." / "index" / "CURRENT"):
-        assert status(outside) in (403, 404), outside
-
-
 def test_twenty_concurrent_queries_all_succeed(served):
     url, root, _ = served
     paths = [root / label / f"{i:02d}.png" for label in ("ants", "bees") for i in range(10)]
@@ -115,35 +88,32 @@ def test_twenty_concurrent_queries_all_succeed(served):
 
 def test_serving_path_imports_no_torch(gallery_index):
     _, index_dir = gallery_index
-    code = ("import sys; from metrix.app.ui import build_app; from metrix.index.store import open_with_model; "
-            f"build_app(*open_with_model({str(index_dir)!r})); print('torch' in sys.modules)")
+    code = ("import sys; from metrix.app.server import make_app; from metrix.app.access import Access; "
+            "from metrix.index.live import LiveIndex; "
+            f"make_app(LiveIndex({str(index_dir)!r}), Access()); print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
 
 
 def test_metrix_serve_command(gallery_index):
     root, index_dir = gallery_index
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "metrix", "serve", "--index", str(index_dir), "--port", str(port)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        started = time.perf_counter()
-        while time.perf_counter() - started < 60:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
-                break
-            except (urllib.error.URLError, ConnectionError):
-                assert process.poll() is None, process.stdout.read()
-                time.sleep(0.3)
-        print(f"metrix serve answered after {time.perf_counter() - started:.1f} s")
-        items, _ = _client(f"http://127.0.0.1:{port}/").predict(
-            gradio_client.handle_file(str(root / "ants" / "07.png")), 2, api_name="/search")
+    with serve_process(index_dir) as (url, process):
+        items, _ = _client(url).predict(gradio_client.handle_file(str(root / "ants" / "07.png")), 2, api_name="/search")
         assert items[0]["caption"].endswith("ants/07.png")
-    finally:
-        process.terminate()
-        process.wait(10)
     failed = metrix_cli("serve", "--index", root, check=False)
     assert failed.returncode == 2 and "no index here" in failed.stderr
+
+
+def test_serving_to_the_network_without_access_control_warns(gallery_index):
+    _, index_dir = gallery_index
+    for env, warned in (({}, True), ({"METRIX_API_TOKEN": "t" * 24}, False)):
+        with serve_process(index_dir, "--host", "0.0.0.0", env=env) as (url, process):
+            pass
+        output = process.stdout.read()
+        warnings = [line for line in output.splitlines() if line.startswith("warning: serving")]
+        assert bool(warnings) == warned, output
+        assert not warned or "no login or token" in warnings[0]
+        assert ("with access control" in output) != warned, output
 
 
 def _browser():
@@ -180,6 +150,10 @@ def test_browser_upload_click_and_search_again(served, tmp_path):
         captions = wait.until(lambda b: [c.text for c in b.find_elements(By.CSS_SELECTOR, "#results .caption-label")
                                          if c.text] or None)
         assert captions[0].endswith("ants/04.png"), captions
+        # thumbnails come from the API's image route (not Gradio's cache) and really load
+        wait.until(lambda b: b.execute_script(
+            "const i = [...document.querySelectorAll('#results img')];"
+            "return i.length >= 5 && i.every(x => x.complete && x.naturalWidth > 0 && x.src.includes('/api/images/'));"))
         browser.save_screenshot(str(tmp_path / "results.png"))
         assert (tmp_path / "results.png").stat().st_size > 10_000
 
@@ -188,6 +162,8 @@ def test_browser_upload_click_and_search_again(served, tmp_path):
         second = captions[1].split(" · ")[-1]
         wait.until(lambda b: second in b.find_element(By.TAG_NAME, "body").text.split("Click a result")[0]
                    and "similarity:" in b.find_element(By.TAG_NAME, "body").text)
+        wait.until(lambda b: b.execute_script(
+            "const i = document.querySelector('#selected img'); return i && i.complete && i.naturalWidth > 0;"))
         browser.find_element(By.XPATH, "//button[contains(., 'Search with this image')]").click()
         wait.until(lambda b: [c.text for c in b.find_elements(By.CSS_SELECTOR, "#results .caption-label")][:1]
                    and b.find_elements(By.CSS_SELECTOR, "#results .caption-label")[0].text.endswith(second))

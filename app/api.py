@@ -1,0 +1,120 @@
+"""The JSON API beside the page, in the same process:
+
+    POST /api/search        multipart `image` (+ form field `k`): the nearest gallery images
+    GET  /api/info          index, model, counts, generation
+    GET  /api/health        liveness, open to all (for load balancers and service managers)
+    GET  /api/images/{id}   an indexed image (`?thumbnail=N` for one at most N px a side)
+
+Errors are JSON `{"error": "one line"}` with 400 (bad request), 401 (no or wrong credentials),
+404 (not an indexed image, or its file is gone), 413 (upload too large) or 415 (not an image).
+Only images of the current generation are served, and only while their file is as indexed: a
+non-image file in the gallery folder has no id, so no URL reaches it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from metrix import __version__
+from metrix.images import ImageDecodeError, decode_rgb
+from metrix.index.live import LiveIndex
+from metrix.index.store import Hit
+
+from .access import Access
+from .search import DEFAULT_K, MAX_K, MAX_UPLOAD_BYTES, REBUILD_HINT, run_query
+
+log = logging.getLogger("metrix.app")
+MAX_THUMBNAIL = 1024
+
+
+def error(status: int, message: str, **headers: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers or None)
+
+
+def image_url(request_base: str, access: Access, image_id: int, thumbnail: int | None = None) -> str:
+    """Where a hit's image is fetched: absolute, and signed when access is controlled."""
+    params = {**({"thumbnail": str(thumbnail)} if thumbnail else {}), **access.sign(image_id)}
+    return f"{request_base.rstrip('/')}/api/images/{image_id}" + (f"?{urlencode(params)}" if params else "")
+
+
+def hit_json(hit: Hit, rank: int, url: str) -> dict:
+    return {"rank": rank, "id": hit.id, "path": hit.path, "score": hit.score, "label": hit.label,
+            "width": hit.width, "height": hit.height, "bytes": hit.size, "url": url}
+
+
+def api_router(live: LiveIndex, access: Access) -> APIRouter:
+    router = APIRouter(prefix="/api", tags=["search"])
+
+    def refused(request: Request) -> JSONResponse | None:
+        if access.allows(request.headers.get("authorization")):
+            return None
+        return error(401, "this server needs `Authorization: Bearer <token>` (or the page's login as HTTP Basic)",
+                     **{"WWW-Authenticate": "Bearer"})
+
+    @router.post("/search", summary="The gallery images most similar to an uploaded image")
+    async def search(request: Request, image: UploadFile = File(description="the query image (JPEG, PNG, WebP, ...)"),
+                     k: int = Form(DEFAULT_K, ge=1, le=MAX_K, description="how many results")):
+        if (denied := refused(request)) is not None:
+            return denied
+        data = await image.read(MAX_UPLOAD_BYTES + 1)
+        name = image.filename or "upload"
+        if len(data) > MAX_UPLOAD_BYTES:
+            return error(413, f"{name}: larger than the {MAX_UPLOAD_BYTES // 2**20} MB upload limit")
+        try:
+            result = await run_in_threadpool(run_query, live, name, k, data)
+        except ImageDecodeError as failure:
+            return error(415 if failure.reason.startswith("not an image") else 400, f"{name}: {failure.reason}")
+        base = str(request.base_url)
+        return {"generation": result.generation, "images": result.images, "k": k,
+                "took_ms": round(result.seconds * 1000, 2),
+                "results": [hit_json(hit, rank, image_url(base, access, hit.id)) for rank, hit in enumerate(result.hits, 1)],
+                "left_out": [{"path": path, "reason": reason} for path, reason in result.left_out],
+                **({"hint": REBUILD_HINT} if result.left_out else {})}
+
+    @router.get("/info", summary="What is being served")
+    def info(request: Request):
+        if (denied := refused(request)) is not None:
+            return denied
+        index = live.snapshot().index
+        manifest = index.manifest
+        return {"version": __version__, "index": str(index.dir), "generation": index.generation, "images": len(index),
+                "gallery_root": manifest["gallery_root"], "updated": manifest["updated"],
+                "index_type": manifest["index"], "model": manifest["model"]}
+
+    @router.get("/health", summary="Liveness")
+    def health():
+        index = live.snapshot().index
+        return {"status": "ok", "generation": index.generation, "images": len(index)}
+
+    @router.get("/images/{image_id}", summary="An indexed image", response_class=Response)
+    def indexed_image(request: Request, image_id: int,
+                      thumbnail: int | None = Query(None, ge=16, le=MAX_THUMBNAIL, description="longest side, px"),
+                      expires: str | None = None, sig: str | None = None):
+        if access.enabled and not access.signed(image_id, expires, sig) and refused(request) is not None:
+            return error(401, f"image {image_id}: the link has expired or is not valid; search again")
+        index = live.snapshot().index
+        row = index.rows([image_id]).get(image_id)
+        if row is None:
+            return error(404, f"image {image_id}: not in the index being served")
+        hit = Hit(image_id, 0.0, *row)
+        if (reason := index.stale(hit)) is not None:
+            return error(404, f"{hit.path}: {reason} since indexing; {REBUILD_HINT}")
+        path = index.gallery_root / hit.path
+        if thumbnail is None:
+            return FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
+        try:
+            picture, _ = decode_rgb(path, min_short_side=thumbnail)
+        except ImageDecodeError as failure:
+            return error(404, f"{hit.path}: {failure.reason}")
+        picture.thumbnail((thumbnail, thumbnail))
+        encoded = io.BytesIO()
+        picture.save(encoded, "JPEG", quality=85)
+        return Response(encoded.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    return router

@@ -1,0 +1,89 @@
+"""The one process that serves both the page and the JSON API: a FastAPI app with the API's routes
+and the Gradio page mounted at `/`, run by uvicorn. `Server.start()` runs it in a thread (tests,
+notebooks); `Server.run()` blocks (`metrix serve`)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import gradio as gr
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+
+from metrix import __version__
+from metrix.index.live import LiveIndex
+
+from .access import Access
+from .api import api_router, error
+from .search import DEFAULT_K, MAX_UPLOAD_BYTES
+from .ui import build_app
+
+log = logging.getLogger("metrix.app")
+#: Gradio's cache (uploaded queries, the query preview of "search with this image") is swept every
+#: minute of files older than ten (`metrix serve --cache-ttl`): long enough for a page to show them,
+#: and a public server's disk use stays bounded by ten minutes of uploads.
+DELETE_CACHE = (60, 600)
+
+
+def make_app(live: LiveIndex, access: Access, concurrency: int = 2, default_k: int = DEFAULT_K,
+             delete_cache: tuple[int, int] = DELETE_CACHE) -> FastAPI:
+    api = FastAPI(title="Metrix image search", version=__version__,
+                  description="Search a gallery index by image. The page is at `/`; this is its JSON API.")
+
+    @api.middleware("http")
+    async def refuse_large_uploads(request: Request, call_next):
+        length = request.headers.get("content-length", "")
+        if request.url.path.endswith("/api/search") and length.isdigit() and int(length) > MAX_UPLOAD_BYTES + 65536:
+            return error(413, f"upload of {int(length):,} bytes: larger than the {MAX_UPLOAD_BYTES // 2**20} MB limit")
+        return await call_next(request)
+
+    @api.exception_handler(RequestValidationError)
+    async def one_line(request: Request, failure: RequestValidationError):
+        first = failure.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
+        return error(400, f"{where}: {first.get('msg', 'invalid')}")
+
+    api.include_router(api_router(live, access))
+    page = build_app(live, access, default_k, delete_cache)
+    page.queue(default_concurrency_limit=concurrency, max_size=256)
+    return gr.mount_gradio_app(api, page, path="/", auth=access.users or None, show_error=False,
+                               max_file_size=MAX_UPLOAD_BYTES, footer_links=["api"])
+
+
+class Server:
+    def __init__(self, live: LiveIndex, access: Access | None = None, host: str = "127.0.0.1", port: int = 7860,
+                 **app_options):
+        self.live, self.host, self.port = live, host, port
+        app = make_app(live, access or Access(), **app_options)
+        self._server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                                     timeout_keep_alive=30))
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    def run(self) -> None:
+        self.live.start()
+        try:
+            self._server.run()
+        finally:
+            self.live.stop()
+
+    def start(self, timeout: float = 60) -> "Server":
+        self._thread = threading.Thread(target=self.run, name="metrix-server", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start on {self.url}")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(30)
