@@ -9,6 +9,7 @@ near-zero gradients into full-size steps.) The end-to-end check runs `torchrun -
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -56,8 +57,27 @@ def _torchrun(*args, **kwargs):
 def test_two_process_gradients_equal_one_process(tmp_path, loss_name):
     result = _torchrun("-m", "tests.ddp_gradient_worker", tmp_path / "out.pt", loss_name, cwd=REPO)
     assert result.returncode == 0, result.stdout + result.stderr
-    two = torch.load(tmp_path / "out.pt")
+    assert_same_as_one_process(torch.load(tmp_path / "out.pt"), loss_name)
 
+
+def test_two_nodes_through_the_c10d_rendezvous(tmp_path):
+    """The multi-node path (docs/training.md): two torchrun agents, one process each, meet through
+    a c10d rendezvous on localhost as two machines would through one node's address."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [TORCHRUN, "--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d",
+               "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "metrix-test",
+               "-m", "tests.ddp_gradient_worker", str(tmp_path / "out.pt"), "ms"]
+    nodes = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}) for _ in range(2)]
+    outputs = [node.communicate(timeout=240)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(outputs)
+    assert_same_as_one_process(torch.load(tmp_path / "out.pt"), "ms")
+
+
+def assert_same_as_one_process(two: dict, loss_name: str) -> None:
+    assert two["world_size"] == 2  # else two lone processes would pass vacuously
     model, metrix, images, labels = setup(LOSSES[loss_name])
     out = metrix(model, images, labels, lam=0.35)
     out.loss.backward()
