@@ -1,4 +1,4 @@
-"""The JSON API of a real server on localhost, over real HTTP (httpx, keep-alive): search, info,
+"""The JSON API of a real `metrix serve` process on localhost, over real HTTP (httpx, keep-alive): search, info,
 health, OpenAPI, bad uploads, which files can be fetched, path tricks, and access control."""
 
 import base64
@@ -8,11 +8,10 @@ import io
 import httpx
 import pytest
 
-from metrix.app.access import Access
 from metrix.index.build import build_index
 
 from .pictures import assert_apart, blocks
-from .service_helpers import free_port, make_gallery, post_image
+from .service_helpers import make_gallery, post_image, serve_process
 
 TOKEN = "a-test-token-of-enough-length"
 SECRET = "SECRET=hunter2"
@@ -30,27 +29,17 @@ def gallery_index(tmp_path_factory, tiny_model):
     return root, index_dir
 
 
-def _server(index_dir, access=None):
-    from metrix.app.server import Server
-    from metrix.index.live import LiveIndex
-
-    return Server(LiveIndex(index_dir), access, port=free_port()).start()
-
-
 @pytest.fixture(scope="module")
 def open_server(gallery_index):
-    server = _server(gallery_index[1])
-    with httpx.Client(timeout=30) as client:
-        yield server.url, client
-    server.stop()
+    with serve_process(gallery_index[1]) as (url, _), httpx.Client(timeout=30) as client:
+        yield url, client
 
 
 @pytest.fixture(scope="module")
 def guarded_server(gallery_index):
-    server = _server(gallery_index[1], Access(users=[("ann", "s3cret-pass")], token=TOKEN))
-    with httpx.Client(timeout=30) as client:
-        yield server.url, client
-    server.stop()
+    with serve_process(gallery_index[1], "--auth", "ann:s3cret-pass", "--token", TOKEN) as (url, _), \
+            httpx.Client(timeout=30) as client:
+        yield url, client
 
 
 def test_search_returns_the_image_first_with_a_url_that_serves_it(open_server, gallery_index):
