@@ -22,8 +22,19 @@ for seed in 0 1 2; do
     grid cub100 --runs ms:none ms:feature --seeds "$seed"
     grid cub100 --runs ms:none ms:feature --seeds "$seed" "${random_batches[@]}"
 done
+# Input mixing next: in this regime it is the one variant whose mixes pass through every layer,
+# where the whole network over-fits. Then attempts at making Metrix help (seed 0, judged on
+# validation classes): a stronger mixed term (bench/metrix_gradients.py finds w x mixed at about
+# 15% of the clean gradient), then the other losses, then twice the epochs.
+for dataset in omniglot_small cub100; do
+    grid "$dataset" --runs ms:input --seeds 0
+done
+for dataset in cub100 omniglot_small; do
+    grid "$dataset" --runs ms:feature --seeds 0 --tag w1 --set 'mixup_weight=1.0'
+done
 for dataset in omniglot_small cub100; do
     grid "$dataset" --runs contrastive:none contrastive:feature pa:none pa:feature ms:embed pml-ms:none --seeds 0
 done
-grid omniglot_small --runs ms:input --seeds 0
-grid cub100 --runs ms:input --seeds 0
+for dataset in cub100 omniglot_small; do
+    grid "$dataset" --runs ms:none ms:feature --seeds 0 --tag e40 --set 'epochs=40'
+done

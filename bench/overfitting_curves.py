@@ -33,7 +33,7 @@ def main() -> None:
     for folder in args.results:
         for row in json.loads((folder / "results.json").read_text()).values():
             if row.get("loss") == args.loss and row.get("curve"):
-                title = folder.name.split("-", 1)[-1] + (f", {row['tag']} batches" if row.get("tag") else "")
+                title = folder.name.split("-", 1)[-1] + (f", {row['tag']}" if row.get("tag") else "")
                 panels.setdefault(title, {}).setdefault(row["mixup"], []).append(row["curve"])
     print(f"| set | mixing | seeds | {args.metric} training classes, epoch 1 -> last | validation classes, epoch 1 -> last "
           "| gain, training minus validation |\n|---|---|---|---|---|---|")
