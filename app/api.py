@@ -24,10 +24,10 @@ from starlette.concurrency import run_in_threadpool
 from metrix import __version__
 from metrix.images import ImageDecodeError, decode_rgb
 from metrix.index.live import LiveIndex
-from metrix.index.store import Hit
+from metrix.index.store import REBUILD_HINT, Hit
 
 from .access import Access
-from .search import DEFAULT_K, MAX_K, MAX_UPLOAD_BYTES, REBUILD_HINT, run_query
+from .search import DEFAULT_K, MAX_K, MAX_UPLOAD_BYTES, run_query
 
 log = logging.getLogger("metrix.app")
 MAX_THUMBNAIL = 1024

@@ -10,12 +10,11 @@ from pathlib import Path
 
 from metrix.export.runtime import load_for_model
 from metrix.index.live import LiveIndex
-from metrix.index.store import Hit
+from metrix.index.store import REBUILD_HINT, Hit
 
 DEFAULT_K, MAX_K = 8, 50
 #: Larger uploads are refused (HTTP 413) before they are decoded.
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
-REBUILD_HINT = "re-run `metrix build-index` to bring the index up to date"
 
 
 @dataclass

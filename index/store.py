@@ -55,6 +55,10 @@ class Hit:
     mtime_ns: int
 
 
+#: What to do about hits left out because their file is gone or changed since indexing.
+REBUILD_HINT = "re-run `metrix build-index` to bring the index up to date"
+
+
 @dataclass
 class Answer:
     """One query's hits whose files are still as indexed, and what was left out (path, reason)."""

@@ -241,7 +241,7 @@ def search(
     from metrix.export.runtime import ModelError, load_for_model
     from metrix.images import ImageDecodeError
     from metrix.index.defaults import newest_index
-    from metrix.index.store import GalleryIndexError, open_with_model
+    from metrix.index.store import REBUILD_HINT, GalleryIndexError, open_with_model
 
     try:
         index = index or newest_index()
@@ -260,7 +260,7 @@ def search(
         typer.echo(f"{rank:>3}  {hit.score:.4f}  {hit.path}" + (f"  [{hit.label}]" if hit.label else ""))
     if answer.left_out:
         typer.echo(f"left out {len(answer.left_out)} result(s) whose file is gone or changed since indexing "
-                   f"(e.g. {answer.left_out[0][0]}: {answer.left_out[0][1]}); re-run `metrix build-index`", err=True)
+                   f"(e.g. {answer.left_out[0][0]}: {answer.left_out[0][1]}); {REBUILD_HINT}", err=True)
 
 
 @app.command()
