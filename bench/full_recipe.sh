@@ -23,18 +23,18 @@ for seed in 0 1 2; do
     grid cub100 --runs ms:none ms:feature --seeds "$seed" "${random_batches[@]}"
 done
 # Then, seed 0, judged on validation classes: an attempt at making Metrix help, a stronger mixed
-# term (bench/metrix_gradients.py finds w x mixed at 15-20% of the clean gradient); input mixing,
-# the one variant whose mixes pass through every layer, where the whole network over-fits (it
-# embeds one mixed image per positive pair: about 4x a clean step); the other losses; and twice
-# the epochs.
+# term (bench/metrix_gradients.py finds w x mixed at 15-20% of the clean gradient); the other
+# losses; input mixing, the one variant whose mixes pass through every layer, where the whole
+# network over-fits (it embeds one mixed image per positive pair: about 4x a clean step); and
+# twice the epochs.
 for dataset in cub100 omniglot_small; do
     grid "$dataset" --runs ms:feature --seeds 0 --tag w1 --set 'mixup_weight=1.0'
 done
 for dataset in omniglot_small cub100; do
-    grid "$dataset" --runs ms:input --seeds 0
+    grid "$dataset" --runs contrastive:none contrastive:feature pa:none pa:feature ms:embed pml-ms:none --seeds 0
 done
 for dataset in omniglot_small cub100; do
-    grid "$dataset" --runs contrastive:none contrastive:feature pa:none pa:feature ms:embed pml-ms:none --seeds 0
+    grid "$dataset" --runs ms:input --seeds 0
 done
 for dataset in cub100 omniglot_small; do
     grid "$dataset" --runs ms:none ms:feature --seeds 0 --tag e40 --set 'epochs=40'
