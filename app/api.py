@@ -8,17 +8,20 @@
 Errors are JSON `{"error": "one line"}` with 400 (bad request), 401 (no or wrong credentials),
 404 (not an indexed image, or its file is gone), 413 (upload too large) or 415 (not an image).
 Only images of the current generation are served, and only while their file is as indexed: a
-non-image file in the gallery folder has no id, so no URL reaches it.
+non-image file in the gallery folder has no id, so no URL reaches it. Images are read through the
+gallery's source, so an object-store gallery is served from the store (the server needs read
+access to it; nothing is copied at build time).
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import mimetypes
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from metrix import __version__
@@ -105,11 +108,16 @@ def api_router(live: LiveIndex, access: Access) -> APIRouter:
         hit = Hit(image_id, 0.0, *row)
         if (reason := index.stale(hit)) is not None:
             return error(404, f"{hit.path}: {reason} since indexing; {REBUILD_HINT}")
-        path = index.gallery_root / hit.path
-        if thumbnail is None:
-            return FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
+        source = index.source
         try:
-            picture, _ = decode_rgb(path, min_short_side=thumbnail)
+            data = source.read(hit.path)
+        except OSError as failure:
+            return error(404, f"{hit.path}: cannot read ({failure.strerror or failure})")
+        if thumbnail is None:
+            media_type = mimetypes.guess_type(hit.path)[0] or "application/octet-stream"
+            return Response(data, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
+        try:
+            picture, _ = decode_rgb(source.name(hit.path), data, min_short_side=thumbnail)
         except ImageDecodeError as failure:
             return error(404, f"{hit.path}: {failure.reason}")
         picture.thumbnail((thumbnail, thumbnail))

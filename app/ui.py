@@ -14,7 +14,7 @@ import logging
 
 import gradio as gr
 
-from metrix.images import ImageDecodeError, open_rgb
+from metrix.images import ImageDecodeError, decode_rgb
 from metrix.index.live import LiveIndex
 from metrix.index.store import GalleryIndex, Hit
 
@@ -58,10 +58,14 @@ def build_app(live: LiveIndex, access: Access, default_k: int = DEFAULT_K,
               delete_cache: tuple[int, int] | None = None) -> gr.Blocks:
 
     def run(image_path, k, request: gr.Request):
+        return answer(image_path, k, request)
+
+    def answer(image_path, k, request: gr.Request, data: bytes | None = None):
+        """Search with a file (an upload) or, given `data`, with those bytes (`image_path` names them)."""
         if not image_path:
             return [], PROMPT, []
         try:
-            result = run_query(live, image_path, int(k))
+            result = run_query(live, image_path, int(k), data)
         except ImageDecodeError as error:
             return [], f"That upload cannot be searched: {error.reason}. Try a JPEG, PNG or WebP photo.", []
         except Exception:  # never show a stack trace in the UI; the server log has it
@@ -82,13 +86,16 @@ def build_app(live: LiveIndex, access: Access, default_k: int = DEFAULT_K,
         """Search with a result: read from the gallery on the server (the page only has its URL)."""
         if not hit:
             return None, [], PROMPT, []
-        path = live.snapshot().index.gallery_root / hit["path"]
+        source = live.snapshot().index.source
         try:
-            preview = open_rgb(path)
+            data = source.read(hit["path"])
+            preview, _ = decode_rgb(source.name(hit["path"]), data)
+        except OSError as error:
+            return None, [], f"{hit['path']} cannot be read: {error.strerror or error}.", []
         except ImageDecodeError as error:
             return None, [], f"{hit['path']} cannot be searched: {error.reason}.", []
         preview.thumbnail((QUERY_PREVIEW, QUERY_PREVIEW))
-        return (preview, *run(str(path), k, request))
+        return (preview, *answer(source.name(hit["path"]), k, request, data))
 
     with gr.Blocks(title="Metrix image search", delete_cache=delete_cache) as app:
         title = gr.Markdown(header(live.snapshot().index))

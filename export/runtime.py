@@ -152,14 +152,18 @@ def read_metadata(path: Path | str) -> ModelMetadata:
     return ModelMetadata.from_props({p.key: p.value for p in model.metadata_props}, path)
 
 
-def load_embedder(path: Path | str, threads: int | None = None) -> Embedder:
+def load_embedder(path: Path | str, threads: int | None = None, gpu: bool = False) -> Embedder:
+    """`gpu`: run on CUDA where this onnxruntime build has the provider (onnxruntime-gpu), else the CPU."""
     import onnxruntime as ort
 
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
+    providers = ["CPUExecutionProvider"]
+    if gpu and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
     try:
-        session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
     except Exception as error:  # onnxruntime raises its own exception types
         raise ModelError(f"{path}: onnxruntime cannot load it ({str(error).splitlines()[0]})") from None
     return Embedder(path, session, ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map, path))

@@ -9,21 +9,27 @@ import hashlib
 import json
 import os
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from metrix.export.runtime import file_sha256, load_embedder, load_for_model
-from metrix.images import ImageDecodeError
+from metrix.export.runtime import load_embedder
 
-from .gallery import GalleryFile, find_images
+from .gallery import GalleryFile
+from .local_engine import Embedded, embed_locally
+from .source import open_source
+from .spool import VectorSpool
 from .store import (REPORT_FILE, FORMAT, GalleryIndexError, copy_rows, current_generation, open_index,
                     remove_uncommitted, write_generation, write_text_atomically)
-from .vectors import choose_kind, flat_index, kind_of, rebuilt, tune_nprobe
+from .plan import plan_index
+from .update import updated_index
+from .vectors import tune_nprobe, tune_nprobe_full
+
+if TYPE_CHECKING:
+    from .ray_engine import RayOptions
 
 DEFAULT_BATCH = 64
 
@@ -67,11 +73,16 @@ class _Lock:
 
 def build_index(gallery: Path | str, model: Path | str, index_dir: Path | str, index_type: str | None = None,
                 rebuild: bool = False, batch_size: int = DEFAULT_BATCH, workers: int | None = None,
-                progress: bool = True, threads: int | None = None) -> BuildReport:
+                progress: bool = True, threads: int | None = None, ray: "RayOptions | None" = None,
+                max_memory: int | None = None) -> BuildReport:
+    """Index GALLERY (a folder or an object-store URL) into INDEX_DIR. With `ray`, the new files
+    are embedded on a Ray cluster (index/ray_engine.py), else in this process; either way the
+    vectors are spooled to disk and the same generation is committed. `index_type` and
+    `max_memory` (bytes of RAM the loaded index may take) choose the index (index/plan.py); both
+    are remembered for the next update."""
     started = time.perf_counter()
-    gallery, index_dir = Path(gallery).resolve(), Path(index_dir)
-    if not gallery.is_dir():
-        raise GalleryIndexError(f"{gallery}: not a folder")
+    source, index_dir = open_source(gallery), Path(index_dir)
+    source.check()
     embedder = load_embedder(model, threads)
     index_dir.mkdir(parents=True, exist_ok=True)
     report = BuildReport(index_dir)
@@ -79,61 +90,90 @@ def build_index(gallery: Path | str, model: Path | str, index_dir: Path | str, i
         remove_uncommitted(index_dir)
         old = None if rebuild or current_generation(index_dir) is None else open_index(index_dir)
         if old is not None:
-            _check_same_build(old, gallery, embedder.metadata)
+            _check_same_build(old, source.root, embedder.metadata)
         requested = index_type or (old.manifest["index"]["requested"] if old else "auto")
-        files, skipped = find_images(gallery)
+        if max_memory is None and old is not None:
+            max_memory = old.manifest["index"].get("max_memory")
+        files, skipped = source.list()
         report.failed += skipped
         known = _known_rows(old)
-        todo, touched, keep = _diff(gallery, files, known, report)
+        todo, touched, keep = _diff(source, files, known, report)
         removed_ids = [row[0] for path, row in known.items() if path not in keep]
         report.removed = len(removed_ids) - report.changed
 
-        ids, vectors, rows = _embed(embedder, gallery, todo, _next_id(old, known), batch_size, workers, progress, report)
-        report.added = sum(1 for r in rows if r[1] not in known)
-        index = old.index if old is not None else None
-        count = (len(old) if old else 0) - len(removed_ids) + len(ids)
-        kind = choose_kind(requested, count)
-        nothing_to_do = old is not None and not ids and not removed_ids and not touched and kind == kind_of(index)
-        if nothing_to_do:
-            report.generation, report.count, report.index = old.generation, len(old), old.manifest["index"]
-        else:
-            index = _updated_index(index, removed_ids, ids, vectors, kind, embedder.metadata.embedding_size)
-            params = {"type": "IDMap2,Flat" if kind == "flat" else f"IVF{index.nlist},Flat", "kind": kind,
-                      "requested": requested, "metric": "inner_product"}
-            if kind == "ivf":
-                params["nprobe"], params["recall_at_10"] = tune_nprobe(index)
-            rows_file = index_dir / f".rows-{os.getpid()}.sqlite"
-            database = copy_rows(index_dir, old.generation if old else None, rows_file)
-            with database:
-                database.executemany("DELETE FROM images WHERE id = ?", [(i,) for i in removed_ids])
-                database.executemany("UPDATE images SET size = ?, mtime_ns = ? WHERE id = ?",
-                                     [(f.size, f.mtime_ns, known[f.path][0]) for f in touched])
-                database.executemany("INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            database.close()
-            report.count, report.index = index.ntotal, params
-            next_id = ids[-1] + 1 if ids else _next_id(old, known)
-            report.generation = write_generation(index_dir, index, rows_file,
-                                                 _manifest(old, gallery, embedder, params, index.ntotal, next_id))
-        if old is not None:
-            old.close()
+        # fail before embedding for hours when the index cannot fit (failures only make it smaller)
+        plan_index((len(old) if old else 0) - len(removed_ids) + len(todo), embedder.metadata.embedding_size, requested,
+                   max_memory)
+        spool = VectorSpool(index_dir / f".spool-{os.getpid()}", embedder.metadata.embedding_size)
+        try:
+            if ray is None:
+                embedded = embed_locally(embedder, source, todo, batch_size, workers)
+            else:
+                from .ray_engine import embed_with_ray
+                embedded = embed_with_ray(model, source.root, todo, ray)
+            rows = _collect(embedded, _next_id(old, known), spool, len(todo), progress, report)
+            report.added = sum(1 for r in rows if r[1] not in known)
+            count = (len(old) if old else 0) - len(removed_ids) + len(spool)
+            plan = plan_index(count, embedder.metadata.embedding_size, requested, max_memory)
+            old_kind = old.manifest["index"]["kind"] if old else None
+            nothing_to_do = old is not None and not rows and not removed_ids and not touched and plan.kind == old_kind
+            if nothing_to_do:
+                report.generation, report.count, report.index = old.generation, len(old), old.manifest["index"]
+            else:
+                staging = index_dir / f".tmp-vectors-{os.getpid()}"
+                index, full = updated_index(old, removed_ids, spool, plan, staging)
+                params = {"type": plan.factory, "kind": plan.kind, "requested": requested, "max_memory": max_memory,
+                          "estimated_bytes": plan.bytes,
+                          "metric": "inner_product"}
+                if plan.kind == "ivf":
+                    params["nprobe"], params["recall_at_10"] = tune_nprobe(index)
+                elif plan.kind == "ivfpq":
+                    params["rerank"] = plan.rerank
+                    params["nprobe"], params["recall_at_10"] = tune_nprobe_full(index, full, rerank=plan.rerank)
+                rows_file = index_dir / f".rows-{os.getpid()}.sqlite"
+                database = copy_rows(index_dir, old.generation if old else None, rows_file)
+                with database:
+                    database.executemany("DELETE FROM images WHERE id = ?", [(i,) for i in removed_ids])
+                    database.executemany("UPDATE images SET size = ?, mtime_ns = ? WHERE id = ?",
+                                         [(f.size, f.mtime_ns, known[f.path][0]) for f in touched])
+                    database.executemany("INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                database.close()
+                report.count, report.index = index.ntotal, params
+                next_id = rows[-1][0] + 1 if rows else _next_id(old, known)
+                report.generation = write_generation(index_dir, index, rows_file,
+                                                     _manifest(old, source.root, embedder, params, index.ntotal, next_id),
+                                                     staging if full is not None else None)
+        finally:
+            spool.close()
+            if old is not None:
+                old.close()
         report.seconds = time.perf_counter() - started
         write_text_atomically(index_dir / REPORT_FILE, json.dumps(report.to_dict(), indent=1, ensure_ascii=False))
     return report
 
 
-def _updated_index(index, removed_ids: list[int], ids: list[int], vectors: np.ndarray, kind: str, dim: int):
-    """The old index (or a new flat one) with the removals and additions, in the kind asked for."""
-    index = index if index is not None else flat_index(dim)
-    if removed_ids:
-        index.remove_ids(np.array(removed_ids, dtype=np.int64))
-    if ids:
-        index.add_with_ids(vectors, np.array(ids, dtype=np.int64))
-    return index if kind == kind_of(index) else rebuilt(index, kind, dim)
+def _collect(embedded, first_id: int, spool: VectorSpool, total: int, progress: bool, report: BuildReport) -> list[tuple]:
+    """Give each embedded file the next id (in the engine's order, which is path order), spool its
+    vector and return the metadata rows; failures go to the report."""
+    rows, next_id, started = [], first_id, time.perf_counter()
+    with _progress(progress, total) as advance:
+        for item in embedded:
+            if item.vector is None:
+                report.failed.append((item.file.path, item.reason))
+            else:
+                spool.append(next_id, item.vector)
+                file = item.file
+                rows.append((next_id, file.path, file.size, file.mtime_ns, item.sha256, file.label, item.width, item.height))
+                next_id += 1
+            advance()
+    seconds = time.perf_counter() - started
+    report.embedded_per_s = len(rows) / seconds if rows and seconds > 0 else 0.0
+    return rows
 
 
-def _check_same_build(old, gallery: Path, metadata) -> None:
-    if Path(old.manifest["gallery_root"]) != gallery:
-        raise GalleryIndexError(f"{old.dir}: indexes {old.manifest['gallery_root']}, not {gallery}; "
+def _check_same_build(old, root: str, metadata) -> None:
+    if old.manifest["gallery_root"] != root:
+        raise GalleryIndexError(f"{old.dir}: indexes {old.manifest['gallery_root']}, not {root}; "
                                 "give another --out or --rebuild")
     old.check_model(metadata)
 
@@ -151,7 +191,7 @@ def _next_id(old, known: dict) -> int:
     return max(old.manifest.get("next_id", 0), max((row[0] for row in known.values()), default=-1) + 1)
 
 
-def _diff(gallery: Path, files: list[GalleryFile], known: dict, report: BuildReport):
+def _diff(source, files: list[GalleryFile], known: dict, report: BuildReport):
     """(files to embed, files whose size/mtime changed but content did not, paths still present)."""
     todo, touched = [], []
     for file in files:
@@ -162,7 +202,7 @@ def _diff(gallery: Path, files: list[GalleryFile], known: dict, report: BuildRep
             report.unchanged += 1
         else:
             try:
-                same = file_sha256(gallery / file.path) == row[4]
+                same = hashlib.sha256(source.read(file.path)).hexdigest() == row[4]
             except OSError:
                 same = False
             if same:
@@ -175,68 +215,6 @@ def _diff(gallery: Path, files: list[GalleryFile], known: dict, report: BuildRep
     # a changed file's old vector goes: keep only the unchanged (and touched) ones
     keep = present - {f.path for f in todo}
     return todo, touched, keep
-
-
-def _embed(embedder, gallery: Path, todo: list[GalleryFile], first_id: int, batch_size: int, workers: int | None,
-           progress: bool, report: BuildReport):
-    """Decode in `workers` threads while the model runs on full batches; failures are reported."""
-    def load(file: GalleryFile):
-        path = gallery / file.path
-        try:
-            data = path.read_bytes()
-            array, (width, height) = load_for_model(path, embedder.metadata, data)
-            return file, array, hashlib.sha256(data).hexdigest(), width, height, None
-        except ImageDecodeError as error:
-            return file, None, None, 0, 0, error.reason
-        except OSError as error:
-            return file, None, None, 0, 0, f"cannot read ({error.strerror or error})"
-
-    ids, vectors, rows = [], [], []
-    batch: list = []
-    next_id = first_id
-    started = time.perf_counter()
-
-    def flush():
-        nonlocal next_id
-        if not batch:
-            return
-        embedded = embedder.embed(np.stack([item[1] for item in batch]))
-        for (file, _, sha, width, height, _), vector in zip(batch, embedded):
-            ids.append(next_id)
-            vectors.append(vector)
-            rows.append((next_id, file.path, file.size, file.mtime_ns, sha, file.label, width, height))
-            next_id += 1
-        batch.clear()
-
-    with _progress(progress, len(todo)) as advance, ThreadPoolExecutor(workers or _decode_workers()) as pool:
-        pending = deque()
-        files = iter(todo)
-        for file in files:  # keep a bounded number of decodes in flight
-            pending.append(pool.submit(load, file))
-            if len(pending) >= 4 * batch_size:
-                _take(pending.popleft().result(), batch, report, flush, batch_size, advance)
-        while pending:
-            _take(pending.popleft().result(), batch, report, flush, batch_size, advance)
-        flush()
-    seconds = time.perf_counter() - started
-    report.embedded_per_s = len(ids) / seconds if ids and seconds > 0 else 0.0
-    matrix = np.stack(vectors).astype(np.float32) if vectors else np.empty((0, embedder.metadata.embedding_size), np.float32)
-    return ids, matrix, rows
-
-
-def _take(result, batch, report, flush, batch_size, advance) -> None:
-    file, array, _, _, _, reason = result
-    if array is None:
-        report.failed.append((file.path, reason))
-    else:
-        batch.append(result)
-        if len(batch) >= batch_size:
-            flush()
-    advance()
-
-
-def _decode_workers() -> int:
-    return max(2, len(os.sched_getaffinity(0)))
 
 
 class _progress:
@@ -265,7 +243,7 @@ class _progress:
             self.bar.stop()
 
 
-def _manifest(old, gallery: Path, embedder, params: dict, count: int, next_id: int) -> dict:
+def _manifest(old, root: str, embedder, params: dict, count: int, next_id: int) -> dict:
     from dataclasses import asdict
 
     import faiss
@@ -273,7 +251,7 @@ def _manifest(old, gallery: Path, embedder, params: dict, count: int, next_id: i
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     meta = embedder.metadata
     return {
-        "format": FORMAT, "gallery_root": str(gallery), "count": count, "next_id": next_id,
+        "format": FORMAT, "gallery_root": root, "count": count, "next_id": next_id,
         "dim": meta.embedding_size, "metric": "inner_product (L2-normalised vectors: cosine)", "index": params,
         "model": {"path": str(Path(embedder.path).resolve()), **asdict(meta)},
         "faiss_version": faiss.__version__,

@@ -19,8 +19,10 @@ def default_model(runs: Path = RUNS) -> Path:
     return [p for p in exported if p.parents[2] == newest_run][-1]
 
 
-def default_index_dir(gallery: Path) -> Path:
-    return INDEXES / Path(gallery).resolve().name
+def default_index_dir(gallery: Path | str) -> Path:
+    from .source import default_name
+
+    return INDEXES / default_name(gallery)
 
 
 def newest_index(indexes: Path = INDEXES) -> Path:

@@ -2,6 +2,7 @@
 
     INDEX_DIR/CURRENT              "gen-000007": the generation readers open
     INDEX_DIR/gen-000007/          index.faiss, metadata.sqlite, manifest.json: one complete state
+                                   (+ vectors.npy, vector_ids.npy: an IVF-PQ index's full vectors)
     INDEX_DIR/report.json          the last build's bad-file report
     INDEX_DIR/.lock                held by a build, so two builds never interleave
 
@@ -69,12 +70,24 @@ class Answer:
 class GalleryIndex:
     """One generation of an index, opened for searching."""
 
-    def __init__(self, index_dir: Path, generation: str, manifest: dict, index, database: sqlite3.Connection):
+    def __init__(self, index_dir: Path, generation: str, manifest: dict, index, database: sqlite3.Connection,
+                 full=None):
         self.dir, self.generation, self.manifest, self.index, self.db = index_dir, generation, manifest, index, database
+        self.full = full  # vectors.FullVectors of an IVF-PQ index (its exact re-rank), else None
+        self._source = None
 
     @property
-    def gallery_root(self) -> Path:
-        return Path(self.manifest["gallery_root"])
+    def gallery_root(self) -> str:
+        """The folder or object-store URL the gallery was indexed from."""
+        return self.manifest["gallery_root"]
+
+    @property
+    def source(self):
+        """The gallery's files (index/source.py), opened on first use."""
+        if self._source is None:
+            from .source import open_source
+            self._source = open_source(self.gallery_root)
+        return self._source
 
     def __len__(self) -> int:
         return self.index.ntotal
@@ -93,7 +106,12 @@ class GalleryIndex:
         k = min(k, len(self))
         if k == 0:
             return [[] for _ in vectors]
-        scores, ids = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.full is not None:
+            from .vectors import search_reranked
+            scores, ids = search_reranked(self.index, self.full, vectors, k, max(k, self.manifest["index"]["rerank"]))
+        else:
+            scores, ids = self.index.search(vectors, k)
         rows = self.rows(int(i) for i in np.unique(ids) if i >= 0)
         return [[Hit(int(i), float(s), *rows[int(i)]) for s, i in zip(sc, row) if i >= 0]
                 for sc, row in zip(scores, ids)]
@@ -120,12 +138,12 @@ class GalleryIndex:
     def stale(self, hit: Hit) -> str | None:
         """Why the hit's file no longer is the image that was indexed, or None."""
         try:
-            stat = (self.gallery_root / hit.path).stat()
+            stat = self.source.stat(hit.path)
         except FileNotFoundError:
             return "missing"
         except OSError as error:
-            return f"unreadable ({error.strerror})"
-        return None if (stat.st_size, stat.st_mtime_ns) == (hit.size, hit.mtime_ns) else "changed"
+            return f"unreadable ({error.strerror or error})"
+        return None if stat == (hit.size, hit.mtime_ns) else "changed"
 
     def rows(self, ids) -> dict[int, tuple]:
         ids = list(ids)
@@ -169,7 +187,14 @@ def open_index(index_dir: Path | str, metadata=None) -> GalleryIndex:
         raise GalleryIndexError(f"{folder}: index format {manifest.get('format')!r} is not {FORMAT!r}; rebuild it")
     if "nprobe" in manifest["index"]:
         faiss.extract_index_ivf(index).nprobe = manifest["index"]["nprobe"]
-    opened = GalleryIndex(index_dir, generation, manifest, index, database)
+    full = None
+    if manifest["index"]["kind"] == "ivfpq":
+        from .vectors import FullVectors
+        try:
+            full = FullVectors.open(folder)
+        except (OSError, ValueError) as error:
+            raise GalleryIndexError(f"{folder}: unreadable full vectors ({str(error).splitlines()[0]})") from None
+    opened = GalleryIndex(index_dir, generation, manifest, index, database, full)
     if metadata is not None:
         opened.check_model(metadata)
     return opened
@@ -186,9 +211,10 @@ def open_with_model(index_dir: Path | str, model: Path | str | None = None):
     return opened, embedder
 
 
-def write_generation(index_dir: Path, index, rows_database: Path, manifest: dict) -> str:
+def write_generation(index_dir: Path, index, rows_database: Path, manifest: dict, vectors_folder: Path | None = None) -> str:
     """Write a complete new generation and make it current; returns its name.
-    `rows_database` is a finished SQLite file, moved into the generation."""
+    `rows_database` is a finished SQLite file, moved into the generation, as are the files of
+    `vectors_folder` (an IVF-PQ index's full vectors)."""
     import faiss
 
     previous = current_generation(index_dir)
@@ -198,7 +224,13 @@ def write_generation(index_dir: Path, index, rows_database: Path, manifest: dict
     faiss.write_index(index, str(tmp / INDEX_FILE))
     os.replace(rows_database, tmp / METADATA_FILE)
     (tmp / MANIFEST_FILE).write_text(json.dumps({**manifest, "generation": name}, indent=1, ensure_ascii=False))
-    for file in (INDEX_FILE, METADATA_FILE, MANIFEST_FILE):
+    files = [INDEX_FILE, METADATA_FILE, MANIFEST_FILE]
+    if vectors_folder is not None:
+        for file in sorted(vectors_folder.iterdir()):
+            os.replace(file, tmp / file.name)
+            files.append(file.name)
+        vectors_folder.rmdir()
+    for file in files:
         _fsync(tmp / file)
     _fsync(tmp)
     os.replace(tmp, index_dir / name)
@@ -234,7 +266,7 @@ def remove_uncommitted(index_dir: Path) -> None:
     but never made current. Call with the build lock held."""
     current = _number(current_generation(index_dir))
     for entry in index_dir.iterdir():
-        if entry.name.startswith((".tmp-", ".rows-")) or (entry.name.startswith("gen-") and _number(entry.name) > current):
+        if entry.name.startswith((".tmp-", ".rows-", ".spool-")) or (entry.name.startswith("gen-") and _number(entry.name) > current):
             shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
 
 

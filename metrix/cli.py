@@ -191,31 +191,48 @@ def export_(
 
 @app.command("build-index")
 def build_index_(
-    gallery: Annotated[Path, typer.Argument(help="A folder of images (searched recursively; top-level sub-folders are labels).")],
+    gallery: Annotated[str, typer.Argument(help="A folder of images, or an object-store URL such as s3://bucket/prefix (searched recursively; top-level sub-folders are labels).")],
     model: Annotated[Optional[Path], typer.Option(help="An exported model. [default: the newest model*.onnx of the newest run under runs/]")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Index folder. [default: indexes/<gallery folder name>]")] = None,
-    index_type: Annotated[Optional[str], typer.Option(help="auto (exact up to 100,000 images, IVF above), flat or ivf. [default: auto, or the index's]")] = None,
+    index_type: Annotated[Optional[str], typer.Option(help="auto (exact up to 100,000 images, IVF above, IVF-PQ when the budget asks), flat, ivf or ivfpq. [default: auto, or the index's]")] = None,
+    max_index_memory: Annotated[Optional[str], typer.Option(help="RAM the loaded index may take, e.g. 4GB; auto then picks the index that fits. [default: no limit, or the index's]")] = None,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Start over instead of updating.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 64,
+    engine: Annotated[str, typer.Option(help="local (this process) or ray (a Ray cluster; needs metrix[ray]).")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(help="The Ray cluster to use, e.g. ray://head:10001 or auto. [default: RAY_ADDRESS, else a local Ray]")] = None,
+    workers: Annotated[int, typer.Option(help="--engine ray: embedding actors.")] = 2,
+    cpus_per_worker: Annotated[float, typer.Option(help="--engine ray: CPUs per actor (also its onnxruntime threads).")] = 1.0,
+    gpus_per_worker: Annotated[float, typer.Option(help="--engine ray: GPUs per actor (CUDA with onnxruntime-gpu).")] = 0.0,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
-    """Embed a gallery folder into a faiss index with metadata; re-runs embed only what changed."""
+    """Embed a gallery (folder or object store) into a faiss index with metadata; re-runs embed only what changed."""
     from metrix.export.runtime import ModelError
     from metrix.index.build import build_index
     from metrix.index.defaults import default_index_dir, default_model
+    from metrix.index.plan import human, parse_memory
+    from metrix.index.ray_engine import RayOptions
     from metrix.index.store import GalleryIndexError
 
+    if engine not in ("local", "ray"):
+        _fail(f"--engine {engine}: choose local or ray")
+    ray = RayOptions(ray_address, workers, cpus_per_worker, gpus_per_worker, batch_size) if engine == "ray" else None
     try:
         if model is None:
             model = default_model()
             typer.echo(f"no --model given: using {model}, the newest exported model of the newest run")
         out = out or default_index_dir(gallery)
-        report = build_index(gallery, model, out, index_type, rebuild, batch_size, progress=progress)
+        budget = parse_memory(max_index_memory) if max_index_memory is not None else None
+        report = build_index(gallery, model, out, index_type, rebuild, batch_size, progress=progress, ray=ray,
+                             max_memory=budget)
     except (GalleryIndexError, ModelError, ValueError) as error:
         _fail(error)
     index = report.index
     kind = index.get("type", "?") + (f", nprobe {index['nprobe']}, recall@10 {index['recall_at_10']:.3f} vs exact"
                                      if "nprobe" in index else "")
+    if "rerank" in index:
+        kind += f" after an exact re-rank of {index['rerank']}"
+    if "estimated_bytes" in index:
+        kind += f"; about {human(index['estimated_bytes'])} of RAM"
     typer.echo(f"{report.index_dir}: {report.count} images ({kind}), generation {report.generation}")
     typer.echo(f"  added {report.added}, changed {report.changed}, removed {report.removed}, unchanged {report.unchanged}; "
                f"{report.embedded_per_s:.1f} images/s embedding, {report.seconds:.1f} s in all")

@@ -32,7 +32,8 @@ def decode_rgb(path: Path | str, data: bytes | None = None, max_pixels: int = MA
     times that size is decoded at a reduced DCT scale (Pillow's draft) that keeps its short side
     >= 2 x min_short_side: several times faster for camera photos, and the antialiased resize
     that follows still has twice the pixels it needs."""
-    path = Path(path)
+    if data is None:
+        path = Path(path)  # else a name only, which may be a URL (a Path would fold its "//")
     try:
         if (len(data) if data is not None else path.stat().st_size) == 0:
             raise ImageDecodeError(path, "empty file")

@@ -9,5 +9,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade "pip>=25"
 extras=""
-if [ "${1:-}" = "dev" ]; then extras="[dev]"; fi
+if [ "${1:-}" = "dev" ]; then extras="[dev]"; fi  # dev pulls in the ray and s3 extras
 .venv/bin/python -m pip install -q -c requirements.lock -e ".${extras}"

@@ -23,7 +23,7 @@ from metrix.index.build import build_index
 from metrix.index.defaults import default_model, newest_index
 from metrix.index.gallery import find_images
 from metrix.index.store import GalleryIndexError, open_index
-from metrix.index.vectors import flat_index, rebuilt, stored, tune_nprobe
+from metrix.index.vectors import flat_index, ivf_index, stored, tune_nprobe
 
 from .pictures import assert_apart, blocks
 from .training_helpers import metrix_cli
@@ -91,14 +91,26 @@ def rows(index_dir: Path) -> dict[str, tuple]:
         opened.close()
 
 
+def index_ids(index) -> set[int]:
+    """The ids an index holds, read from faiss's own structures (any kind, IVF-PQ included)."""
+    import faiss
+
+    if not isinstance(index, (faiss.IndexIVF, faiss.IndexPreTransform)):
+        return set(faiss.vector_to_array(index.id_map).tolist())
+    lists = faiss.extract_index_ivf(index).invlists
+    return {int(i) for n in range(lists.nlist) for i in faiss.rev_swig_ptr(lists.get_ids(n), lists.list_size(n))}
+
+
 def consistent_state(index_dir: Path) -> int:
-    """Open the index and check its three files agree; return its count."""
+    """Open the index and check its files agree; return its count."""
     opened = open_index(index_dir)
     try:
         (count,) = opened.db.execute("SELECT COUNT(*) FROM images").fetchone()
         assert count == opened.index.ntotal == opened.manifest["count"]
         ids = {r[0] for r in opened.db.execute("SELECT id FROM images")}
-        assert ids == set(stored(opened.index)[0].tolist())
+        assert ids == index_ids(opened.index)
+        if opened.full is not None:
+            assert ids == set(opened.full.ids.tolist())
         return count
     finally:
         opened.close()
@@ -116,7 +128,7 @@ def gallery(tmp_path, tiny_model):
 def test_zoo_every_good_file_once_every_bad_file_reported(gallery, tiny_model, tmp_path):
     root, good, bad = gallery
     result = metrix_cli("build-index", root, "--model", tiny_model, "--out", tmp_path / "idx", "--no-progress")
-    assert f"{len(good)} images (IDMap2,Flat)" in result.stdout and f"skipped {len(bad)} file(s)" in result.stdout
+    assert f"{len(good)} images (IDMap2,Flat; about " in result.stdout and f"skipped {len(bad)} file(s)" in result.stdout
     report = json.loads((tmp_path / "idx" / "report.json").read_text())
     assert {f["path"] for f in report["failed"]} == bad
     reasons = {f["path"]: f["reason"] for f in report["failed"]}
@@ -228,6 +240,44 @@ def test_a_failed_commit_leaves_the_previous_index(gallery, tiny_model, tmp_path
     assert not [p for p in index_dir.iterdir() if p.name.startswith(".tmp-") or p.name.startswith(".rows-")]
 
 
+def test_ivfpq_within_a_memory_budget(tiny_model, tmp_path):
+    """A budget below the full vectors' size gives IVF-PQ; the exact re-rank from the full vectors
+    finds every image itself with its exact score; updates keep the codes; a later flat index is
+    rebuilt from the full vectors alone."""
+    root, index_dir = tmp_path / "gallery", tmp_path / "idx"
+    _many_images(root, 0, 300)
+    result = metrix_cli("build-index", root, "--model", tiny_model, "--out", index_dir, "--max-index-memory", "45kB",
+                        "--no-progress")
+    opened = open_index(index_dir)
+    params = opened.manifest["index"]
+    assert params["kind"] == "ivfpq" and "PQ" in params["type"] and params["estimated_bytes"] <= 45_000
+    assert params["max_memory"] == 45_000 and params["recall_at_10"] >= 0.95 and "exact re-rank" in result.stdout
+    with pytest.raises(ValueError, match="keeps codes"):  # codes, not vectors: those are memory-mapped beside it
+        stored(opened.index)
+    assert len(opened.full) == 300 and (index_dir / opened.generation / "vectors.npy").is_file()
+    embedder = load_embedder(tiny_model)
+    paths = sorted(rows(index_dir))
+    queries = np.stack([load_for_model(root / p, embedder.metadata)[0] for p in paths[:40]])
+    vectors = embedder.embed(queries)
+    exact = open_index(index_dir).full.vectors @ vectors.T
+    for path, hits, column in zip(paths, opened.search(vectors, 5), exact.T):
+        assert hits[0].path == path and abs(hits[0].score - float(column.max())) < 1e-5
+
+    (root / "many" / "00007.png").unlink()
+    _many_images(root, 300, 2)
+    update = build_index(root, tiny_model, index_dir, progress=False)  # the budget is remembered
+    assert update.index["kind"] == "ivfpq" and update.index["type"] == params["type"]
+    assert (update.added, update.removed) == (2, 1) and consistent_state(index_dir) == 301
+    flat = build_index(root, tiny_model, index_dir, index_type="flat", max_memory=10**9, progress=False)
+    assert flat.index["kind"] == "flat" and flat.added == 0 and consistent_state(index_dir) == 301
+    again = open_index(index_dir)
+    assert again.full is None and again.search(vectors[:1], 1)[0][0].path == paths[0]
+    too_small = metrix_cli("build-index", root, "--model", tiny_model, "--out", index_dir, "--max-index-memory", "2kB",
+                           "--no-progress", check=False)
+    assert too_small.returncode == 2 and too_small.stderr.count("\n") == 1 and "flat index of 301 x 32 needs" in too_small.stderr
+    assert consistent_state(index_dir) == 301  # nothing lost
+
+
 def _many_images(root: Path, start: int, count: int) -> None:
     (root / "many").mkdir(parents=True, exist_ok=True)
     for i in range(start, start + count):
@@ -307,7 +357,8 @@ def test_ivf_recall_against_exact_search(tmp_path):
     ids = rng.permutation(10_000)[:3000].astype(np.int64)
     flat = flat_index(32)
     flat.add_with_ids(vectors, ids)
-    ivf = rebuilt(flat, "ivf", 32)
+    ivf = ivf_index(vectors)
+    ivf.add_with_ids(*stored(flat)[::-1])
     got_ids, got_vectors = stored(ivf)
     order = np.argsort(got_ids)
     np.testing.assert_array_equal(got_ids[order], np.sort(ids))
@@ -325,8 +376,9 @@ def test_ivf_recall_against_exact_search(tmp_path):
     assert abs(hits / 10_000 - recall) < 1e-9
     ivf.remove_ids(ids[:100])
     assert ivf.ntotal == 2900 and set(stored(ivf)[0].tolist()) == set(ids[100:].tolist())
-    back = rebuilt(ivf, "flat", 32)
-    assert back.ntotal == 2900
+    back = flat_index(32)
+    back.add_with_ids(*stored(ivf)[::-1])
+    assert back.ntotal == 2900 and set(stored(back)[0].tolist()) == set(ids[100:].tolist())
 
 
 def test_ivf_index_type_on_a_gallery(tiny_model, tmp_path):

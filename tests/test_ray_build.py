@@ -1,0 +1,119 @@
+"""`build-index --engine ray` on a real local Ray cluster (2 CPUs, started by the test): the same
+index as a local build of the same gallery (ids, paths, metadata, vectors to 1e-6, bad-file
+report), the same incremental rules, and a worker killed with SIGKILL mid-build retried by Ray."""
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from metrix.index.build import build_index
+from metrix.index.ray_engine import RayOptions
+from metrix.index.store import open_index
+from metrix.index.vectors import stored
+
+from .pictures import blocks
+from .test_index import consistent_state, write_bad, write_good
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def contents(index_dir: Path) -> tuple[dict, dict, set]:
+    """({path: row}, {id: vector}, {(path, reason)} of the report) of an index's current generation."""
+    import json
+
+    opened = open_index(index_dir)
+    try:
+        rows = {r[1]: r for r in opened.db.execute("SELECT * FROM images")}
+        ids, vectors = stored(opened.index)
+        report = json.loads((index_dir / "report.json").read_text())
+        return rows, dict(zip(ids.tolist(), vectors)), {(f["path"], f["reason"]) for f in report["failed"]}
+    finally:
+        opened.close()
+
+
+def assert_same(a: Path, b: Path) -> None:
+    rows_a, vectors_a, failed_a = contents(a)
+    rows_b, vectors_b, failed_b = contents(b)
+    assert rows_a == rows_b and failed_a == failed_b
+    assert vectors_a.keys() == vectors_b.keys()
+    for id, vector in vectors_a.items():
+        np.testing.assert_allclose(vector, vectors_b[id], atol=1e-6)
+
+
+def test_ray_build_equals_the_local_build(cluster, tmp_path, tiny_model):
+    root = tmp_path / "gallery"
+    good = write_good(root)
+    bad = write_bad(root)
+    options = RayOptions(workers=2, batch_size=4)
+    ray_report = build_index(root, tiny_model, tmp_path / "ray", ray=options, progress=False)
+    build_index(root, tiny_model, tmp_path / "local", progress=False)
+    assert ray_report.count == len(good) and {path for path, _ in ray_report.failed} == bad
+    assert_same(tmp_path / "ray", tmp_path / "local")
+    assert consistent_state(tmp_path / "ray") == len(good)
+
+    (root / "birds" / "00.jpg").unlink()
+    blocks(300).save(root / "birds" / "01.jpg")  # new content, same path
+    blocks(301).save(root / "new.png")
+    again = build_index(root, tiny_model, tmp_path / "ray", ray=options, progress=False)
+    build_index(root, tiny_model, tmp_path / "local", progress=False)
+    assert (again.added, again.changed, again.removed) == (1, 1, 1)
+    assert_same(tmp_path / "ray", tmp_path / "local")
+    unchanged = build_index(root, tiny_model, tmp_path / "ray", ray=options, progress=False)
+    assert unchanged.generation == again.generation and unchanged.unchanged == len(good)
+
+
+def _map_workers() -> list[int]:
+    """Pids of Ray Data's actor processes (their title names the map they run)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"MapWorker" in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_a_worker_killed_mid_build_is_retried(cluster, tmp_path, tiny_model):
+    root = tmp_path / "gallery"
+    for i in range(240):
+        blocks(i).save(root / f"c{i % 6}" / f"{i:03d}.png") if (root / f"c{i % 6}").is_dir() else (
+            (root / f"c{i % 6}").mkdir(parents=True), blocks(i).save(root / f"c{i % 6}" / f"{i:03d}.png"))
+    build_index(root, tiny_model, tmp_path / "local", progress=False)
+    outcome = {}
+
+    def build():
+        try:
+            outcome["report"] = build_index(root, tiny_model, tmp_path / "ray", ray=RayOptions(workers=2, batch_size=2),
+                                            progress=False)
+        except Exception as error:  # noqa: BLE001 - the assertion below says what was raised
+            outcome["error"] = error
+
+    thread = threading.Thread(target=build)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not _map_workers() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # let it embed some batches
+    victims = _map_workers()
+    assert victims and thread.is_alive(), "the build ended before a worker could be killed"
+    os.kill(victims[0], signal.SIGKILL)
+    thread.join(300)
+    assert not thread.is_alive()
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["report"].count == 240
+    assert_same(tmp_path / "ray", tmp_path / "local")
