@@ -105,45 +105,45 @@ def build_index(gallery: Path | str, model: Path | str, index_dir: Path | str, i
         plan_index((len(old) if old else 0) - len(removed_ids) + len(todo), embedder.metadata.embedding_size, requested,
                    max_memory)
         spool = VectorSpool(index_dir / f".spool-{os.getpid()}", embedder.metadata.embedding_size)
+        rows_file = index_dir / f".rows-{os.getpid()}.sqlite"
+        database = copy_rows(index_dir, old.generation if old else None, rows_file)
         try:
+            with database:  # first, so that a changed file's new row can take its path
+                database.executemany("DELETE FROM images WHERE id = ?", [(i,) for i in removed_ids])
+                database.executemany("UPDATE images SET size = ?, mtime_ns = ? WHERE id = ?",
+                                     [(f.size, f.mtime_ns, known[f.path][0]) for f in touched])
             if ray is None:
                 embedded = embed_locally(embedder, source, todo, batch_size, workers)
             else:
                 from .ray_engine import embed_with_ray
                 embedded = embed_with_ray(model, source.root, todo, ray)
-            rows = _collect(embedded, _next_id(old, known), spool, len(todo), progress, report)
-            report.added = sum(1 for r in rows if r[1] not in known)
+            first_id = _next_id(old, known)
+            next_id = _collect(embedded, first_id, spool, database, known, len(todo), progress, report)
             count = (len(old) if old else 0) - len(removed_ids) + len(spool)
             plan = plan_index(count, embedder.metadata.embedding_size, requested, max_memory)
             old_kind = old.manifest["index"]["kind"] if old else None
-            nothing_to_do = old is not None and not rows and not removed_ids and not touched and plan.kind == old_kind
+            nothing_to_do = (old is not None and next_id == first_id and not removed_ids and not touched
+                             and plan.kind == old_kind)
             if nothing_to_do:
                 report.generation, report.count, report.index = old.generation, len(old), old.manifest["index"]
             else:
                 staging = index_dir / f".tmp-vectors-{os.getpid()}"
                 index, full = updated_index(old, removed_ids, spool, plan, staging)
                 params = {"type": plan.factory, "kind": plan.kind, "requested": requested, "max_memory": max_memory,
-                          "estimated_bytes": plan.bytes,
-                          "metric": "inner_product"}
+                          "estimated_bytes": plan.bytes, "metric": "inner_product"}
                 if plan.kind == "ivf":
                     params["nprobe"], params["recall_at_10"] = tune_nprobe(index)
                 elif plan.kind == "ivfpq":
                     params["rerank"] = plan.rerank
                     params["nprobe"], params["recall_at_10"] = tune_nprobe_full(index, full, rerank=plan.rerank)
-                rows_file = index_dir / f".rows-{os.getpid()}.sqlite"
-                database = copy_rows(index_dir, old.generation if old else None, rows_file)
-                with database:
-                    database.executemany("DELETE FROM images WHERE id = ?", [(i,) for i in removed_ids])
-                    database.executemany("UPDATE images SET size = ?, mtime_ns = ? WHERE id = ?",
-                                         [(f.size, f.mtime_ns, known[f.path][0]) for f in touched])
-                    database.executemany("INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
                 database.close()
                 report.count, report.index = index.ntotal, params
-                next_id = rows[-1][0] + 1 if rows else _next_id(old, known)
                 report.generation = write_generation(index_dir, index, rows_file,
                                                      _manifest(old, source.root, embedder, params, index.ntotal, next_id),
                                                      staging if full is not None else None)
         finally:
+            database.close()
+            rows_file.unlink(missing_ok=True)
             spool.close()
             if old is not None:
                 old.close()
@@ -152,10 +152,18 @@ def build_index(gallery: Path | str, model: Path | str, index_dir: Path | str, i
     return report
 
 
-def _collect(embedded, first_id: int, spool: VectorSpool, total: int, progress: bool, report: BuildReport) -> list[tuple]:
+def _collect(embedded, first_id: int, spool: VectorSpool, database, known: dict, total: int, progress: bool,
+             report: BuildReport) -> int:
     """Give each embedded file the next id (in the engine's order, which is path order), spool its
-    vector and return the metadata rows; failures go to the report."""
+    vector and write its row to `database` as it comes; failures go to the report. Returns the
+    next free id."""
     rows, next_id, started = [], first_id, time.perf_counter()
+
+    def write():
+        with database:
+            database.executemany("INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        rows.clear()
+
     with _progress(progress, total) as advance:
         for item in embedded:
             if item.vector is None:
@@ -164,11 +172,15 @@ def _collect(embedded, first_id: int, spool: VectorSpool, total: int, progress: 
                 spool.append(next_id, item.vector)
                 file = item.file
                 rows.append((next_id, file.path, file.size, file.mtime_ns, item.sha256, file.label, item.width, item.height))
+                report.added += file.path not in known
                 next_id += 1
+                if len(rows) == 1000:
+                    write()
             advance()
+    write()
     seconds = time.perf_counter() - started
-    report.embedded_per_s = len(rows) / seconds if rows and seconds > 0 else 0.0
-    return rows
+    report.embedded_per_s = (next_id - first_id) / seconds if next_id > first_id and seconds > 0 else 0.0
+    return next_id
 
 
 def _check_same_build(old, root: str, metadata) -> None:

@@ -12,6 +12,7 @@ an optional extra (`pip install "metrix[ray]"`) and imported only here.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,8 @@ def embed_with_ray(model: Path, root: str, todo: list[GalleryFile], options: Ray
         import ray.data
     except ImportError:
         raise GalleryIndexError("--engine ray needs Ray Data: install metrix[ray]") from None
+    # Ray Data logs every dataset's plan at INFO; its full logs stay in Ray's session folder
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
     if not ray.is_initialized():
         ray.init(address=options.address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     context = ray.data.DataContext.get_current()
