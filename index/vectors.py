@@ -61,42 +61,65 @@ def stored(index) -> tuple[np.ndarray, np.ndarray]:
         return faiss.vector_to_array(index.id_map).astype(np.int64), vectors
     if not isinstance(index, faiss.IndexIVFFlat):
         raise ValueError(f"a {type(index).__name__} keeps codes, not its vectors; read them from its FullVectors")
-    ids, vectors = [], []
-    lists = index.invlists
-    for list_no in range(index.nlist):
-        size = lists.list_size(list_no)
-        if size:
-            ids.append(faiss.rev_swig_ptr(lists.get_ids(list_no), size).copy())
-            codes = faiss.rev_swig_ptr(lists.get_codes(list_no), size * lists.code_size).copy()
-            vectors.append(codes.view(np.float32).reshape(size, index.d))
-    if not ids:
+    parts = list(_ivf_lists(index))
+    if not parts:
         return np.empty(0, np.int64), np.empty((0, index.d), np.float32)
-    return np.concatenate(ids), np.concatenate(vectors)
+    return np.concatenate([ids for ids, _ in parts]).astype(np.int64), np.concatenate([vectors for _, vectors in parts])
 
 
 def tune_nprobe(index, sample: int = RECALL_SAMPLE, seed: int = 0) -> tuple[int, float]:
     """The smallest power-of-two nprobe whose recall@10 against exact search over the same
     vectors reaches TARGET_RECALL (or every list), and that recall. Queries: `sample` stored
-    vectors, each one's own id left out of both result lists."""
+    vectors, each one's own id left out of both result lists. The exact search reads the IVF-Flat
+    lists in place, one at a time, so tuning copies no vectors but the queries."""
     import faiss
 
-    ids, vectors = stored(index)
+    lists = [(ids, vectors) for ids, vectors in _ivf_lists(index)]
+    ids = np.concatenate([ids for ids, _ in lists]) if lists else np.empty(0, np.int64)
     chosen = np.random.default_rng(seed).permutation(len(ids))[:sample]
     if len(chosen) == 0:
         return 1, 1.0
-    exact = faiss.IndexFlatIP(index.d)
-    exact.add(vectors)
-    _, truth = exact.search(vectors[chosen], 11)
-    truth = [[i for i in ids[row] if i != ids[q]][:10] for q, row in zip(chosen, truth)]
+    queries = np.empty((len(chosen), index.d), np.float32)
+    starts = np.cumsum([0] + [len(list_ids) for list_ids, _ in lists])
+    for row, position in enumerate(chosen):
+        number = np.searchsorted(starts, position, side="right") - 1
+        queries[row] = lists[number][1][position - starts[number]]
+    truth = _exact_ids((vectors for _, vectors in lists), ids, queries, 11)
+    truth = [[i for i in row if i != ids[q] and i >= 0][:10] for q, row in zip(chosen, truth)]
     nprobe = 1
     while True:
         faiss.extract_index_ivf(index).nprobe = nprobe
-        _, found = index.search(vectors[chosen], 11)
+        _, found = index.search(queries, 11)
         hits = sum(len(set(want) & set(got.tolist())) for want, got in zip(truth, found))
         recall = hits / sum(len(want) for want in truth) if any(truth) else 1.0
         if recall >= TARGET_RECALL or nprobe >= index.nlist:
             return nprobe, recall
         nprobe = min(2 * nprobe, index.nlist)
+
+
+def _ivf_lists(index):
+    """(ids, vectors) of each non-empty list of an IVF-Flat index: views of faiss's memory, valid
+    while the index is unchanged."""
+    import faiss
+
+    lists = index.invlists
+    for number in range(index.nlist):
+        size = lists.list_size(number)
+        if size:
+            ids = faiss.rev_swig_ptr(lists.get_ids(number), size)
+            codes = faiss.rev_swig_ptr(lists.get_codes(number), size * lists.code_size)
+            yield ids, codes.view(np.float32).reshape(size, index.d)
+
+
+def _exact_ids(blocks, ids: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Ids of each query's exact top k by inner product over `blocks` of vectors whose rows, in
+    order, have the ids `ids`; one block in memory at a time."""
+    import faiss
+    from faiss.contrib.exhaustive_search import knn_ground_truth
+
+    _, found = knn_ground_truth(queries, (np.ascontiguousarray(b) for b in blocks), k,
+                                metric_type=faiss.METRIC_INNER_PRODUCT, ngpu=0)
+    return np.where(found >= 0, ids[np.maximum(found, 0)], -1)
 
 
 # --- IVF-PQ with an exact re-rank from memory-mapped full vectors (see index/plan.py) ---
@@ -256,15 +279,9 @@ def search_reranked(index, full: FullVectors, queries: np.ndarray, k: int,
 
 
 def _exact_top(full: FullVectors, queries: np.ndarray, k: int) -> np.ndarray:
-    """Ids of each query's exact top k over `full`, a block of rows at a time (about 64 MB) so
-    that memory stays bounded whatever the gallery's size."""
-    import faiss
-    from faiss.contrib.exhaustive_search import knn_ground_truth
-
+    """Ids of each query's exact top k over `full`, about 64 MB of rows at a time."""
     rows = max(1, 2**26 // (full.dim * 4))
-    blocks = (np.ascontiguousarray(full.vectors[i:i + rows]) for i in range(0, len(full), rows))
-    _, found = knn_ground_truth(queries, blocks, k, metric_type=faiss.METRIC_INNER_PRODUCT, ngpu=0)
-    return np.where(found >= 0, full.ids[np.maximum(found, 0)], -1)  # reads only those ids
+    return _exact_ids((full.vectors[i:i + rows] for i in range(0, len(full), rows)), np.asarray(full.ids), queries, k)
 
 
 def _recall(index, full: FullVectors, queries, query_ids, truth, rerank: int) -> float:
