@@ -65,7 +65,7 @@ def run_case(kind: str, count: int, dim: int) -> dict:
     from metrix.index.plan import plan_index
     from metrix.index.spool import VectorSpool
     from metrix.index.update import updated_index
-    from metrix.index.vectors import search_reranked, tune_nprobe, tune_nprobe_full
+    from metrix.index.vectors import search_reranked, tune_ivfpq, tune_nprobe
 
     peak = _AnonPeak()
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
@@ -84,8 +84,9 @@ def run_case(kind: str, count: int, dim: int) -> dict:
         started = time.perf_counter()
         plan = plan_index(count, dim, kind)
         index, full = updated_index(None, [], spool, plan, Path(tmp) / "full")
+        rerank = 0
         if kind == "ivfpq":
-            nprobe, recall = tune_nprobe_full(index, full, rerank=plan.rerank)
+            nprobe, recall, rerank = tune_ivfpq(index, full, plan.rerank)
         else:
             nprobe, recall = tune_nprobe(index)
         build_seconds = time.perf_counter() - started
@@ -97,14 +98,14 @@ def run_case(kind: str, count: int, dim: int) -> dict:
         times = []
         for query in _unit(queries):
             start = time.perf_counter()
-            search_reranked(index, full, query[None], 10, max(10, plan.rerank)) if full is not None else index.search(query[None], 10)
+            search_reranked(index, full, query[None], 10, rerank) if full is not None else index.search(query[None], 10)
             times.append(time.perf_counter() - start)
         peak.stop()
         return {"kind": kind, "count": count, "dim": dim, "factory": plan.factory, "estimated_bytes": plan.bytes,
                 "index_file_bytes": index_file, "full_vectors_file_bytes": full_file,
                 "spooled_anon_peak_mb": spooled / 2**20, "anon_peak_mb": peak.value / 2**20,
                 "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                "build_seconds": build_seconds, "nprobe": nprobe, "recall_at_10": recall,
+                "build_seconds": build_seconds, "nprobe": nprobe, "rerank": rerank, "recall_at_10": recall,
                 "p50_ms": 1000 * float(np.median(times))}
 
 
@@ -142,13 +143,13 @@ def _row(case: dict) -> str:
     return (f"| {case['count']:,} | {case['kind']} | `{case['factory']}` | {case['estimated_bytes'] / 1e6:.0f} | "
             f"{case['index_file_bytes'] / 1e6:.0f} | {case['full_vectors_file_bytes'] / 1e6:.0f} | "
             f"{case['anon_peak_mb']:.0f} | {case['ru_maxrss_mb']:.0f} | {case['build_seconds']:.1f} | "
-            f"{case['nprobe']} | {case['recall_at_10']:.3f} | {case['p50_ms']:.2f} |")
+            f"{case['nprobe']} | {case.get('rerank') or '-'} | {case['recall_at_10']:.3f} | {case['p50_ms']:.2f} |")
 
 
 def markdown(result: dict) -> str:
     head = ("| vectors | kind | faiss index | estimated RAM, MB | index file, MB | full vectors file, MB | "
-            "peak heap (RssAnon), MB | ru_maxrss, MB | build s | nprobe | recall@10 | p50 ms |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|")
+            "peak heap (RssAnon), MB | ru_maxrss, MB | build s | nprobe | re-rank | recall@10 | p50 ms |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     return "\n".join([f"{result['machine']}; `{result['command']}`", "", head, *map(_row, result["cases"])])
 
 

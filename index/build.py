@@ -8,6 +8,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -26,7 +27,7 @@ from .store import (REPORT_FILE, FORMAT, GalleryIndexError, copy_rows, current_g
                     remove_uncommitted, write_generation, write_text_atomically)
 from .plan import plan_index
 from .update import updated_index
-from .vectors import tune_nprobe, tune_nprobe_full
+from .vectors import tune_ivfpq, tune_nprobe
 
 if TYPE_CHECKING:
     from .ray_engine import RayOptions
@@ -105,7 +106,7 @@ def build_index(gallery: Path | str, model: Path | str, index_dir: Path | str, i
         plan_index((len(old) if old else 0) - len(removed_ids) + len(todo), embedder.metadata.embedding_size, requested,
                    max_memory)
         spool = VectorSpool(index_dir / f".spool-{os.getpid()}", embedder.metadata.embedding_size)
-        rows_file = index_dir / f".rows-{os.getpid()}.sqlite"
+        rows_file, staging = index_dir / f".rows-{os.getpid()}.sqlite", index_dir / f".tmp-vectors-{os.getpid()}"
         database = copy_rows(index_dir, old.generation if old else None, rows_file)
         try:
             with database:  # first, so that a changed file's new row can take its path
@@ -127,15 +128,13 @@ def build_index(gallery: Path | str, model: Path | str, index_dir: Path | str, i
             if nothing_to_do:
                 report.generation, report.count, report.index = old.generation, len(old), old.manifest["index"]
             else:
-                staging = index_dir / f".tmp-vectors-{os.getpid()}"
                 index, full = updated_index(old, removed_ids, spool, plan, staging)
                 params = {"type": plan.factory, "kind": plan.kind, "requested": requested, "max_memory": max_memory,
                           "estimated_bytes": plan.bytes, "metric": "inner_product"}
                 if plan.kind == "ivf":
                     params["nprobe"], params["recall_at_10"] = tune_nprobe(index)
                 elif plan.kind == "ivfpq":
-                    params["rerank"] = plan.rerank
-                    params["nprobe"], params["recall_at_10"] = tune_nprobe_full(index, full, rerank=plan.rerank)
+                    params["nprobe"], params["recall_at_10"], params["rerank"] = tune_ivfpq(index, full, plan.rerank)
                 database.close()
                 report.count, report.index = index.ntotal, params
                 report.generation = write_generation(index_dir, index, rows_file,
@@ -144,6 +143,7 @@ def build_index(gallery: Path | str, model: Path | str, index_dir: Path | str, i
         finally:
             database.close()
             rows_file.unlink(missing_ok=True)
+            shutil.rmtree(staging, ignore_errors=True)
             spool.close()
             if old is not None:
                 old.close()

@@ -327,3 +327,14 @@ def tune_nprobe_full(index, full: FullVectors, rerank: int = 0, sample: int = RE
         if recall >= TARGET_RECALL or nprobe >= ivf.nlist:
             return nprobe, recall
         nprobe = min(2 * nprobe, ivf.nlist)
+
+
+def tune_ivfpq(index, full: FullVectors, rerank: int) -> tuple[int, float, int]:
+    """(nprobe, recall@10, re-rank depth) for an IVF-PQ index: tune_nprobe_full at `rerank`
+    candidates, and at 4x and 16x as many where the codes rank too coarsely for the target even
+    with every list probed."""
+    for depth in (rerank, 4 * rerank, 16 * rerank):
+        nprobe, recall = tune_nprobe_full(index, full, rerank=depth)
+        if recall >= TARGET_RECALL:
+            break
+    return nprobe, recall, depth

@@ -212,6 +212,7 @@ def build_index_(
     from metrix.index.plan import human, parse_memory
     from metrix.index.ray_engine import RayOptions
     from metrix.index.store import GalleryIndexError
+    from metrix.index.vectors import TARGET_RECALL
 
     if engine not in ("local", "ray"):
         _fail(f"--engine {engine}: choose local or ray")
@@ -234,6 +235,9 @@ def build_index_(
     if "estimated_bytes" in index:
         kind += f"; about {human(index['estimated_bytes'])} of RAM"
     typer.echo(f"{report.index_dir}: {report.count} images ({kind}), generation {report.generation}")
+    if index.get("recall_at_10", 1.0) < TARGET_RECALL:
+        typer.echo(f"  warning: recall@10 {index['recall_at_10']:.3f} is below the {TARGET_RECALL} target even with every "
+                   "list probed; give a larger --max-index-memory or --index-type ivf")
     typer.echo(f"  added {report.added}, changed {report.changed}, removed {report.removed}, unchanged {report.unchanged}; "
                f"{report.embedded_per_s:.1f} images/s embedding, {report.seconds:.1f} s in all")
     if report.failed:

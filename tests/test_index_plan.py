@@ -11,7 +11,7 @@ import pytest
 
 from metrix.index.plan import IndexPlan, index_bytes, nlist_for, parse_memory, plan_index
 from metrix.index.vectors import (FLAT_LIMIT, FullVectors, flat_index, ivf_index, ivf_of, ivfpq_index, recall_at_10,
-                                  tune_nprobe_full)
+                                  tune_ivfpq, tune_nprobe_full)
 
 N, DIM = 20_000, 64
 
@@ -300,3 +300,21 @@ def test_rerank_is_brute_force(tmp_path):
         assert found[row, :want].tolist() == [i for _, i in exact]
         np.testing.assert_allclose(scores[row, :want], [s for s, _ in exact], rtol=1e-5, atol=1e-5)
         assert (found[row, want:] == -1).all() and np.isneginf(scores[row, want:]).all()
+
+
+def test_tune_ivfpq_reranks_deeper_where_the_codes_rank_too_coarsely(tmp_path):
+    """Five tight clusters of 2,000 points with isotropic noise: within a cluster every point is
+    nearly as close as any other, so 8-byte codes cannot order them and 100 candidates miss most of
+    the true top 10; the tuner goes deeper and gains recall."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((5, DIM)).astype(np.float32)
+    x = centres[rng.integers(0, 5, 10_000)] + 0.05 * rng.standard_normal((10_000, DIM)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = random_ids(10_000)
+    index = ivfpq_index(x, IndexPlan("ivfpq", nlist=8, pq_m=8, rerank=100))
+    index.add_with_ids(x, ids)
+    full = FullVectors.write(tmp_path / "full", ids, [x[:4000], x[4000:]])
+    _, shallow = tune_nprobe_full(index, full, rerank=100)
+    nprobe, recall, depth = tune_ivfpq(index, full, 100)
+    assert shallow < 0.95 and depth > 100 and recall > shallow
+    assert 1 <= nprobe <= 8
