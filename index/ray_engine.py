@@ -19,8 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from metrix.export.runtime import load_embedder
+
 from .gallery import GalleryFile
-from .local_engine import Embedded
+from .local_engine import Embedded, decode
+from .source import open_source
 from .store import GalleryIndexError
 
 
@@ -37,16 +40,10 @@ class _EmbedActor:
     """One per Ray worker: the model session and the source, opened once."""
 
     def __init__(self, model: str, root: str, threads: int, gpu: bool):
-        from metrix.export.runtime import load_embedder
-
-        from .source import open_source
-
         self.embedder = load_embedder(model, threads, gpu=gpu)
         self.source = open_source(root)
 
     def __call__(self, batch: dict) -> dict:
-        from .local_engine import decode
-
         files = [GalleryFile(path, 0, 0) for path in batch["path"]]
         decoded = [decode(self.source, file, self.embedder.metadata) for file in files]
         ok = [i for i, item in enumerate(decoded) if item[0] is not None]

@@ -22,31 +22,26 @@ def updated_index(old, removed_ids: list[int], spool: VectorSpool, plan, staging
     """(index, FullVectors written to `staging` or None). `old`: the previous GalleryIndex or None."""
     removed = np.array(removed_ids, dtype=np.int64)
     old_kind = old.manifest["index"]["kind"] if old is not None else None
-    if old is not None and plan.kind == old_kind and plan.kind != "ivfpq":  # in place
-        index = old.index
-        if len(removed):
-            index.remove_ids(removed)
-        for ids, vectors in spool.chunks():
-            index.add_with_ids(vectors, ids)
-        return index, None
 
     def vectors():  # (ids, vectors) of what the new generation holds, in blocks
         return chain(_kept(old, removed), spool.chunks())
 
+    full = None
     if plan.kind == "ivfpq":
         ids = np.concatenate([ids for ids, _ in _kept(old, removed, ids_only=True)] + [ids for ids, _ in spool.chunks()])
         full = FullVectors.write(staging, ids, (block for _, block in vectors()))
-        same_codes = old_kind == "ivfpq" and old.manifest["index"]["type"] == plan.factory
-        if same_codes:  # the old codes stay valid: update in place
-            index = old.index
-            if len(removed):
-                index.remove_ids(removed)
-            for chunk_ids, chunk in spool.chunks():
-                index.add_with_ids(chunk, chunk_ids)
-        else:
-            index = ivfpq_index(full.vectors, plan)
-            for start in range(0, len(full), BLOCK):
-                index.add_with_ids(np.ascontiguousarray(full.vectors[start:start + BLOCK]), np.asarray(full.ids[start:start + BLOCK]))
+    # the same kind (and for IVF-PQ the same codes) as before: update the old index in place
+    if old_kind == plan.kind and (plan.kind != "ivfpq" or old.manifest["index"]["type"] == plan.factory):
+        index = old.index
+        if len(removed):
+            index.remove_ids(removed)
+        for ids, block in spool.chunks():
+            index.add_with_ids(block, ids)
+        return index, full
+    if plan.kind == "ivfpq":
+        index = ivfpq_index(full.vectors, plan)
+        for start in range(0, len(full), BLOCK):
+            index.add_with_ids(np.ascontiguousarray(full.vectors[start:start + BLOCK]), np.asarray(full.ids[start:start + BLOCK]))
         return index, full
 
     dim = spool.dim

@@ -116,6 +116,27 @@ def consistent_state(index_dir: Path) -> int:
         opened.close()
 
 
+def contents(index_dir: Path) -> tuple[dict, dict, set]:
+    """({path: row}, {id: vector}, {(path, reason)} of the report) of an index's current generation."""
+    opened = open_index(index_dir)
+    try:
+        rows = {r[1]: r for r in opened.db.execute("SELECT * FROM images")}
+        ids, vectors = stored(opened.index)
+        report = json.loads((index_dir / "report.json").read_text())
+        return rows, dict(zip(ids.tolist(), vectors)), {(f["path"], f["reason"]) for f in report["failed"]}
+    finally:
+        opened.close()
+
+
+def assert_same(a: Path, b: Path) -> None:
+    rows_a, vectors_a, failed_a = contents(a)
+    rows_b, vectors_b, failed_b = contents(b)
+    assert rows_a == rows_b and failed_a == failed_b
+    assert vectors_a.keys() == vectors_b.keys()
+    for id, vector in vectors_a.items():
+        np.testing.assert_allclose(vector, vectors_b[id], atol=1e-6)
+
+
 @pytest.fixture
 def gallery(tmp_path, tiny_model):
     """The zoo; its good images are checked to be told apart by the test model (self-retrieval)."""

@@ -18,7 +18,7 @@ from metrix.index.build import build_index
 from metrix.index.store import open_index
 
 from .service_helpers import free_port, make_gallery, serve_process
-from .test_ray_build import assert_same
+from .test_index import assert_same
 from .training_helpers import metrix_cli
 
 boto3 = pytest.importorskip("boto3", reason="the s3 extra is not installed")

@@ -8,16 +8,13 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from metrix.index.build import build_index
 from metrix.index.ray_engine import RayOptions
-from metrix.index.store import open_index
-from metrix.index.vectors import stored
 
 from .pictures import blocks
-from .test_index import consistent_state, write_bad, write_good
+from .test_index import assert_same, consistent_state, write_bad, write_good
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 pytestmark = pytest.mark.slow
@@ -28,29 +25,6 @@ def cluster():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
-
-
-def contents(index_dir: Path) -> tuple[dict, dict, set]:
-    """({path: row}, {id: vector}, {(path, reason)} of the report) of an index's current generation."""
-    import json
-
-    opened = open_index(index_dir)
-    try:
-        rows = {r[1]: r for r in opened.db.execute("SELECT * FROM images")}
-        ids, vectors = stored(opened.index)
-        report = json.loads((index_dir / "report.json").read_text())
-        return rows, dict(zip(ids.tolist(), vectors)), {(f["path"], f["reason"]) for f in report["failed"]}
-    finally:
-        opened.close()
-
-
-def assert_same(a: Path, b: Path) -> None:
-    rows_a, vectors_a, failed_a = contents(a)
-    rows_b, vectors_b, failed_b = contents(b)
-    assert rows_a == rows_b and failed_a == failed_b
-    assert vectors_a.keys() == vectors_b.keys()
-    for id, vector in vectors_a.items():
-        np.testing.assert_allclose(vector, vectors_b[id], atol=1e-6)
 
 
 def test_ray_build_equals_the_local_build(cluster, tmp_path, tiny_model):
