@@ -63,31 +63,34 @@ def _map_workers() -> list[int]:
 
 
 def test_a_worker_killed_mid_build_is_retried(cluster, tmp_path, tiny_model):
+    """The kill comes as soon as an actor process exists: 600 images in batches of one keep the
+    build busy for seconds after that on any machine, so the kill always lands mid-build."""
     root = tmp_path / "gallery"
-    for i in range(240):
-        blocks(i).save(root / f"c{i % 6}" / f"{i:03d}.png") if (root / f"c{i % 6}").is_dir() else (
-            (root / f"c{i % 6}").mkdir(parents=True), blocks(i).save(root / f"c{i % 6}" / f"{i:03d}.png"))
+    for label in range(6):
+        (root / f"c{label}").mkdir(parents=True)
+    for i in range(600):
+        blocks(i).save(root / f"c{i % 6}" / f"{i:03d}.png")
     build_index(root, tiny_model, tmp_path / "local", progress=False)
     outcome = {}
 
     def build():
         try:
-            outcome["report"] = build_index(root, tiny_model, tmp_path / "ray", ray=RayOptions(workers=2, batch_size=2),
+            outcome["report"] = build_index(root, tiny_model, tmp_path / "ray", ray=RayOptions(workers=2, batch_size=1),
                                             progress=False)
         except Exception as error:  # noqa: BLE001 - the assertion below says what was raised
             outcome["error"] = error
 
     thread = threading.Thread(target=build)
     thread.start()
-    deadline = time.monotonic() + 120
-    while not _map_workers() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(1.0)  # let it embed some batches
-    victims = _map_workers()
-    assert victims and thread.is_alive(), "the build ended before a worker could be killed"
-    os.kill(victims[0], signal.SIGKILL)
-    thread.join(300)
+    try:
+        deadline = time.monotonic() + 120
+        while not (victims := _map_workers()) and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert victims and thread.is_alive(), "the build ended before a worker could be killed"
+        os.kill(victims[0], signal.SIGKILL)
+    finally:
+        thread.join(300)
     assert not thread.is_alive()
     assert "error" not in outcome, outcome.get("error")
-    assert outcome["report"].count == 240
+    assert outcome["report"].count == 600
     assert_same(tmp_path / "ray", tmp_path / "local")
