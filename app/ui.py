@@ -38,7 +38,8 @@ def header(index: GalleryIndex) -> str:
     return (f"## Metrix image search\n"
             f"**{len(index):,} images** from `{manifest['gallery_root']}` · model **{model['backbone']}** "
             f"({model['loss']}, mixup {model['mixup']}, {model['embedding_size']}-d, weights "
-            f"`{model['weights_sha256'][:12]}`) · index {kind} ({index.generation}) · built {manifest['updated']}")
+            f"`{model['weights_sha256'][:12]}`) · index {kind} ({index.generation}) · built {manifest['updated']}"
+            + (f"\n\nModel: {model['provenance']}." if "provenance" in model else ""))
 
 
 def details(hit: dict) -> str:

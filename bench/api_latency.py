@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from metrix.training.report import cpu_name
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -153,7 +155,7 @@ def main() -> None:
 
     rows = {"in process": percentiles(in_process), "HTTP, 1 client": percentiles(one), "HTTP, 8 clients": percentiles(eight)}
     rows["HTTP, 8 clients"]["queries_per_s"] = len(eight) / wall
-    report = {"machine": platform.processor() or platform.machine(), "cpu": _cpu(), "cores": os.cpu_count(),
+    report = {"machine": platform.processor() or platform.machine(), "cpu": cpu_name(), "cores": os.cpu_count(),
               "index_images": SIZE, "model": str(args.model), "rows": rows,
               "http_added_p50_ms": rows["HTTP, 1 client"]["p50_ms"] - rows["in process"]["p50_ms"]}
     print("| path | p50 ms | p99 ms | queries |")
@@ -164,13 +166,6 @@ def main() -> None:
     print(f"HTTP adds {report['http_added_p50_ms']:.2f} ms to the in-process p50 (one client); {report['cpu']}, {SIZE:,} images")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -32,6 +31,7 @@ from metrix.export.quantize import CALIBRATION_IMAGES, quantize_int8
 from metrix.export.runtime import load_embedder, preprocess
 from metrix.images import open_rgb
 from metrix.training.checkpoint import build_model, load_checkpoint
+from metrix.training.report import cpu_name
 
 
 def main() -> None:
@@ -88,7 +88,7 @@ def main() -> None:
     eager_name = min(("pytorch eager", "pytorch eager channels_last"), key=lambda n: rows[n]["ms_per_image_b1"])
     result = {
         "command": "bench/export_speed.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
-        "machine": f"{_cpu_name()}, {os.cpu_count()} cores; {args.threads} threads",
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores; {args.threads} threads",
         "versions": {"torch": torch.__version__, "onnxruntime": ort.__version__},
         "model": f"{metadata.backbone} at {metadata.image_size} px -> {metadata.embedding_size}-d ({args.run})",
         "parity": [str(p) for p in parity],
@@ -100,13 +100,6 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(markdown(result))
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
 
 
 def _torch_engine(module):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from metrix.losses import build_loss
 from metrix.mixup import Metrix
 from metrix.model import EmbeddingModel, freeze_batchnorm
 from metrix.training.trainer import _BFloat16Features
+from metrix.training.report import cpu_name
 from metrix.transforms import train_transform
 
 
@@ -108,8 +108,7 @@ def main() -> None:
                for name, d in datasets.items()}
 
     floor = peak * 1e9 / train_flops
-    machine = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), platform.machine())
+    machine = cpu_name()
     result = {
         "machine": machine, "threads": torch.get_num_threads(), "torch": torch.__version__, "image_size": size,
         "batch": batch, "gemm_gflops": peak, "train_gflop_per_image": train_flops / 1e9,

@@ -13,6 +13,7 @@ difference <= 1e-4); a mismatch fails the export with the measured numbers.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -72,7 +73,7 @@ def describe(checkpoint: Checkpoint, model) -> ModelMetadata:
     return ModelMetadata(
         image_size=pre.image_size, resize_size=pre.resize_size, interpolation=pre.interpolation,
         embedding_size=model.embedding_size, backbone=config["model"]["backbone"],
-        loss=config.get("loss", "?"), mixup=config.get("mixup", "?"),
+        loss=config.get("loss", "?"), mixup=config.get("mixup", "?"), labels=config.get("labels", "folder"),
         training_data=f"{data.get('name', '?')}:{data.get('root', '?')}",
         train_classes=len(data.get("train_classes", [])), weights_sha256=file_sha256(checkpoint.path / MODEL_FILE),
         metrix_version=__version__, checkpoint=str(checkpoint.path),
@@ -176,8 +177,35 @@ def save_checked(proto, path: Path, name: Path) -> None:
 def export_checkpoint(ckpt: Checkpoint, output: Path, sample_paths: list[Path]) -> tuple[ModelMetadata, list[Parity]]:
     """Export, check and verify a checkpoint; the file appears at `output` only if all passed."""
     model = build_model(ckpt)
-    metadata = describe(ckpt, model)
-    module = ImageEmbedder(model).eval()
+    return export_verified(ImageEmbedder(model).eval(), describe(ckpt, model), output, sample_paths)
+
+
+def export_backbone(name: str, output: Path, image_size: int | None = None, pretrained: bool = True,
+                    weights: str | None = None, sample_paths: list[Path] = ()) -> tuple[ModelMetadata, list[Parity]]:
+    """A backbone with no training (its pooled features, L2-normalised: the floor), exported and
+    verified like a trained run."""
+    from metrix.backbones import create_backbone
+    from metrix.model import PooledBackbone
+
+    model = PooledBackbone(create_backbone(name, pretrained, image_size, weights)).eval()
+    pre = model.preprocessing
+    digest = hashlib.sha256()
+    for key, tensor in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(tensor.detach().contiguous().numpy().tobytes())
+    metadata = ModelMetadata(
+        image_size=pre.image_size, resize_size=pre.resize_size, interpolation=pre.interpolation,
+        embedding_size=model.embedding_size, backbone=name, loss="none", mixup="none", labels="",
+        training_data="none (pretrained)" if pretrained or weights else "none (random weights)", train_classes=0,
+        weights_sha256=digest.hexdigest(), metrix_version=__version__,
+        exporter=f"torch.onnx dynamo (torch {torch.__version__})", opset=OPSET,
+    )
+    return export_verified(ImageEmbedder(model).eval(), metadata, output, list(sample_paths))
+
+
+def export_verified(module: ImageEmbedder, metadata: ModelMetadata, output: Path,
+                    sample_paths: list[Path]) -> tuple[ModelMetadata, list[Parity]]:
+    """Trace, check and verify `module`; the file appears at `output` only if all passed."""
     with staged(output) as tmp:
         save_checked(to_onnx(module, metadata), tmp, output)
         parity = check_parity(module, tmp, verification_images(sample_paths, metadata))

@@ -51,6 +51,18 @@ class ModelMetadata:
     input_layout: str = "NHWC uint8 RGB"
     exporter: str = ""
     opset: int = 0
+    labels: str = "folder"  # what the model trained with: folder (classes), instances, clusters; "" untrained
+
+    @property
+    def provenance(self) -> str:
+        """Which path the model took, in words (the UI and build-index say it)."""
+        if self.loss == "none":
+            weights = "random-weight" if "random" in self.training_data else "pretrained"
+            return f"the {weights} {self.backbone} with no training (the floor)"
+        if self.labels in ("instances", "clusters"):
+            how = "each image its own class" if self.labels == "instances" else "k-means pseudo-labels"
+            return f"trained without labels ({how}) on {self.training_data}"
+        return f"trained with labels: {self.train_classes} classes of {self.training_data}"
 
     @property
     def resize_policy(self) -> str:

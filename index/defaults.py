@@ -1,5 +1,6 @@
-"""Where build-index and search look when not told: the newest exported model under runs/, an
-index under indexes/<gallery folder name>, the most recently built index under indexes/."""
+"""Where build-index and search look when not told: the newest exported model under runs/ (or,
+with no run, the untrained pretrained backbone exported to models/), an index under
+indexes/<gallery folder name>, the most recently built index under indexes/."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from pathlib import Path
 
 from .store import CURRENT, GalleryIndexError
 
-RUNS, INDEXES = Path("runs"), Path("indexes")
+RUNS, INDEXES, MODELS = Path("runs"), Path("indexes"), Path("models")
+#: The backbone a gallery is indexed with when nothing was trained: its weights install offline.
+FLOOR_BACKBONE = "efficientnet_lite0"
 
 
 def default_model(runs: Path = RUNS) -> Path:
@@ -30,3 +33,21 @@ def newest_index(indexes: Path = INDEXES) -> Path:
     if not built:
         raise GalleryIndexError(f"no index under {indexes}/: build one with `metrix build-index GALLERY` or pass --index")
     return built[-1].parent
+
+
+def floor_model_path(backbone: str, models: Path = MODELS) -> Path:
+    """Where `metrix export --backbone NAME` writes the untrained backbone by default."""
+    return models / f"{backbone.replace(':', '-').replace('/', '-')}-floor.onnx"
+
+
+def floor_model(backbone: str = FLOOR_BACKBONE, models: Path = MODELS) -> tuple[Path, bool]:
+    """The untrained pretrained `backbone` as an exported model, exported on first use; returns
+    (path, whether it was exported now)."""
+    path = floor_model_path(backbone, models)
+    if path.is_file():
+        return path, False
+    from metrix.export.onnx_export import export_backbone
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    export_backbone(backbone, path)
+    return path, True

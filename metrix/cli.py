@@ -45,7 +45,10 @@ def info() -> None:
     import torch
 
     typer.echo(f"metrix {__version__}")
+    from metrix.training.report import cpu_name
+
     typer.echo(f"python {platform.python_version()} on {platform.platform()}")
+    typer.echo(f"cpu {cpu_name()}")
     for name in REPORTED_PACKAGES:
         try:
             typer.echo(f"{name} {version(name)}")
@@ -56,6 +59,40 @@ def info() -> None:
         typer.echo(f"accelerator cuda: {torch.cuda.get_device_name(0)}")
     else:
         typer.echo("accelerator none (CPU)")
+
+
+@app.command()
+def backbones(
+    search: Annotated[Optional[str], typer.Option(help="List timm's pretrained model names that match this pattern (* wildcards).")] = None,
+    download: Annotated[Optional[str], typer.Option(help="Fetch timm:NAME's pretrained weights into the local cache (needs internet) for later offline use.")] = None,
+) -> None:
+    """The backbones --backbone accepts, and which pretrained weights are on this machine."""
+    from metrix.backbones import TIMM_PREFIX, BackboneError, list_backbones, local_weights
+    from metrix.backbones.timm_backbone import RECOMMENDED, cached_timm_models, pretrained_config, weights_file
+
+    if search is not None:
+        import timm
+
+        pattern = search if "*" in search else f"*{search}*"
+        for name in timm.list_pretrained(pattern):
+            typer.echo(f"{TIMM_PREFIX}{name}")
+        return
+    if download is not None:
+        name = download.removeprefix(TIMM_PREFIX)
+        try:
+            path = weights_file(name, pretrained_config(name), None)
+        except BackboneError as error:
+            _fail(error)
+        typer.echo(f"{TIMM_PREFIX}{name}: weights in {path}")
+        return
+    typer.echo("registered (--backbone NAME):")
+    for name in list_backbones():
+        found = local_weights(name)
+        typer.echo(f"  {name:<20} " + (f"weights on this machine: {found}" if found else "weights downloaded on first use"))
+    typer.echo("any timm model (--backbone timm:NAME[.TAG]; `metrix backbones --search PATTERN` lists the names):")
+    cache_dir, cached = cached_timm_models()
+    typer.echo(f"  weights cached in {cache_dir}: " + (", ".join(TIMM_PREFIX + n for n in cached) or "none"))
+    typer.echo("  recommended (docs/backbones.md): " + ", ".join(TIMM_PREFIX + n for n in RECOMMENDED))
 
 
 def _fail(error: Exception) -> None:
@@ -70,12 +107,16 @@ def train(
     data_root: Annotated[Optional[Path], typer.Option(help="Where the benchmark was downloaded.")] = None,
     train_classes: Annotated[Optional[str], typer.Option(help="Image folder: N first classes, or names a,b,c.")] = None,
     split_file: Annotated[Optional[Path], typer.Option(help='Image folder: JSON {"train": [...], "test": [...]}.')] = None,
-    val_fraction: Annotated[Optional[float], typer.Option(help="Share of training classes held out for validation.")] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(help="Share of training classes held out for validation (without labels: of images).")] = None,
+    labels: Annotated[Optional[str], typer.Option(help="folder (one sub-folder per class), or none to train without labels: instances (each image its own class) or clusters (k-means pseudo-labels); none picks the one measured best. [default: folder]")] = None,
+    clusters: Annotated[Optional[int], typer.Option(help="--labels clusters: how many. [default: one per 20 images]")] = None,
+    recluster_every: Annotated[Optional[int], typer.Option(help="--labels clusters: redraw the clusters every N epochs. [default: 2]")] = None,
     loss: Annotated[Optional[str], typer.Option(help="contrastive, ms, pa, or pml-ms (pytorch-metric-learning's MS loss, a peer; --mixup none). [default: ms]")] = None,
     mixup: Annotated[Optional[str], typer.Option(help="none, input, feature or embed. [default: feature]")] = None,
-    backbone: Annotated[Optional[str], typer.Option(help="A registered backbone. [default: efficientnet_lite0]")] = None,
-    pretrained: Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained", help="ImageNet weights.")] = None,
-    embedding_size: Annotated[Optional[int], typer.Option(help="[default: 512]")] = None,
+    backbone: Annotated[Optional[str], typer.Option(help="A registered backbone, or timm:NAME for any timm model (`metrix backbones` lists them). [default: efficientnet_lite0]")] = None,
+    pretrained: Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained", help="Pretrained weights.")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="A timm backbone's pretrained weights from this file (safetensors or a timm checkpoint) instead of the hub.")] = None,
+    embedding_size: Annotated[Optional[int], typer.Option(help="[default: 512; recipe cpu: the backbone's feature width]")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input size. [default: the backbone's]")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="[default: 10]")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="[default: 100]")] = None,
@@ -101,8 +142,9 @@ def train(
 
     flags = dict(
         data=_str(data), dataset=dataset, data_root=_str(data_root), train_classes=train_classes,
-        split_file=_str(split_file), val_fraction=val_fraction, loss=loss, mixup=mixup, backbone=backbone,
-        pretrained=pretrained, embedding_size=embedding_size, image_size=image_size, epochs=epochs,
+        split_file=_str(split_file), val_fraction=val_fraction, labels=labels, clusters=clusters,
+        recluster_every=recluster_every, loss=loss, mixup=mixup, backbone=backbone,
+        pretrained=pretrained, weights=_str(weights), embedding_size=embedding_size, image_size=image_size, epochs=epochs,
         batch_size=batch_size, samples_per_class=samples_per_class, sampler=sampler, pair_choice=pair_choice,
         precision=precision, lr=lr, seed=seed, num_workers=num_workers,
         out=_str(out), recipe=recipe,
@@ -134,6 +176,7 @@ def evaluate(
     """Recall@K, MAP@R, R-precision, NMI and utilization of a trained run on unseen classes."""
     import json
 
+    from metrix.backbones import BackboneError
     from metrix.datasets import DataError
     from metrix.run_evaluation import evaluate_run, format_table
     from metrix.training.checkpoint import CheckpointError
@@ -143,7 +186,7 @@ def evaluate(
         reports = [evaluate_run(run_dir, checkpoint, _str(data), dataset, _str(data_root), log=log)]
         if floor:
             reports.append(evaluate_run(run_dir, checkpoint, _str(data), dataset, _str(data_root), floor=True, log=log))
-    except (DataError, CheckpointError) as error:
+    except (DataError, CheckpointError, BackboneError) as error:
         _fail(error)
     if json_output:
         typer.echo(json.dumps(reports[0] if not floor else {"trained": reports[0], "floor": reports[1]}, indent=2))
@@ -157,28 +200,46 @@ def evaluate(
 
 @app.command("export")
 def export_(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by metrix train.")],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the model. [default: model.onnx in the checkpoint folder]")] = None,
+    run_dir: Annotated[Optional[Path], typer.Argument(help="A run directory written by metrix train.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the model. [default: model.onnx in the checkpoint folder; with --backbone, models/NAME-floor.onnx]")] = None,
     checkpoint: Annotated[str, typer.Option(help="best (chosen on the validation classes; latest where the run has no validation split), latest, or a checkpoint folder name.")] = "best",
     quantize: Annotated[Optional[str], typer.Option(help="int8: also write MODEL.int8.onnx, with its R@1 change measured on the test split.")] = None,
     max_r1_drop: Annotated[float, typer.Option(help="Refuse an int8 model that loses more R@1 points than this.")] = 1.0,
+    backbone: Annotated[Optional[str], typer.Option(help="Instead of a run: this backbone untrained (its pooled pretrained features, the floor), to search with no training.")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="--backbone: input size. [default: the backbone's]")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="--backbone timm:NAME: its pretrained weights from this file.")] = None,
+    pretrained: Annotated[bool, typer.Option("--pretrained/--no-pretrained", help="--backbone: pretrained weights.")] = True,
 ) -> None:
-    """Export a trained run to ONNX (uint8 NHWC images in, L2-normalised embeddings out), verified against PyTorch."""
-    from metrix.export.onnx_export import ExportError, export_run
+    """Export a trained run (or, with --backbone, an untrained backbone) to ONNX: uint8 NHWC images in, L2-normalised embeddings out, verified against PyTorch."""
+    from metrix.backbones import BackboneError
+    from metrix.export.onnx_export import ExportError, export_backbone, export_run
     from metrix.export.runtime import ModelError
     from metrix.training.checkpoint import CheckpointError
 
+    if (run_dir is None) == (backbone is None):
+        _fail("give a run directory or --backbone NAME (exactly one)")
+    if backbone is None and (image_size or weights or not pretrained):
+        _fail("--image-size, --weights and --no-pretrained go with --backbone; a run's model keeps its own")
     try:
-        report = export_run(run_dir, output, checkpoint, quantize, max_r1_drop)
-    except (CheckpointError, ExportError, ModelError) as error:
+        if backbone is not None:
+            from metrix.index.defaults import floor_model_path
+
+            output = output or floor_model_path(backbone)
+            output.parent.mkdir(parents=True, exist_ok=True)
+            metadata, parity = export_backbone(backbone, output, image_size, pretrained, _str(weights))
+            report = {"model": str(output), "metadata": metadata, "parity": parity, "verified_on": "seeded noise images",
+                      "checkpoint_choice": f"{backbone} with no training: its pooled features, L2-normalised"}
+        else:
+            report = export_run(run_dir, output, checkpoint, quantize, max_r1_drop)
+    except (CheckpointError, ExportError, ModelError, BackboneError) as error:
         _fail(error)
     meta = report["metadata"]
     typer.echo(report["checkpoint_choice"])
     typer.echo(f"wrote {report['model']}")
     typer.echo(f"  input   images: {meta.input_layout} [batch, {meta.image_size}, {meta.image_size}, 3]; {meta.resize_policy}")
     typer.echo(f"  output  embeddings: float32 [batch, {meta.embedding_size}], L2-normalised")
-    typer.echo(f"  model   {meta.backbone}, loss {meta.loss}, mixup {meta.mixup}, {meta.train_classes} training classes "
-               f"of {meta.training_data}; weights sha256 {meta.weights_sha256[:16]}")
+    typer.echo(f"  model   {meta.backbone}, loss {meta.loss}, mixup {meta.mixup}: {meta.provenance}; "
+               f"weights sha256 {meta.weights_sha256[:16]}")
     typer.echo(f"  graph   {meta.exporter}, opset {meta.opset}; onnx.checker (full) passed")
     for parity in report["parity"]:
         typer.echo(f"  parity  onnxruntime vs PyTorch, {parity} ({report['verified_on']})")
@@ -208,7 +269,7 @@ def build_index_(
     """Embed a gallery (folder or object store) into a faiss index with metadata; re-runs embed only what changed."""
     from metrix.export.runtime import ModelError
     from metrix.index.build import build_index
-    from metrix.index.defaults import default_index_dir, default_model
+    from metrix.index.defaults import default_index_dir
     from metrix.index.plan import human, parse_memory
     from metrix.index.ray_engine import RayOptions
     from metrix.index.store import GalleryIndexError
@@ -219,8 +280,7 @@ def build_index_(
     ray = RayOptions(ray_address, workers, cpus_per_worker, gpus_per_worker, batch_size) if engine == "ray" else None
     try:
         if model is None:
-            model = default_model()
-            typer.echo(f"no --model given: using {model}, the newest exported model of the newest run")
+            model = _default_model()
         out = out or default_index_dir(gallery)
         budget = parse_memory(max_index_memory) if max_index_memory is not None else None
         report = build_index(gallery, model, out, index_type, rebuild, batch_size, progress=progress, ray=ray,
@@ -246,6 +306,22 @@ def build_index_(
             typer.echo(f"    {path}: {reason}")
         if len(report.failed) > 20:
             typer.echo(f"    ... and {len(report.failed) - 20} more")
+
+
+def _default_model() -> Path:
+    from metrix.index.defaults import FLOOR_BACKBONE, RUNS, default_model, floor_model
+    from metrix.index.store import GalleryIndexError
+
+    try:
+        model = default_model()
+        typer.echo(f"no --model given: using {model}, the newest exported model of the newest run")
+        return model
+    except GalleryIndexError:
+        model, exported = floor_model()
+    typer.echo(f"no --model given and no exported run under {RUNS}/: using the untrained pretrained {FLOOR_BACKBONE} "
+               f"({model}{', exported now' if exported else ''}); `metrix train` on your images, or "
+               f"`--labels none` without labels, then `metrix export`, gives a model fitted to them")
+    return model
 
 
 @app.command()

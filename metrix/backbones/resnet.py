@@ -3,6 +3,8 @@ torchvision on first use; offline, that fails with a message that says so."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch import nn
 
 from .registry import Backbone, BackboneError, Preprocessing, register_backbone
@@ -34,6 +36,14 @@ class ResNet50(Backbone):
         return [self.stem, self.layer1, self.layer2, self.layer3, self.layer4]
 
 
-@register_backbone
+def _cached_torchvision_weights() -> Path | None:
+    import torch
+    from torchvision.models import ResNet50_Weights
+
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(ResNet50_Weights.IMAGENET1K_V1.url).name
+    return path if path.is_file() else None
+
+
+@register_backbone(local_weights=_cached_torchvision_weights)
 def resnet50(pretrained: bool = True) -> Backbone:
     return ResNet50(pretrained)

@@ -3,5 +3,6 @@
 from .base import DataError, RetrievalData, Sample, Split
 from .benchmarks import BENCHMARKS, load_benchmark
 from .folder import load_data, load_image_folder
+from .unlabelled import load_unlabelled
 
-__all__ = ["BENCHMARKS", "DataError", "RetrievalData", "Sample", "Split", "load_benchmark", "load_data", "load_image_folder"]
+__all__ = ["BENCHMARKS", "DataError", "RetrievalData", "Sample", "Split", "load_benchmark", "load_data", "load_image_folder", "load_unlabelled"]

@@ -60,11 +60,17 @@ class RetrievalData:
     val: Split
     test: Split
     gallery: Split | None = None
+    labelled: bool = True  # False: train and val hold unlabelled images, each labelled by its index
 
     def describe(self) -> str:
-        parts = [f"{self.name}: {len(self.train)} train images / {len(self.train.classes)} classes"]
-        if len(self.val):
-            parts.append(f"{len(self.val)} val / {len(self.val.classes)}")
+        if self.labelled:
+            parts = [f"{self.name}: {len(self.train)} train images / {len(self.train.classes)} classes"]
+            if len(self.val):
+                parts.append(f"{len(self.val)} val / {len(self.val.classes)}")
+        else:
+            parts = [f"{self.name}: {len(self.train)} unlabelled train images"]
+            if len(self.val):
+                parts.append(f"{len(self.val)} held out for view agreement")
         parts.append(f"{len(self.test)} test / {len(self.test.classes)}")
         if self.gallery is not None:
             parts.append(f"{len(self.gallery)} gallery")

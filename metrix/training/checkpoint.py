@@ -91,8 +91,11 @@ def resolve_checkpoint(run_dir: Path, which: str) -> tuple[str, str]:
     latest = _read_pointer(run_dir, "latest")  # every run with a checkpoint has it
     if which == "latest":
         return latest, "latest"
-    if _val_classes(run_dir / "checkpoints" / latest) == []:
+    data = _run_data(run_dir / "checkpoints" / latest)
+    if data.get("val_classes") == [] and not data.get("num_val_images"):
         return latest, "no validation split"
+    if data.get("val_classes") == []:  # trained without labels: validated on held-out images
+        return _read_pointer(run_dir, "best"), "best view agreement on held-out images"
     return _read_pointer(run_dir, "best"), "best on validation classes"
 
 
@@ -103,21 +106,23 @@ def _read_pointer(run_dir: Path, name: str) -> str:
     return pointer.read_text().strip()
 
 
-def _val_classes(path: Path) -> list | None:
-    """The validation classes a checkpoint's run held out ([] for none), or None where unknown."""
+def _run_data(path: Path) -> dict:
+    """The data section of a checkpoint's config ({} where unreadable)."""
     try:
-        return json.loads((path / CONFIG_FILE).read_text())["data"]["val_classes"]
+        return dict(json.loads((path / CONFIG_FILE).read_text())["data"])
     except (OSError, ValueError, KeyError, TypeError):
-        return None
+        return {}
 
 
 def _describe_choice(name: str, reason: str, config: dict) -> str:
     if reason == "no validation split":
         return f"run has no validation split: using latest ({name})"
     details = [reason] if reason else []
-    score = (config.get("metrics") or {}).get("val_map_at_r")
-    if score is not None:
-        details.append(f"val MAP@R {score:.1f}")
+    metrics = config.get("metrics") or {}
+    if metrics.get("val_map_at_r") is not None:
+        details.append(f"val MAP@R {metrics['val_map_at_r']:.1f}")
+    elif metrics.get("val_view_agreement") is not None:
+        details.append(f"view agreement {metrics['val_view_agreement']:.1f}%")
     return f"using checkpoint {name}" + (f" ({', '.join(details)})" if details else "")
 
 
@@ -154,8 +159,10 @@ def build_model(checkpoint: Checkpoint, pretrained: bool = False):
 
     described = checkpoint.config.get("model", {})
     try:
-        model = EmbeddingModel.create(described["backbone"], described["embedding_size"], pretrained=pretrained)
-        model.backbone.preprocessing = Preprocessing.from_dict(described["preprocessing"])
+        preprocessing = Preprocessing.from_dict(described["preprocessing"])
+        model = EmbeddingModel.create(described["backbone"], described["embedding_size"], pretrained,
+                                      preprocessing.image_size)
+        model.backbone.preprocessing = preprocessing
     except (KeyError, TypeError, BackboneError) as error:
         raise CheckpointError(f"{checkpoint.path / CONFIG_FILE} describes a model that cannot be built ({error})") from None
     state = {k.removeprefix("model."): v for k, v in checkpoint.model_state.items() if k.startswith("model.")}

@@ -25,13 +25,20 @@ class TrainConfig:
     train_classes: str | None = None
     split_file: str | None = None
     val_fraction: float = DEFAULT_VAL_FRACTION
+    # folder: one sub-folder per class. Without labels (docs/unlabelled.md): instances (each image
+    # its own class, its augmented views the positives), clusters (k-means pseudo-labels of the
+    # current embeddings, redrawn every recluster_every epochs), or none: the one measured best.
+    labels: str = "folder"
+    clusters: int | None = None  # labels=clusters: k (None: one cluster per IMAGES_PER_CLUSTER images)
+    recluster_every: int = 2
     synthetic_classes: int | None = None
     synthetic_images_per_class: int | None = None
     synthetic_image_size: int | None = None
     # Model
-    backbone: str = "efficientnet_lite0"
+    backbone: str = "efficientnet_lite0"  # a registered name, or timm:NAME (docs/backbones.md)
     pretrained: bool = True
-    embedding_size: int = 512
+    weights: str | None = None  # a timm backbone's pretrained weights from this file, not the hub
+    embedding_size: int | None = 512  # None: the backbone's feature width (what a PCA head rotates)
     image_size: int | None = None  # None: the backbone's own (or the synthetic images' size)
     train_stages: int | None = None  # train only the last N backbone stages (None: all)
     cached_views: int = 0  # > 0: cache the frozen stages' outputs for this many augmented views
@@ -71,6 +78,10 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def unlabelled(self) -> bool:
+        return self.labels != "folder"
+
     def frozen_stages(self, num_stages: int) -> int:
         """How many of the backbone's first stages never train."""
         return 0 if self.train_stages is None else max(0, num_stages - self.train_stages)
@@ -103,7 +114,7 @@ class TrainConfig:
         if self.lr_schedule not in ("cosine", "step", "none"):
             raise ConfigError(f"unknown lr schedule {self.lr_schedule!r}; choose cosine, step or none")
         for name in ("epochs", "batch_size", "embedding_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.warmup_epochs:
             raise ConfigError(f"warmup-epochs must be >= 0, got {self.warmup_epochs}")
@@ -113,8 +124,29 @@ class TrainConfig:
             raise ConfigError(f"train-stages must be at least 1, got {self.train_stages}")
         if self.cached_views and self.train_stages is None:
             raise ConfigError("cached-views needs train-stages: only frozen stages can be cached")
+        if self.labels not in LABELS:
+            raise ConfigError(f"unknown labels {self.labels!r}; choose one of {', '.join(LABELS)}")
+        if self.unlabelled:
+            if self.loss in ("pa", "pml-ms"):
+                raise ConfigError(f"loss {self.loss} needs classes; training without labels uses ms or contrastive")
+            if self.sampler != "balanced":
+                raise ConfigError("training without labels needs --sampler balanced (K views or members of each instance or cluster)")
+            if self.clusters is not None and self.clusters < 2:
+                raise ConfigError(f"clusters must be at least 2, got {self.clusters}")
+            if self.recluster_every < 1:
+                raise ConfigError(f"recluster-every must be at least 1, got {self.recluster_every}")
         if self.cached_views and self.mixup == "input":
             raise ConfigError("input mixing needs pixels, but cached-views trains on cached features; use feature or embed")
+
+
+#: --labels: the folder's classes, or one of the ways to train without labels; "none" resolves to
+#: UNLABELLED_DEFAULT, the way measured best (docs/benchmarks.md, issue 17).
+LABELS = ("folder", "none", "instances", "clusters")
+UNLABELLED_DEFAULT = "instances"
+#: Settings of each way without labels, between the recipe's and the user's: two views of each image
+#: in a batch (more instances per batch, as contrastive self-supervision does).
+UNLABELLED_SETTINGS = {"instances": dict(samples_per_class=2), "clusters": {}}
+IMAGES_PER_CLUSTER = 20
 
 
 #: Named settings. "full" trains the whole backbone with the defaults above; "paper" is the ICLR
@@ -128,12 +160,13 @@ RECIPES: dict[str, dict] = {
     ),
     # Two CPU cores: EfficientNet-Lite0 at 160 px; the stem and first five block stages frozen and
     # cached for 5 augmented views; the last two block stages, the head convolution and a
-    # PCA-initialised 1280-d head (a rotation of the pooled features: it starts at the floor) train
+    # PCA-initialised head as wide as the pooled features (1280-d for Lite0: a rotation, so it
+    # starts at the floor) train
     # at a low rate (docs/training.md, "The CPU recipe"). No mixing: in both CPU recipes it
     # measured best on the validation classes (docs/benchmarks.md, issues 4 and 13).
     "cpu": dict(
         backbone="efficientnet_lite0", image_size=160, train_stages=3, cached_views=5, head_init="pca",
-        embedding_size=1280, mixup="none",
+        embedding_size=None, mixup="none",
         lr=3e-5, epochs=10, warmup_epochs=0, freeze_bn=True, batch_size=100, samples_per_class=5,
         lr_schedule="cosine",
     ),
@@ -156,9 +189,12 @@ def resolve_config(config_file: str | Path | None = None, **flags) -> TrainConfi
     if recipe not in RECIPES:
         raise ConfigError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     values.update(RECIPES[recipe])
+    labels = flags.get("labels") or from_file.get("labels") or "folder"
+    labels = UNLABELLED_DEFAULT if labels == "none" else labels
+    values.update(UNLABELLED_SETTINGS.get(labels, {}))
     values.update(from_file)
     values.update({k: v for k, v in flags.items() if v is not None})
-    values["recipe"] = recipe
+    values["recipe"], values["labels"] = recipe, labels
     config = TrainConfig.from_dict(values)
     config.validate()
     return config

@@ -1,4 +1,5 @@
-"""The data a training run uses: the user's folder, a benchmark, or the built-in synthetic set."""
+"""The data a training run uses: the user's folder (with or without labels), a benchmark, or the
+built-in synthetic set."""
 
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ from .config import TrainConfig
 def load_training_data(config: TrainConfig, log=print) -> RetrievalData:
     from ..datasets.folder import load_data, load_image_folder
     from ..datasets.synthetic import SYNTHETIC_DEFAULTS, default_synthetic_root, generate_synthetic
+    from ..datasets.unlabelled import load_unlabelled
+
+    if config.unlabelled:
+        return load_unlabelled(config.data, config.dataset, config.data_root, config.train_classes,
+                               config.split_file, config.val_fraction)
 
     if config.data is None and config.dataset is None:
         params = {

@@ -29,9 +29,12 @@ class FeatureCache:
         return cls(features, torch.tensor([label_map[s.label] for s in samples]))
 
     def batch(self, indices: list[int], epoch_seed: int) -> tuple[Tensor, Tensor]:
-        index = torch.as_tensor(indices)
+        """The epoch's view of each image; index + j * N (metrix.sampler.DistinctRepeats) is the
+        j-th view after it, so an image repeated in a batch comes as distinct views (j < V)."""
+        indices = torch.as_tensor(indices)
+        index, repeat = indices % len(self.labels), indices // len(self.labels)
         view = torch.randint(self.views, (len(self.labels),), generator=torch.Generator().manual_seed(epoch_seed))
-        return self.features[index, view[index]].float(), self.labels[index]
+        return self.features[index, (view[index] + repeat) % self.views].float(), self.labels[index]
 
 
 class CachedTail(nn.Module):
@@ -42,7 +45,7 @@ class CachedTail(nn.Module):
         self.model, self.start = model, start
 
     def features(self, cached: Tensor) -> Tensor:
-        return self.model.backbone.run_stages(cached, self.start)
+        return self.model.backbone.features_from(cached, self.start)
 
     def head(self, features: Tensor) -> Tensor:
         return self.model.head(features)

@@ -58,8 +58,17 @@ def plot_curves(run_dir: Path) -> Path:
     return path
 
 
+def cpu_name() -> str:
+    """The CPU model, which every measured figure names (these machines differ between sessions)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def versions() -> dict:
-    out = {"python": platform.python_version()}
+    out = {"python": platform.python_version(), "cpu": cpu_name()}
     for name in ("metrix", "torch", "torchvision", "timm", "numpy", "faiss-cpu"):
         try:
             out[name] = version(name)

@@ -21,19 +21,22 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ..datasets.base import RetrievalData, check_trainable
+from ..backbones import create_backbone
+from ..datasets.base import RetrievalData, Sample, Split, check_trainable
 from ..distributed import Distributed, GlobalBatch
 from ..embedding import embed_samples
 from ..evaluation import evaluate_retrieval
 from ..image_dataset import ImageDataset
 from ..losses import build_loss
 from ..mixup import Metrix
-from ..model import EmbeddingModel, freeze_batchnorm, init_head_with_pca, pool
+from ..model import EmbeddingModel, freeze_batchnorm, init_head_with_pca
 from ..decoded_images import DecodedImages
-from ..sampler import BatchSampler, build_sampler
+from ..pseudo_labels import cluster_labels
+from ..sampler import BatchSampler, DistinctRepeats, build_sampler
 from ..transforms import eval_transform, train_transform
+from ..view_agreement import embed_views, view_agreement, view_inputs
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import ConfigError, TrainConfig
+from .config import IMAGES_PER_CLUSTER, ConfigError, TrainConfig
 from .data import load_training_data
 from .feature_cache import CachedTail, FeatureCache
 from .report import append_metrics, plot_curves, versions
@@ -57,14 +60,18 @@ class TrainingRun:
     cache: FeatureCache | None = None
     decoded: dict[str, DecodedImages] | None = None  # "train", "val", "train_eval" (decode_once)
     train_eval: list | None = None  # training samples measured each epoch (train_retrieval)
+    val_views: Tensor | None = None  # without labels: two views of each held-out image (view agreement)
+    pseudo_labels: list[int] | None = None  # labels=clusters: each training image's current cluster
     eta_pending: bool = True
     log: Callable = print
 
 
 def train(config: TrainConfig, resume: Path | None = None, progress: bool = True, log=print,
-          why: str | None = None) -> Path:
+          why: str | None = None, probe: Callable[[EmbeddingModel, int], dict] | None = None) -> Path:
     """Train (or resume) a run; returns the run directory. `why`: a line saying which recipe and
-    mixing run and why, printed once the data has loaded."""
+    mixing run and why, printed once the data has loaded. `probe(model, frozen_stages)`: extra
+    metrics logged every epoch as probe_*, for benchmarks that follow the test classes (they
+    never choose the epoch: only validation does)."""
     start_epoch, best = 0, -math.inf
     if resume is not None:
         config = _config_of_run(resume)
@@ -80,21 +87,27 @@ def train(config: TrainConfig, resume: Path | None = None, progress: bool = True
         run.optimizer.load_state_dict(state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
         start_epoch, best = state["epoch"] + 1, state.get("best", -math.inf)
+        if state.get("pseudo_labels") is not None:
+            _set_labels(run, state["pseudo_labels"])
         log(f"resuming {run.run_dir} after epoch {state['epoch'] + 1} of {config.epochs}")
     if distributed.is_main:
         append_metrics(run.run_dir, None, keep_epochs_below=start_epoch)
 
     for epoch in range(start_epoch, config.epochs):
+        if config.labels == "clusters" and epoch % config.recluster_every == 0:
+            _recluster(run, epoch)
         stats = _train_epoch(run, epoch, progress)
         if distributed.is_main:
             val = _validate(run, run.data.val.samples, "val") if len(run.data.val) else {}
             if run.train_eval:
                 val.update({f"train_{k}": v for k, v in _validate(run, run.train_eval, "train_eval").items()})
-            score = val.get("map_at_r", -stats["loss"])
+            score = val.get("view_agreement", val.get("map_at_r", -stats["loss"]))
             is_best = score > best
             best = max(best, score)
             record = {"epoch": epoch + 1, **stats,
                       **{k if k.startswith("train_") else f"val_{k}": v for k, v in val.items()}}
+            if probe is not None:
+                record.update({f"probe_{k}": v for k, v in probe(run.model, run.first_trained_stage).items()})
             append_metrics(run.run_dir, record)
             plot_curves(run.run_dir)
             _save(run, epoch, record, best, is_best)
@@ -110,11 +123,13 @@ def _build(config: TrainConfig, resume: Path | None, log, distributed: Distribut
         raise ConfigError("input mixing is not supported with several processes yet; use --mixup feature or embed")
     torch.manual_seed(config.seed)
     data = load_training_data(config, log)
-    check_trainable(data.train, "the training split")
+    if data.labelled:
+        check_trainable(data.train, "the training split")
     device = distributed.device
-    model = EmbeddingModel.create(config.backbone, config.embedding_size, pretrained=config.pretrained)
-    if config.image_size is not None:
-        model.backbone.preprocessing = model.backbone.preprocessing.with_size(config.image_size)
+    backbone = create_backbone(config.backbone, config.pretrained, config.image_size, config.weights)
+    if config.embedding_size is None:
+        config.embedding_size = backbone.num_features
+    model = EmbeddingModel(backbone, config.embedding_size)
     train_classes = data.train.classes
     label_map = {c: i for i, c in enumerate(train_classes)}
     loss = build_loss(
@@ -131,10 +146,14 @@ def _build(config: TrainConfig, resume: Path | None, log, distributed: Distribut
     if config.freeze_bn:
         freeze_batchnorm(model)
     stages = model.backbone.stages()
+    if config.train_stages is not None and len(stages) == 1:
+        raise ConfigError(f"{config.backbone} runs as one stage (its forward is not a sequence of modules), so "
+                          f"train-stages cannot freeze part of it; use --recipe full-cpu or full")
     first_trained = config.frozen_stages(len(stages))
     for stage in stages[:first_trained]:
         stage.requires_grad_(False)
-    trained_params = [p for stage in stages[first_trained:] for p in stage.parameters() if p.requires_grad]
+    trained = [p for stage in stages[first_trained:] for p in stage.parameters()] + model.backbone.pooling_parameters()
+    trained_params = [p for p in trained if p.requires_grad]
     optimizer = torch.optim.AdamW(
         [
             {"params": trained_params, "lr": config.lr, "name": "backbone"},
@@ -144,8 +163,7 @@ def _build(config: TrainConfig, resume: Path | None, log, distributed: Distribut
         lr=config.lr, weight_decay=config.weight_decay,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
-    sampler = build_sampler(config.sampler, data.train.labels, config.batch_size, config.samples_per_class,
-                            seed=config.seed, rank=distributed.rank, world_size=distributed.world_size)
+    sampler = _sampler(config, data.train.labels, distributed, unlabelled=not data.labelled)
     if why and distributed.is_main:
         log(why)
     run_dir = Path(distributed.broadcast(str(resume or _new_run_dir(config, data))))
@@ -156,6 +174,7 @@ def _build(config: TrainConfig, resume: Path | None, log, distributed: Distribut
         log(f"training on {data.describe()}")
         log(f"recipe {config.recipe}, {config.backbone} at {model.preprocessing.image_size} px -> "
             f"{config.embedding_size}-d, loss {config.loss}, Metrix {config.mixup}"
+            + (f", no labels: {_describe_labels(config, len(data.train))}" if config.unlabelled else "")
             + (f" ({config.pair_choice} pairs)" if config.mixup != "none" else "")
             + f", {config.epochs} epochs, {config.sampler} batches of {config.batch_size} ({len(sampler)}/epoch), "
             f"{config.precision}, device {device}"
@@ -174,13 +193,16 @@ def _prepare(run: TrainingRun, fresh: bool, progress: bool, log) -> None:
             run.cache = FeatureCache.build(
                 run.model, run.data.train.samples, run.label_map, run.first_trained_stage, config.cached_views,
                 config.seed, num_workers=config.num_workers, progress=advance,
-                channels_last=config.channels_last and run.device.type == "cpu",
+                channels_last=_channels_last(run),
             )
         log(f"cached {config.cached_views} views of {len(run.data.train)} images "
             f"({run.cache.features.numel() * 2 / 1e6:.0f} MB) in {time.perf_counter() - start:.0f} s")
     if config.decode_once and not config.cached_views:
         run.decoded = _decode_once(run, progress, log)
-    if config.train_retrieval and len(run.data.val):
+    if not run.data.labelled and len(run.data.val):
+        run.val_views = view_inputs(run.model, run.first_trained_stage, run.data.val.samples,
+                                    num_workers=config.num_workers, channels_last=_channels_last(run))
+    if config.train_retrieval and len(run.data.val) and run.data.labelled:
         chosen = _train_eval_indices(run.data.train.samples, len(run.data.val.classes), config.seed)
         run.train_eval = [run.data.train.samples[i] for i in chosen]
         if run.decoded is not None:
@@ -236,9 +258,54 @@ def _pooled_training_features(run: TrainingRun) -> torch.Tensor:
     else:
         maps = (run.model.features(images.to(run.device)) for images, _ in DataLoader(
             ImageDataset(run.data.train.samples, eval_transform(run.model.preprocessing)), batch_size=64))
-    pooled = torch.cat([pool(m) for m in maps])
+    pooled = torch.cat([run.model.backbone.pool(m) for m in maps])
     run.model.train(was_training)
     return pooled
+
+
+def _channels_last(run: TrainingRun) -> bool:
+    return run.config.channels_last and run.device.type == "cpu"
+
+
+def _sampler(config: TrainConfig, labels: list[int], distributed: Distributed, unlabelled: bool) -> BatchSampler:
+    sampler = build_sampler(config.sampler, labels, config.batch_size, config.samples_per_class,
+                            seed=config.seed, rank=distributed.rank, world_size=distributed.world_size)
+    return DistinctRepeats(sampler, len(labels)) if unlabelled else sampler
+
+
+def _describe_labels(config: TrainConfig, num_images: int) -> str:
+    if config.labels == "instances":
+        return f"each image its own class, {config.samples_per_class} augmented views of it per batch"
+    return (f"{config.clusters or _default_clusters(num_images)} k-means clusters of the embeddings, "
+            f"redrawn every {config.recluster_every} epoch(s)")
+
+
+def _default_clusters(num_images: int) -> int:
+    return max(2, num_images // IMAGES_PER_CLUSTER)
+
+
+def _recluster(run: TrainingRun, epoch: int) -> None:
+    """labels=clusters: the training images' pseudo-labels from the current model."""
+    config = run.config
+    images = [Sample(s.path, i) for i, s in enumerate(run.data.train.samples)]  # stable: the stage cache's key
+    embeddings, _ = embed_samples(run.model, images, batch_size=64, num_workers=config.num_workers,
+                                  device=str(run.device), channels_last=_channels_last(run),
+                                  frozen_stages=run.first_trained_stage)
+    k = min(config.clusters or _default_clusters(len(embeddings)), len(embeddings))
+    labels = cluster_labels(embeddings, k, seed=config.seed * 1_000 + epoch)
+    _set_labels(run, labels.tolist())
+    sizes = np.bincount(labels)
+    run.log(f"epoch {epoch + 1}: {len(sizes)} clusters of the current embeddings "
+            f"(median {int(np.median(sizes))} images, largest {sizes.max()})")
+
+
+def _set_labels(run: TrainingRun, labels: list[int]) -> None:
+    run.pseudo_labels = list(labels)
+    run.data.train = Split([Sample(s.path, label) for s, label in zip(run.data.train.samples, labels)])
+    run.label_map = {label: label for label in set(labels)}
+    if run.cache is not None:
+        run.cache.labels = torch.tensor(labels)
+    run.sampler = _sampler(run.config, labels, run.distributed, unlabelled=True)
 
 
 def _lr_factor(config: TrainConfig):
@@ -295,7 +362,7 @@ def _train_epoch(run: TrainingRun, epoch: int, progress: bool) -> dict:
                        len(run.sampler)) as advance:
         for images, labels in loader:
             images, labels = images.to(run.device), labels.to(run.device)
-            if config.channels_last and run.device.type == "cpu":
+            if _channels_last(run) and images.ndim == 4:  # not cached ViT tokens
                 images = images.contiguous(memory_format=torch.channels_last)
             labels = run.distributed.gather_labels(labels)
             out = run.metrix(split_model, images, labels)
@@ -350,9 +417,12 @@ class _BFloat16Features(nn.Module):
 
 
 def _validate(run: TrainingRun, samples: list, split: str) -> dict:
+    if run.val_views is not None and split == "val":
+        embeddings = embed_views(run.model, run.val_views, run.first_trained_stage, channels_last=_channels_last(run))
+        return {"view_agreement": view_agreement(embeddings)}
     embeddings, labels = embed_samples(
         run.model, samples, batch_size=64, num_workers=0 if run.decoded else run.config.num_workers,
-        device=str(run.device), channels_last=run.config.channels_last and run.device.type == "cpu",
+        device=str(run.device), channels_last=_channels_last(run),
         frozen_stages=run.first_trained_stage, images=run.decoded[split] if run.decoded else None,
     )
     report = evaluate_retrieval(embeddings, labels, ks=(1, 2, 4, 8), nmi=False)
@@ -363,7 +433,7 @@ def _save(run: TrainingRun, epoch: int, record: dict, best: float, is_best: bool
     model_state = {f"model.{k}": v for k, v in run.model.state_dict().items()}
     model_state.update({f"loss.{k}": v for k, v in run.metrix.loss.state_dict().items()})
     trainer_state = {
-        "epoch": epoch, "best": best,
+        "epoch": epoch, "best": best, "pseudo_labels": run.pseudo_labels,
         "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
     }
     save_checkpoint(run.run_dir, epoch + 1, model_state, describe_run(run, epoch, record), trainer_state, is_best)
@@ -382,11 +452,12 @@ def describe_run(run: TrainingRun, epoch: int, record: dict) -> dict:
         },
         "loss": run.config.loss,
         "mixup": run.config.mixup,
+        "labels": run.config.labels,
         "data": {
             "name": data.name, "root": str(data.root),
-            "train_classes": [data.class_names[c] for c in data.train.classes],
-            "val_classes": [data.class_names[c] for c in data.val.classes],
-            "num_train_images": len(data.train),
+            "train_classes": [data.class_names[c] for c in data.train.classes] if data.labelled else [],
+            "val_classes": [data.class_names[c] for c in data.val.classes] if data.labelled else [],
+            "num_train_images": len(data.train), "num_val_images": len(data.val),
         },
         "seed": run.config.seed,
         "metrics": record,
