@@ -15,7 +15,9 @@ evaluated on those same images: a user adapting the model to the gallery they se
 (the untrained backbone at the recipe's 160 px) is measured on the same test images.
 
 Every epoch also logs the test classes' R@1 and MAP@R (probe_*, never used to choose the epoch):
-how well view agreement tracks real retrieval. Results go to OUT/results.json as they come; a
+how well view agreement tracks real retrieval (the Spearman correlation of the two over a run's
+epochs, and how much test MAP@R the epoch chosen by view agreement gives up against the best
+epoch). Results go to OUT/results.json as they come; a
 run already there is not repeated.
 """
 
@@ -117,7 +119,7 @@ def markdown_table(results: dict) -> str:
     for row in results.values():
         groups.setdefault((row.get("gallery", False), row["labels"], row["mixup"]), []).append(row)
     header = ["trained on", "labels", "mixing", "seeds", *METRICS, "epoch chosen", "spearman(agreement, test MAP@R)",
-              "train s/run"]
+              "MAP@R below the best epoch", "train s/run"]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for (gallery, labels, mixup), rows in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1] != "-", g[0][1], g[0][2])):
         cells = []
@@ -128,9 +130,11 @@ def markdown_table(results: dict) -> str:
         chosen = ", ".join(str(r["best_epoch"]) for r in rows) if curves else "-"
         rho = ", ".join(f"{spearman([c['val_view_agreement'] for c in curve], [c['probe_test_map_at_r'] for c in curve]):.2f}"
                         for curve in curves) or "-"
+        regret = ", ".join(f"{max(c['probe_test_map_at_r'] for c in r['curve']) - next(c['probe_test_map_at_r'] for c in r['curve'] if c['epoch'] == r['best_epoch']):.2f}"
+                           for r in rows if r.get("curve")) or "-"
         where = "-" if labels == "-" else ("test images" if gallery else "train classes")
         lines.append(f"| {where} | {labels} | {mixup} | {len(rows)} | " + " | ".join(cells)
-                     + f" | {chosen} | {rho} | {statistics.mean(r['train_seconds'] for r in rows):.0f} |")
+                     + f" | {chosen} | {rho} | {regret} | {statistics.mean(r['train_seconds'] for r in rows):.0f} |")
     return "\n".join(lines)
 
 

@@ -143,7 +143,7 @@ TRAIN = ("--recipe", "cpu", "--image-size", 32, "--batch-size", 8, "--embedding-
 def test_instances_train_export_index_and_search_a_flat_folder(tmp_path):
     photos = flat_folder(tmp_path / "photos")
     run = tmp_path / "run"
-    result = metrix_cli("train", "--data", photos, "--labels", "none", "--epochs", 2, "--out", run, *TRAIN)
+    result = metrix_cli("train", "--data", photos, "--labels", "instances", "--epochs", 2, "--out", run, *TRAIN)
     assert "no labels: each image its own class, 2 augmented views of it per batch" in result.stdout
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 2 and all(0 <= r["val_view_agreement"] <= 100 for r in records)

@@ -142,7 +142,7 @@ class TrainConfig:
 #: --labels: the folder's classes, or one of the ways to train without labels; "none" resolves to
 #: UNLABELLED_DEFAULT, the way measured best (docs/benchmarks.md, issue 17).
 LABELS = ("folder", "none", "instances", "clusters")
-UNLABELLED_DEFAULT = "instances"
+UNLABELLED_DEFAULT = "clusters"
 #: Settings of each way without labels, between the recipe's and the user's: two views of each image
 #: in a batch (more instances per batch, as contrastive self-supervision does).
 UNLABELLED_SETTINGS = {"instances": dict(samples_per_class=2), "clusters": {}}
