@@ -54,12 +54,19 @@ class ModelMetadata:
     labels: str = "folder"  # what the model trained with: folder (classes), instances, clusters; "" untrained
 
     @property
-    def provenance(self) -> str:
-        """Which path the model took, in words (the UI and build-index say it)."""
+    def training_path(self) -> str:
+        """floor (no training), without labels, or with labels."""
         if self.loss == "none":
+            return "floor"
+        return "without labels" if self.labels in ("instances", "clusters") else "with labels"
+
+    @property
+    def provenance(self) -> str:
+        """Which path the model took, in words (the UI and /api/info say it)."""
+        if self.training_path == "floor":
             weights = "random-weight" if "random" in self.training_data else "pretrained"
             return f"the {weights} {self.backbone} with no training (the floor)"
-        if self.labels in ("instances", "clusters"):
+        if self.training_path == "without labels":
             how = "each image its own class" if self.labels == "instances" else "k-means pseudo-labels"
             return f"trained without labels ({how}) on {self.training_data}"
         return f"trained with labels: {self.train_classes} classes of {self.training_data}"

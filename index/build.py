@@ -265,7 +265,8 @@ def _manifest(old, root: str, embedder, params: dict, count: int, next_id: int) 
     return {
         "format": FORMAT, "gallery_root": root, "count": count, "next_id": next_id,
         "dim": meta.embedding_size, "metric": "inner_product (L2-normalised vectors: cosine)", "index": params,
-        "model": {"path": str(Path(embedder.path).resolve()), **asdict(meta), "provenance": meta.provenance},
+        "model": {"path": str(Path(embedder.path).resolve()), **asdict(meta), "provenance": meta.provenance,
+                  "training_path": meta.training_path},
         "faiss_version": faiss.__version__,
         "created": old.manifest["created"] if old else now, "updated": now,
     }

@@ -102,7 +102,7 @@ def _fail(error: Exception) -> None:
 
 @app.command()
 def train(
-    data: Annotated[Optional[Path], typer.Option(help="An image folder, one sub-folder per class.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="An image folder, one sub-folder per class (with --labels none: any folder of images).")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="A benchmark: cub, cars, sop or inshop.")] = None,
     data_root: Annotated[Optional[Path], typer.Option(help="Where the benchmark was downloaded.")] = None,
     train_classes: Annotated[Optional[str], typer.Option(help="Image folder: N first classes, or names a,b,c.")] = None,

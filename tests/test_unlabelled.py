@@ -192,6 +192,13 @@ def test_build_index_with_no_model_uses_the_untrained_backbone(tmp_path):
     generation = (manifest_dir / "CURRENT").read_text().strip()
     manifest = json.loads((manifest_dir / generation / "manifest.json").read_text())
     assert manifest["model"]["provenance"] == meta.provenance and manifest["count"] == 6
+    from metrix.app.ui import PATH_EFFECTS, header
+    from metrix.index.store import open_index
+
+    index = open_index(manifest_dir)
+    shown = header(index)
+    index.close()
+    assert f"Model: {meta.provenance}. {PATH_EFFECTS['floor']}" in shown
     again = metrix_cli("build-index", photos, "--no-progress", cwd=tmp_path)
     assert "exported now" not in again.stdout and "exported now" in result.stdout
 
