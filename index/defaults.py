@@ -48,6 +48,5 @@ def floor_model(backbone: str = FLOOR_BACKBONE, models: Path = MODELS) -> tuple[
         return path, False
     from metrix.export.onnx_export import export_backbone
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     export_backbone(backbone, path)
     return path, True

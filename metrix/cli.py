@@ -225,7 +225,6 @@ def export_(
             from metrix.index.defaults import floor_model_path
 
             output = output or floor_model_path(backbone)
-            output.parent.mkdir(parents=True, exist_ok=True)
             metadata, parity = export_backbone(backbone, output, image_size, pretrained, _str(weights))
             report = {"model": str(output), "metadata": metadata, "parity": parity, "verified_on": "seeded noise images",
                       "checkpoint_choice": f"{backbone} with no training: its pooled features, L2-normalised"}
