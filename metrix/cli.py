@@ -172,21 +172,30 @@ def evaluate(
     data_root: Annotated[Optional[Path], typer.Option(help="Where that benchmark was downloaded.")] = None,
     floor: Annotated[bool, typer.Option("--floor", help="Also evaluate the untrained pretrained backbone.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    report: Annotated[Optional[Path], typer.Option(help="Also write an HTML report here: the metrics next to the floor (implies --floor), R@1 per class, the most confused classes, the worst queries with their neighbours.")] = None,
 ) -> None:
     """Recall@K, MAP@R, R-precision, NMI and utilization of a trained run on unseen classes."""
     import json
 
     from metrix.backbones import BackboneError
     from metrix.datasets import DataError
+    from metrix.evaluation_report import ReportError, check_writable, render_html, report_data, write_report
     from metrix.run_evaluation import evaluate_run, format_table
     from metrix.training.checkpoint import CheckpointError
 
     log = (lambda *a, **k: None) if json_output else print
     try:
-        reports = [evaluate_run(run_dir, checkpoint, _str(data), dataset, _str(data_root), log=log)]
-        if floor:
-            reports.append(evaluate_run(run_dir, checkpoint, _str(data), dataset, _str(data_root), floor=True, log=log))
-    except (DataError, CheckpointError, BackboneError) as error:
+        if report is not None:
+            floor = True
+            check_writable(report)
+            content = report_data(run_dir, checkpoint, _str(data), dataset, _str(data_root), log=log)
+            write_report(report, render_html(content))
+            reports = [content.trained, content.floor]
+        else:
+            reports = [evaluate_run(run_dir, checkpoint, _str(data), dataset, _str(data_root), log=log)]
+            if floor:
+                reports.append(evaluate_run(run_dir, checkpoint, _str(data), dataset, _str(data_root), floor=True, log=log))
+    except (DataError, CheckpointError, BackboneError, ReportError) as error:
         _fail(error)
     if json_output:
         typer.echo(json.dumps(reports[0] if not floor else {"trained": reports[0], "floor": reports[1]}, indent=2))
@@ -196,6 +205,8 @@ def evaluate(
                f"{first['num_classes']} classes")
     for line in format_table(reports):
         typer.echo(line)
+    if report is not None:
+        typer.echo(f"wrote {report}")
 
 
 @app.command("export")

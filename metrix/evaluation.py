@@ -21,6 +21,8 @@ evaluation protocol of the Metrix paper (Venkataramanan et al., ICLR 2022):
   on the normalised query embeddings, then the normalised mutual information of clusters and
   labels with arithmetic-mean normalisation (scikit-learn's default), computed here in numpy.
 - Ties between equal similarities are broken by faiss's ordering; the metrics are exact otherwise.
+- ``per_query=True`` also returns the values each aggregate is the mean of (hits at each K, AP@R,
+  R-precision, R) and, with ``neighbours=n``, each query's first n results, from the same search.
 
 Memory: the N x N similarity matrix is never built. Queries are searched in chunks of
 ``batch_size`` rows with k = max(max(ks), largest R in the chunk) (+1 when the query itself must be
@@ -52,6 +54,17 @@ NMI_KMEANS_NITER = 20  # as pytorch-metric-learning's AccuracyCalculator
 
 
 @dataclass
+class PerQuery:
+    """Row i is query i. Queries with r == 0 (lone) are left out of every aggregate."""
+
+    hits: np.ndarray  # [N, len(ks)] bool: a relevant item among the first K results
+    ap_at_r: np.ndarray  # [N] AP@R, a fraction (0..1)
+    r_precision: np.ndarray  # [N] fraction
+    r: np.ndarray  # [N] relevant reference items
+    neighbours: np.ndarray  # [N, n] reference indices of the first n results, best first
+
+
+@dataclass
 class RetrievalReport:
     """All metrics in percent (0..100). ``nmi`` is None when it was not asked for."""
 
@@ -63,6 +76,7 @@ class RetrievalReport:
     num_lone_queries: int  # queries with R = 0, left out of the retrieval metrics
     num_reference: int  # size of the set each query is searched in
     ks: tuple[int, ...] = field(default=())
+    per_query: PerQuery | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -134,6 +148,8 @@ def evaluate_retrieval(
     nmi: bool = True,
     batch_size: int = 4096,
     seed: int = 0,
+    per_query: bool = False,
+    neighbours: int = 0,
 ) -> RetrievalReport:
     """Recall@K, MAP@R, R-precision (and NMI) of queries against a gallery, or against each other.
 
@@ -141,6 +157,9 @@ def evaluate_retrieval(
     (then each query is searched among the other N - 1 queries). Labels may be ints or strings.
     Raises ValueError on mismatched lengths or dimensions, NaN embeddings, or a K larger than the
     number of items a query is searched in.
+    per_query: also return the per-query values (report.per_query); neighbours: how many of each
+    query's first results (reference indices) to keep there. A neighbours above max(ks) widens
+    the search, which can only change which of exactly tied items come first.
     """
     query = _as_embeddings(query_emb, "query_emb")
     q_labels = _as_labels(query_labels, "query_labels")
@@ -171,6 +190,10 @@ def evaluate_retrieval(
         raise ValueError(
             f"K = {max(ks)} is larger than the {num_reference} items each query is searched in"
         )
+    if not 0 <= neighbours <= num_reference:
+        raise ValueError(
+            f"neighbours = {neighbours} is not in 0..{num_reference}, the items each query is searched in"
+        )
 
     # Integer label codes shared by queries and gallery; R = same-label reference items.
     codes = np.unique(np.concatenate([q_labels, g_labels]), return_inverse=True)[1].ravel()
@@ -184,16 +207,18 @@ def evaluate_retrieval(
     hits = np.zeros((len(query), len(ks)), dtype=bool)
     ap_at_r = np.zeros(len(query))
     r_prec = np.zeros(len(query))
+    nearest = np.zeros((len(query), neighbours), dtype=np.int64)
     order = np.argsort(r_all, kind="stable")  # chunks of similar R -> similar search width
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         r = r_all[rows]
-        k = min(max(max(ks), int(r.max())) + int(exclude_self), len(gallery))
+        k = min(max(max(ks), neighbours, int(r.max())) + int(exclude_self), len(gallery))
         _, ids = index.search(query_n[rows], k)
         if exclude_self:
             ids = _drop_self(ids, rows)
         relevant = g_codes[ids] == q_codes[rows][:, None]
         hits[rows], ap_at_r[rows], r_prec[rows] = _chunk_scores(relevant, r, ks)
+        nearest[rows] = ids[:, :neighbours]
 
     counted = r_all > 0
     num_counted = int(counted.sum())
@@ -210,6 +235,7 @@ def evaluate_retrieval(
         num_lone_queries=len(query) - num_counted,
         num_reference=num_reference,
         ks=ks,
+        per_query=PerQuery(hits, ap_at_r, r_prec, r_all, nearest) if per_query else None,
     )
 
 

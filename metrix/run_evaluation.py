@@ -7,18 +7,35 @@ nearest training embedding.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .backbones import create_backbone
-from .datasets.base import DataError
+from .datasets.base import DataError, RetrievalData
 from .embedding import embed_samples
-from .evaluation import RECALL_KS, evaluate_retrieval, utilization
+from .evaluation import RECALL_KS, RetrievalReport, evaluate_retrieval, utilization
 from .model import PooledBackbone
 from .training.checkpoint import build_model, load_checkpoint
 from .training.config import TrainConfig
 from .training.data import load_training_data
+
+
+@dataclass
+class RunEmbeddings:
+    """One model's embeddings of a run's evaluation data: what the metrics are computed from."""
+
+    run_dir: Path
+    checkpoint: str  # the checkpoint folder, or "untrained backbone (floor)"
+    checkpoint_choice: str
+    data: RetrievalData
+    query: np.ndarray
+    query_labels: np.ndarray
+    gallery: np.ndarray | None
+    gallery_labels: np.ndarray | None
+    train: np.ndarray
 
 
 def evaluate_run(run_dir: Path, checkpoint: str = "best", data: str | None = None, dataset: str | None = None,
@@ -27,6 +44,15 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", data: str | None = Non
     """Metrics of the run's model (by default the checkpoint chosen on the validation classes);
     with floor=True, of the untrained pretrained backbone instead (pooled features, same split,
     same input size): what training has to beat."""
+    run = embed_run(run_dir, checkpoint, data, dataset, data_root, floor, batch_size, num_workers, log)
+    return summarise(run, retrieval_metrics(run))
+
+
+def embed_run(run_dir: Path, checkpoint: str = "best", data: str | None = None, dataset: str | None = None,
+              data_root: str | None = None, floor: bool = False, batch_size: int = 64, num_workers: int = 2,
+              log=print) -> RunEmbeddings:
+    """The test split (queries, and the gallery where there is one) and the training split embedded
+    by the run's model, or with floor=True by the untrained backbone."""
     ckpt = load_checkpoint(run_dir, checkpoint)
     if not floor:
         log(ckpt.choice)
@@ -52,20 +78,31 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", data: str | None = Non
 
     query, query_labels = embed(retrieval_data.test)
     gallery, gallery_labels = embed(retrieval_data.gallery) if retrieval_data.gallery is not None else (None, None)
-    ks = RECALL_KS.get(retrieval_data.name, (1, 2, 4, 8))
-    reference_size = len(gallery_labels) if gallery is not None else len(query_labels) - 1
-    ks = tuple(k for k in ks if k <= reference_size)
-    report = evaluate_retrieval(query, query_labels, gallery, gallery_labels, ks=ks, nmi=True)
     train, _ = embed(retrieval_data.train)
+    return RunEmbeddings(run_dir, "untrained backbone (floor)" if floor else ckpt.path.name, ckpt.choice,
+                         retrieval_data, query, query_labels, gallery, gallery_labels, train)
+
+
+def retrieval_metrics(run: RunEmbeddings, per_query: bool = False, neighbours: int = 0) -> RetrievalReport:
+    """R@K (the dataset's K), MAP@R, R-precision and NMI of the test split, each query searched
+    against the gallery or against all other test images."""
+    ks = RECALL_KS.get(run.data.name, (1, 2, 4, 8))
+    reference_size = len(run.gallery_labels) if run.gallery is not None else len(run.query_labels) - 1
+    ks = tuple(k for k in ks if k <= reference_size)
+    return evaluate_retrieval(run.query, run.query_labels, run.gallery, run.gallery_labels, ks=ks, nmi=True,
+                              per_query=per_query, neighbours=min(neighbours, reference_size))
+
+
+def summarise(run: RunEmbeddings, report: RetrievalReport) -> dict:
+    """`metrix evaluate`'s result (what --json prints) from the run's embeddings and its metrics."""
     return {
-        "run": str(run_dir), "checkpoint": "untrained backbone (floor)" if floor else ckpt.path.name,
-        "checkpoint_choice": ckpt.choice,
-        "data": retrieval_data.name,
-        "split": "test (query vs gallery)" if gallery is not None else "test (each image against all others)",
-        "num_queries": len(query_labels), "num_classes": len(set(query_labels.tolist())),
+        "run": str(run.run_dir), "checkpoint": run.checkpoint, "checkpoint_choice": run.checkpoint_choice,
+        "data": run.data.name,
+        "split": "test (query vs gallery)" if run.gallery is not None else "test (each image against all others)",
+        "num_queries": len(run.query_labels), "num_classes": len(set(run.query_labels.tolist())),
         **{f"recall_at_{k}": v for k, v in report.recall_at.items()},
         "map_at_r": report.map_at_r, "r_precision": report.r_precision, "nmi": report.nmi,
-        "utilization": utilization(query if gallery is None else gallery, train),
+        "utilization": utilization(run.query if run.gallery is None else run.gallery, run.train),
     }
 
 

@@ -2,7 +2,6 @@
 clients at once, and in headless Chromium (Selenium) like a user; `metrix serve` as a process."""
 
 import os
-import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -11,6 +10,7 @@ import pytest
 
 from metrix.index.build import build_index
 
+from .browser import headless_chromium as _browser
 from .pictures import assert_apart
 from .service_helpers import free_port, make_gallery, serve_process
 from .training_helpers import metrix_cli
@@ -114,23 +114,6 @@ def test_serving_to_the_network_without_access_control_warns(gallery_index):
         assert bool(warnings) == warned, output
         assert not warned or "no login or token" in warnings[0]
         assert ("with access control" in output) != warned, output
-
-
-def _browser():
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if not (chromium and driver):
-        if os.environ.get("CI"):
-            pytest.fail("CI must run the browser test: install Debian's chromium and chromium-driver (.ci/run does)")
-        pytest.skip("no chromium + chromedriver (Debian packages chromium, chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1400,1000"):
-        options.add_argument(flag)
-    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
 
 
 def test_browser_upload_click_and_search_again(served, tmp_path):
