@@ -1,6 +1,11 @@
 """The JSON API beside the page, in the same process:
 
-    POST /api/search        multipart `image` (+ form field `k`): the nearest gallery images
+    POST /api/search        multipart `image` (+ form fields `k`, `box`, `label`, `path_prefix`,
+                            `right`, `wrong`): the nearest gallery images to the image or a region
+                            of it, within labels or a path prefix, moved by relevance feedback
+    POST /api/explain       multipart `image` + `id` (+ `box`): where the image and that gallery
+                            image agree, as heat maps
+    GET  /api/labels        the labels of the index, with their image counts
     GET  /api/info          index, model, counts, generation
     GET  /api/health        liveness, open to all (for load balancers and service managers)
     GET  /api/images/{id}   an indexed image (`?thumbnail=N` for one at most N px a side)
@@ -25,12 +30,15 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from metrix import __version__
-from metrix.images import ImageDecodeError, decode_rgb
+from metrix.export.runtime import ModelError
+from metrix.images import ImageDecodeError, decode_rgb, parse_box
+from metrix.index.filters import SearchFilter
 from metrix.index.live import LiveIndex
-from metrix.index.store import REBUILD_HINT, Hit
+from metrix.index.query import Refinement
+from metrix.index.store import REBUILD_HINT, GalleryIndexError, Hit
 
 from .access import Access
-from .search import DEFAULT_K, MAX_K, MAX_UPLOAD_BYTES, run_query
+from .search import DEFAULT_K, MAX_K, MAX_UPLOAD_BYTES, explain_match, run_query
 
 log = logging.getLogger("metrix.app")
 MAX_THUMBNAIL = 1024
@@ -51,6 +59,21 @@ def hit_json(hit: Hit, rank: int, url: str) -> dict:
             "width": hit.width, "height": hit.height, "bytes": hit.size, "url": url}
 
 
+def parse_ids(values: list[str] | None, what: str) -> tuple[int, ...]:
+    """Ids from repeated form fields, each one id or several separated by commas."""
+    items = [item.strip() for value in values or () for item in value.split(",") if item.strip()]
+    if not all(item.isdigit() for item in items):
+        raise ValueError(f"{what}: expected image ids (integers), got {', '.join(items)[:60]!r}")
+    return tuple(int(item) for item in items)
+
+
+def refinement_from(box: str | None, labels: list[str] | None = None, path_prefix: str | None = None,
+                    right: list[str] | None = None, wrong: list[str] | None = None) -> Refinement:
+    """Form fields -> a Refinement; ValueError (one line) for a bad box or id."""
+    return Refinement(parse_box(box) if box else None, SearchFilter(tuple(labels or ()), path_prefix or ""),
+                      parse_ids(right, "right"), parse_ids(wrong, "wrong"))
+
+
 def api_router(live: LiveIndex, access: Access) -> APIRouter:
     router = APIRouter(prefix="/api", tags=["search"])
 
@@ -60,25 +83,67 @@ def api_router(live: LiveIndex, access: Access) -> APIRouter:
         return error(401, "this server needs `Authorization: Bearer <token>` (or the page's login as HTTP Basic)",
                      **{"WWW-Authenticate": "Bearer"})
 
-    @router.post("/search", summary="The gallery images most similar to an uploaded image")
-    async def search(request: Request, image: UploadFile = File(description="the query image (JPEG, PNG, WebP, ...)"),
-                     k: int = Form(DEFAULT_K, ge=1, le=MAX_K, description="how many results")):
+    async def upload(request: Request, image: UploadFile) -> tuple[str, bytes | JSONResponse]:
+        """(the upload's name, its bytes), or a refusal in place of the bytes."""
         if (denied := refused(request)) is not None:
-            return denied
+            return "", denied
         data = await image.read(MAX_UPLOAD_BYTES + 1)
         name = image.filename or "upload"
         if len(data) > MAX_UPLOAD_BYTES:
-            return error(413, f"{name}: larger than the {MAX_UPLOAD_BYTES // 2**20} MB upload limit")
-        try:
-            result = await run_in_threadpool(run_query, live, name, k, data)
-        except ImageDecodeError as failure:
+            return name, error(413, f"{name}: larger than the {MAX_UPLOAD_BYTES // 2**20} MB upload limit")
+        return name, data
+
+    def failed(name: str, failure: Exception) -> JSONResponse:
+        if isinstance(failure, ImageDecodeError):
             return error(415 if failure.reason.startswith("not an image") else 400, f"{name}: {failure.reason}")
+        return error(400, str(failure))
+
+    @router.post("/search", summary="The gallery images most similar to an uploaded image (or a region of it)")
+    async def search(request: Request, image: UploadFile = File(description="the query image (JPEG, PNG, WebP, ...)"),
+                     k: int = Form(DEFAULT_K, ge=1, le=MAX_K, description="how many results"),
+                     box: str | None = Form(None, description="search this region only: x0,y0,x1,y1 in pixels of the image as displayed"),
+                     label: list[str] | None = Form(None, description="only images with this label (top-level folder); repeat the field for several"),
+                     path_prefix: str | None = Form(None, description="only images whose gallery path starts with this"),
+                     right: list[str] | None = Form(None, description="relevance feedback: ids marked right (repeat, or comma-separated)"),
+                     wrong: list[str] | None = Form(None, description="relevance feedback: ids marked wrong (repeat, or comma-separated)")):
+        name, data = await upload(request, image)
+        if isinstance(data, JSONResponse):
+            return data
+        try:
+            refinement = refinement_from(box, label, path_prefix, right, wrong)
+            result = await run_in_threadpool(run_query, live, name, k, data, refinement)
+        except (ImageDecodeError, GalleryIndexError, ValueError) as failure:
+            return failed(name, failure)
         base = str(request.base_url)
         return {"generation": result.generation, "images": result.images, "k": k,
-                "took_ms": round(result.seconds * 1000, 2),
+                "took_ms": round(result.seconds * 1000, 2), "applied": refinement.describe(),
                 "results": [hit_json(hit, rank, image_url(base, access, hit.id)) for rank, hit in enumerate(result.hits, 1)],
                 "left_out": [{"path": path, "reason": reason} for path, reason in result.left_out],
                 **({"hint": REBUILD_HINT} if result.left_out else {})}
+
+    @router.post("/explain", summary="Where an uploaded image and a gallery image agree: a heat map over each")
+    async def explain(request: Request, image: UploadFile = File(description="the query image"),
+                      id: int = Form(description="the gallery image's id (from a search)"),
+                      box: str | None = Form(None, description="the query's region, as in /api/search")):
+        name, data = await upload(request, image)
+        if isinstance(data, JSONResponse):
+            return data
+        try:
+            found = await run_in_threadpool(explain_match, live, name, data, parse_box(box) if box else None, id)
+        except LookupError as failure:
+            return error(404, str(failure.args[0]))
+        except ModelError as failure:
+            return error(409, str(failure))
+        except (ImageDecodeError, ValueError) as failure:
+            return failed(name, failure)
+        hit, explanation = found
+        return {"id": hit.id, "path": hit.path, "label": hit.label, **explanation.to_json()}
+
+    @router.get("/labels", summary="The labels (top-level folders) of the index, with their image counts")
+    def labels(request: Request):
+        if (denied := refused(request)) is not None:
+            return denied
+        return {"labels": [{"label": label, "images": count} for label, count in live.snapshot().index.labels()]}
 
     @router.get("/info", summary="What is being served")
     def info(request: Request):

@@ -1,6 +1,5 @@
-"""One query, as the page and the JSON API both run it: the upload decoded by the one decoder,
-embedded by the index's model, the nearest hits whose files are still as indexed, all from the one
-generation the query started on."""
+"""One query, as the page and the JSON API both run it (index/query.py), all from the one
+generation the query started on, timed."""
 
 from __future__ import annotations
 
@@ -8,8 +7,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from metrix.export.runtime import load_for_model
 from metrix.index.live import LiveIndex
+from metrix.index.query import Refinement, explain_hit, search_image
 from metrix.index.store import REBUILD_HINT, Hit
 
 DEFAULT_K, MAX_K = 8, 50
@@ -24,20 +23,30 @@ class Result:
     hits: list[Hit]
     left_out: list[tuple[str, str]]  # (path, "missing" | "changed" | ...)
     seconds: float
+    refinement: Refinement = Refinement()
 
     def status(self) -> str:
         line = f"{len(self.hits)} most similar of {self.images:,} gallery images."
+        if applied := self.refinement.describe():
+            line += f" ({applied}.)"
         if self.left_out:
             line += (f" {len(self.left_out)} more left out: moved, deleted or changed since indexing "
                      f"(e.g. {self.left_out[0][0]}); {REBUILD_HINT}.")
         return line
 
 
-def run_query(live: LiveIndex, name: str | Path, k: int, data: bytes | None = None) -> Result:
-    """Raises metrix.images.ImageDecodeError for an upload that is not a usable image."""
+def run_query(live: LiveIndex, name: str | Path, k: int, data: bytes | None = None,
+              refinement: Refinement = Refinement()) -> Result:
+    """Raises metrix.images.ImageDecodeError for an upload that is not a usable image (or box),
+    GalleryIndexError for a feedback mark that is not in the index."""
     start = time.perf_counter()
     snapshot = live.snapshot()
-    query, _ = load_for_model(name, snapshot.embedder.metadata, data=data)
-    answer = snapshot.index.search_present(snapshot.embedder.embed(query[None])[0], k)
+    answer = search_image(snapshot.index, snapshot.embedder, name, k, data, refinement)
     return Result(snapshot.index.generation, len(snapshot.index), answer.hits, answer.left_out,
-                  time.perf_counter() - start)
+                  time.perf_counter() - start, refinement)
+
+
+def explain_match(live: LiveIndex, name: str | Path, data: bytes | None, box, image_id: int):
+    """index.query.explain_hit on the current generation."""
+    snapshot = live.snapshot()
+    return explain_hit(snapshot.index, snapshot.embedder, name, data, box, image_id)

@@ -18,6 +18,7 @@ from metrix.index.live import LiveIndex
 
 from .access import Access
 from .api import api_router, error
+from .duplicates import duplicates_router
 from .search import DEFAULT_K, MAX_UPLOAD_BYTES
 from .ui import build_app
 
@@ -47,6 +48,7 @@ def make_app(live: LiveIndex, access: Access, concurrency: int = 2, default_k: i
         return error(400, f"{where}: {first.get('msg', 'invalid')}")
 
     api.include_router(api_router(live, access))
+    api.include_router(duplicates_router(live, access))
     page = build_app(live, access, default_k, delete_cache)
     page.queue(default_concurrency_limit=concurrency, max_size=256)
     return gr.mount_gradio_app(api, page, path="/", auth=access.users or None, show_error=False,

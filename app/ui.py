@@ -1,30 +1,42 @@
-"""The web UI: upload (or paste) a photo, see the most similar gallery images.
+"""The web UI: upload (or paste) a photo, see the most similar gallery images; narrow the search to
+a region of the photo, to labels or a path prefix; mark results right or wrong and search again;
+open a result to see it larger with heat maps of why it matched.
 
 `build_app(live, access)` makes the Gradio Blocks for a live index (see metrix.index.live), so a
 rebuilt gallery shows up without a restart. Queries are embedded by the index's exported ONNX
 model through metrix.export.runtime: the serving path imports no torch. Result images are shown
 by URL from the API's image route (signed when access is controlled), so Gradio copies none of
-them into its cache and serves no file of the gallery folder itself.
+them into its cache and serves no file of the gallery folder itself. Every search goes through
+app/search.py, as the JSON API's do.
 """
 
 from __future__ import annotations
 
 import html
 import logging
+from pathlib import Path
 
 import gradio as gr
+from PIL import ImageDraw
 
-from metrix.images import ImageDecodeError, decode_rgb
+from metrix.export.explain import data_url
+from metrix.export.runtime import ModelError
+from metrix.images import ImageDecodeError, decode_rgb, format_box, parse_box
+from metrix.index.filters import SearchFilter
 from metrix.index.live import LiveIndex
-from metrix.index.store import GalleryIndex, Hit
+from metrix.index.query import Refinement
+from metrix.index.store import GalleryIndex, GalleryIndexError, Hit
 
 from .access import Access
 from .api import image_url
-from .search import DEFAULT_K, MAX_K, run_query
+from .search import DEFAULT_K, MAX_K, explain_match, run_query
 
 log = logging.getLogger("metrix.app")
 PROMPT = "Upload or paste a photo to search the gallery."
-THUMBNAIL, QUERY_PREVIEW = 320, 512
+THUMBNAIL, QUERY_PREVIEW, HEATMAP = 320, 512, 256
+#: The labels menu's value for images directly in the gallery root (whose label is ""): no folder is called "/".
+ROOT = "/"
+BOX_COLOUR = "#ff2d55"
 
 
 #: What each path measured with the CPU recipe on the unseen test classes of cub100 (photos) and
@@ -49,9 +61,13 @@ def header(index: GalleryIndex) -> str:
             f"**{len(index):,} images** from `{manifest['gallery_root']}` · model **{model['backbone']}** "
             f"({model['loss']}, mixup {model['mixup']}, {model['embedding_size']}-d, weights "
             f"`{model['weights_sha256'][:12]}`) · index {kind} ({index.generation}) · built {manifest['updated']}"
+            f" · [near-duplicates](duplicates)"
             + (f"\n\nModel: {model['provenance']}. {PATH_EFFECTS[model['training_path']]}"
                if "training_path" in model else ""))
 
+
+def label_choices(index: GalleryIndex) -> list[tuple[str, str]]:
+    return [(f"{label or '(gallery root)'} ({count:,})", label or ROOT) for label, count in index.labels()]
 
 
 def details(hit: dict) -> str:
@@ -67,20 +83,60 @@ def request_base(request: gr.Request | None) -> str:
     return f"{headers.get('x-forwarded-proto', 'http')}://{headers.get('host', '127.0.0.1')}/"
 
 
+def new_query(name: str, data: bytes) -> dict:
+    """What the page keeps of a query: its bytes (Gradio's cache is swept), its size as displayed
+    and a preview to select a region on. ImageDecodeError for a picture that cannot be read."""
+    preview, size = decode_rgb(name, data, min_short_side=QUERY_PREVIEW // 2)
+    preview.thumbnail((QUERY_PREVIEW, QUERY_PREVIEW))
+    return {"name": name, "data": data, "size": size, "preview": preview}
+
+
+def drawn(query: dict, box, corner) -> object:
+    """The query's preview with the selected region (or the first corner clicked) drawn on it."""
+    picture = query["preview"].copy()
+    scale = picture.width / query["size"][0]
+    draw = ImageDraw.Draw(picture)
+    if box is not None:
+        draw.rectangle([v * scale for v in box], outline=BOX_COLOUR, width=3)
+    elif corner is not None:
+        x, y = corner[0] * scale, corner[1] * scale
+        draw.ellipse([x - 5, y - 5, x + 5, y + 5], outline=BOX_COLOUR, width=3)
+    return picture
+
+
+def heatmaps(hit: dict, explanation) -> str:
+    query, result = explanation.overlays(HEATMAP)
+    low, high = explanation.scale
+    figure = 'style="flex: 1; margin: 0"'
+    return (f'<div class="why"><div style="display: flex; gap: 8px">'
+            f'<figure {figure}><img src="{data_url(query)}" alt="query heat map" class="why-query" style="width: 100%">'
+            f"<figcaption>the query: where it looks like this result</figcaption></figure>"
+            f'<figure {figure}><img src="{data_url(result)}" alt="result heat map" class="why-result" style="width: 100%">'
+            f"<figcaption>{html.escape(hit['path'])}: where it looks like the query</figcaption></figure></div>"
+            f"<p>Why this match: each location's cosine with the other picture's embedding, "
+            f"from {low:.2f} (dark blue) to {high:.2f} (yellow); the two pictures' cosine is {explanation.score:.3f}.</p></div>")
+
+
 def build_app(live: LiveIndex, access: Access, default_k: int = DEFAULT_K,
               delete_cache: tuple[int, int] | None = None) -> gr.Blocks:
 
-    def run(image_path, k, request: gr.Request):
-        return answer(image_path, k, request)
+    def refinement_of(box_text: str, labels, prefix: str, marks: dict) -> Refinement:
+        return Refinement(parse_box(box_text) if box_text and box_text.strip() else None,
+                          SearchFilter(tuple("" if label == ROOT else label for label in labels or ()), prefix or ""),
+                          tuple(int(i) for i, mark in marks.items() if mark == "right"),
+                          tuple(int(i) for i, mark in marks.items() if mark == "wrong"))
 
-    def answer(image_path, k, request: gr.Request, data: bytes | None = None):
-        """Search with a file (an upload) or, given `data`, with those bytes (`image_path` names them)."""
-        if not image_path:
+    def search(query: dict | None, box_text: str, k, labels, prefix: str, marks: dict, request: gr.Request):
+        """-> gallery items, status line, hits (the page's state)."""
+        if not query:
             return [], PROMPT, []
         try:
-            result = run_query(live, image_path, int(k), data)
+            refinement = refinement_of(box_text, labels, prefix, marks)
+            result = run_query(live, query["name"], int(k), query["data"], refinement)
         except ImageDecodeError as error:
-            return [], f"That upload cannot be searched: {error.reason}. Try a JPEG, PNG or WebP photo.", []
+            return [], f"That query cannot be searched: {error.reason}.", []
+        except (ValueError, GalleryIndexError) as error:
+            return [], f"That search cannot be run: {error}.", []
         except Exception:  # never show a stack trace in the UI; the server log has it
             log.exception("search failed")
             return [], "The search failed on the server; the log says why.", []
@@ -89,30 +145,107 @@ def build_app(live: LiveIndex, access: Access, default_k: int = DEFAULT_K,
         items = [(image_url(base, access, hit.id, THUMBNAIL), caption(hit)) for hit in result.hits]
         return items, result.status(), hits
 
-    def select(hits: list[dict], event: gr.SelectData):
-        if not hits or event.index is None or event.index >= len(hits):
-            return "", "", None
-        hit = hits[event.index]
-        return f'<img src="{html.escape(hit["url"])}" alt="{html.escape(hit["path"])}" class="selected-result">', details(hit), hit
+    def feedback_boxes(hits: list[dict], marks: dict):
+        """The right / wrong checkboxes for the results shown, ticked where already marked."""
+        choices = [(f"{rank}. {hit['path']}", str(hit["id"])) for rank, hit in enumerate(hits, 1)]
+        shown = {str(hit["id"]) for hit in hits}
+        return (gr.CheckboxGroup(choices=choices, value=[i for i, m in marks.items() if m == "right" and i in shown]),
+                gr.CheckboxGroup(choices=choices, value=[i for i, m in marks.items() if m == "wrong" and i in shown]))
 
-    def search_with(hit: dict | None, k, request: gr.Request):
+    def upload(path, k, labels, prefix, request: gr.Request):
+        """A new query from an upload: whole picture, no feedback yet."""
+        if not path:
+            return [], PROMPT, [], None, {}, None
+        try:
+            query = new_query(Path(path).name, Path(path).read_bytes())
+        except ImageDecodeError as error:
+            return [], f"That upload cannot be searched: {error.reason}. Try a JPEG, PNG or WebP photo.", [], None, {}, None
+        return (*search(query, "", k, labels, prefix, {}, request), query, {}, None)
+
+    def show_query(query: dict | None, hits: list[dict], marks: dict):
+        picture = drawn(query, None, None) if query else None
+        return (picture, "", *feedback_boxes(hits, marks))
+
+    def rerun(query, box_text, k, labels, prefix, marks, request: gr.Request):
+        items, status, hits = search(query, box_text, k, labels, prefix, marks, request)
+        return items, status, hits, *feedback_boxes(hits, marks)
+
+    def click_region(query: dict | None, corner, k, labels, prefix, marks, event: gr.SelectData, request: gr.Request):
+        """First click: a corner; second click: the opposite corner, and the region is searched."""
+        unchanged = (gr.skip(),) * 5
+        if not query or not event.index:
+            return gr.skip(), gr.skip(), None, *unchanged
+        scale = query["size"][0] / query["preview"].width
+        point = (round(event.index[0] * scale), round(event.index[1] * scale))
+        if corner is None:
+            return (drawn(query, None, point), gr.skip(), point, gr.skip(), "Now click the opposite corner of the region.",
+                    *unchanged[2:])
+        # both clicked pixels belong to the region: x1, y1 are exclusive
+        box = (min(corner[0], point[0]), min(corner[1], point[1]),
+               min(max(corner[0], point[0]) + 1, query["size"][0]), min(max(corner[1], point[1]) + 1, query["size"][1]))
+        box_text = format_box(box)
+        return (drawn(query, box, None), box_text, None, *rerun(query, box_text, k, labels, prefix, marks, request))
+
+    def typed_box(query, box_text, k, labels, prefix, marks, request: gr.Request):
+        try:
+            box = parse_box(box_text) if box_text and box_text.strip() else None
+        except ValueError as error:
+            return gr.skip(), [], f"{error}.", [], *feedback_boxes([], {})
+        return (drawn(query, box, None) if query else None, *rerun(query, box_text, k, labels, prefix, marks, request))
+
+    def apply_feedback(query, box_text, k, labels, prefix, marks: dict, right, wrong, hits, request: gr.Request):
+        """Marks of the results shown replace theirs; marks of earlier rounds stay."""
+        both = set(right or ()) & set(wrong or ())
+        if both:
+            return (marks, gr.skip(), "A result cannot be both right and wrong; untick one.", gr.skip(), gr.skip(), gr.skip())
+        marks = {i: m for i, m in marks.items() if i not in {str(hit["id"]) for hit in hits}}
+        marks.update({i: "right" for i in right or ()} | {i: "wrong" for i in wrong or ()})
+        items, status, new_hits = search(query, box_text, k, labels, prefix, marks, request)
+        return (marks, items, status, new_hits, *feedback_boxes(new_hits, marks))
+
+    def clear_feedback(query, box_text, k, labels, prefix, request: gr.Request):
+        items, status, hits = search(query, box_text, k, labels, prefix, {}, request)
+        return ({}, items, status, hits, *feedback_boxes(hits, {}))
+
+    def select(hits: list[dict], query: dict | None, box_text: str, event: gr.SelectData):
+        if not hits or event.index is None or event.index >= len(hits):
+            return "", "", "", None
+        hit = hits[event.index]
+        large = f'<img src="{html.escape(hit["url"])}" alt="{html.escape(hit["path"])}" class="selected-result">'
+        why = ""
+        if query:
+            try:
+                box = parse_box(box_text) if box_text and box_text.strip() else None
+                _, explanation = explain_match(live, query["name"], query["data"], box, hit["id"])
+                why = heatmaps(hit, explanation)
+            except (LookupError, ModelError, ValueError) as error:
+                why = f"<p>No heat map: {html.escape(str(error.args[0] if error.args else error))}.</p>"
+            except Exception:
+                log.exception("explaining a match failed")
+                why = "<p>No heat map: it failed on the server; the log says why.</p>"
+        return large, why, details(hit), hit
+
+    def search_with(hit: dict | None, k, labels, prefix, request: gr.Request):
         """Search with a result: read from the gallery on the server (the page only has its URL)."""
         if not hit:
-            return None, [], PROMPT, []
+            return gr.skip(), None, {}, None, [], PROMPT, []
         source = live.snapshot().index.source
         try:
-            data = source.read(hit["path"])
-            preview, _ = decode_rgb(source.name(hit["path"]), data)
+            query = new_query(source.name(hit["path"]), source.read(hit["path"]))
         except OSError as error:
-            return None, [], f"{hit['path']} cannot be read: {error.strerror or error}.", []
+            return gr.skip(), None, {}, None, [], f"{hit['path']} cannot be read: {error.strerror or error}.", []
         except ImageDecodeError as error:
-            return None, [], f"{hit['path']} cannot be searched: {error.reason}.", []
-        preview.thumbnail((QUERY_PREVIEW, QUERY_PREVIEW))
-        return (preview, *answer(source.name(hit["path"]), k, request, data))
+            return gr.skip(), None, {}, None, [], f"{hit['path']} cannot be searched: {error.reason}.", []
+        return (query["preview"], query, {}, None, *search(query, "", k, labels, prefix, {}, request))
+
+    def on_load():
+        index = live.snapshot().index
+        return header(index), gr.Dropdown(choices=label_choices(index))
 
     with gr.Blocks(title="Metrix image search", delete_cache=delete_cache) as app:
         title = gr.Markdown(header(live.snapshot().index))
         hits_state, selected_state = gr.State([]), gr.State(None)
+        query_state, marks_state, corner_state = gr.State(None), gr.State({}), gr.State(None)
         with gr.Row():
             with gr.Column(scale=1):
                 query = gr.Image(label="Query", type="filepath", sources=["upload", "clipboard"], height=320)
@@ -120,23 +253,54 @@ def build_app(live: LiveIndex, access: Access, default_k: int = DEFAULT_K,
                 # unreadable upload into a bare "Error"; our decoder says what is wrong. (An instance
                 # override, because subclassing a Gradio component writes a .pyi beside this file.)
                 query.preprocess = lambda payload: None if payload is None else payload.path
+                region = gr.Image(label="Region: click two opposite corners to search that part only",
+                                  interactive=False, height=240, elem_id="region", buttons=[])
+                with gr.Row():
+                    box = gr.Textbox(label="Region x0,y0,x1,y1 (px; empty: the whole picture)", elem_id="box", scale=3)
+                    whole = gr.Button("Whole picture", scale=1, size="sm")
                 k = gr.Slider(1, MAX_K, value=default_k, step=1, label="Results (k)")
+                labels = gr.Dropdown(label="Only these labels", choices=label_choices(live.snapshot().index),
+                                     multiselect=True, value=[], elem_id="labels")
+                prefix = gr.Textbox("", label="Only paths starting with (Enter to apply)", elem_id="prefix")
                 status = gr.Markdown(PROMPT, elem_id="status")
             with gr.Column(scale=2):
                 results = gr.Gallery(label="Most similar", columns=4, height="auto", object_fit="contain",
                                      allow_preview=False, elem_id="results")
+                with gr.Row():
+                    right = gr.CheckboxGroup(label="Right", elem_id="right")
+                    wrong = gr.CheckboxGroup(label="Wrong", elem_id="wrong")
+                with gr.Row():
+                    feedback = gr.Button("Search again with feedback", elem_id="feedback")
+                    forget = gr.Button("Forget feedback", size="sm")
         with gr.Row():
             with gr.Column(scale=1):
                 large = gr.HTML(elem_id="selected")
             with gr.Column(scale=1):
-                info = gr.Markdown("Click a result to see it larger.")
+                why = gr.HTML(elem_id="why")
+            with gr.Column(scale=1):
+                info = gr.Markdown("Click a result to see it larger, with why it matched.")
                 again = gr.Button("Search with this image")
 
-        outputs = [results, status, hits_state]
+        searched = [results, status, hits_state]
+        filters = [k, labels, prefix]
+        current = [query_state, box, *filters, marks_state]
+        boxes = [right, wrong]
         # upload, not change: "Search with this image" sets the query's picture too, and must not search twice
-        query.upload(run, [query, k], outputs, api_name="search")
-        k.release(run, [query, k], outputs, api_name=False)
-        results.select(select, [hits_state], [large, info, selected_state], api_name=False)
-        again.click(search_with, [selected_state, k], [query, *outputs], api_name=False)
-        app.load(lambda: header(live.snapshot().index), None, title, api_name=False)
+        query.upload(upload, [query, *filters], [*searched, query_state, marks_state, corner_state], api_name="search") \
+            .then(show_query, [query_state, hits_state, marks_state], [region, box, *boxes], api_name=False)
+        for event in (k.release, labels.input, prefix.submit):
+            event(rerun, current, [*searched, *boxes], api_name=False)
+        region.select(click_region, [query_state, corner_state, *filters, marks_state],
+                      [region, box, corner_state, *searched, *boxes], api_name=False)
+        box.submit(typed_box, current, [region, *searched, *boxes], api_name=False)
+        whole.click(lambda q: (drawn(q, None, None) if q else None, "", None), [query_state], [region, box, corner_state],
+                    api_name=False) \
+            .then(rerun, current, [*searched, *boxes], api_name=False)
+        feedback.click(apply_feedback, [*current, right, wrong, hits_state], [marks_state, *searched, *boxes], api_name=False)
+        forget.click(clear_feedback, [query_state, box, *filters], [marks_state, *searched, *boxes], api_name=False)
+        results.select(select, [hits_state, query_state, box], [large, why, info, selected_state], api_name=False)
+        again.click(search_with, [selected_state, *filters], [query, query_state, marks_state, corner_state, *searched],
+                    api_name=False) \
+            .then(show_query, [query_state, hits_state, marks_state], [region, box, *boxes], api_name=False)
+        app.load(on_load, None, [title, labels], api_name=False)
     return app

@@ -105,7 +105,7 @@ def main() -> None:
 def _torch_engine(module):
     def embed(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return module(torch.from_numpy(batch)).numpy()
+            return module(torch.from_numpy(batch))[0].numpy()
     return embed
 
 

@@ -3,12 +3,14 @@
 The graph takes uint8 RGB images, NHWC, at the model's input size, with a dynamic batch axis:
 what a decoder hands over (a PIL image as a numpy array is HWC uint8), a quarter of the bytes of
 float32, and no normalisation left for a client to get wrong. Inside: cast, (x/255 - mean)/std,
-NHWC -> NCHW, the backbone, the head and the final L2 normalisation.
+NHWC -> NCHW, the backbone, the head and the final L2 normalisation. A second output, `cells`,
+embeds each location of the last feature map alone ([B, h, w, D], L2-normalised): what "why
+this match" (export/explain.py) compares with another picture's embedding.
 
 Exporter: torch.onnx's dynamo exporter (torch.export), opset 20, weights inside the file. Every
 export is verified before it is renamed into place: onnx.checker (full check), then PyTorch vs
 onnxruntime on the same images at batch 1 and batch 7 (cosine >= 0.99999 per row, max abs
-difference <= 1e-4); a mismatch fails the export with the measured numbers.
+difference <= 1e-4), for both outputs; a mismatch fails the export with the measured numbers.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from torch import Tensor, nn
 from metrix import __version__
 from metrix.training.checkpoint import MODEL_FILE, Checkpoint, build_model, load_checkpoint
 
-from .runtime import INPUT_NAME, OUTPUT_NAME, ModelMetadata, file_sha256, load_embedder, load_for_model
+from .runtime import CELLS_NAME, INPUT_NAME, OUTPUT_NAME, ModelMetadata, file_sha256, load_embedder, load_for_model
 
 OPSET = 20
 MIN_COSINE, MAX_ABS_DIFF = 0.99999, 1e-4
@@ -38,8 +40,8 @@ class ExportError(ValueError):
 
 
 class ImageEmbedder(nn.Module):
-    """uint8 [B, S, S, 3] RGB -> L2-normalised embeddings [B, D]: the model with its input
-    normalisation folded in (x * scale + shift == (x/255 - mean) / std)."""
+    """uint8 [B, S, S, 3] RGB -> (L2-normalised embeddings [B, D], cell embeddings [B, h, w, D]):
+    the model with its input normalisation folded in (x * scale + shift == (x/255 - mean) / std)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -49,8 +51,8 @@ class ImageEmbedder(nn.Module):
         self.register_buffer("scale", 1.0 / (255.0 * std))
         self.register_buffer("shift", -mean / std)
 
-    def forward(self, images: Tensor) -> Tensor:
-        return self.model(images.permute(0, 3, 1, 2).to(torch.float32) * self.scale + self.shift)
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model.with_cells(images.permute(0, 3, 1, 2).to(torch.float32) * self.scale + self.shift)
 
 
 @dataclass
@@ -58,13 +60,15 @@ class Parity:
     batch: int
     min_cosine: float
     max_abs_diff: float
+    output: str = OUTPUT_NAME
 
     @property
     def ok(self) -> bool:
         return self.min_cosine >= MIN_COSINE and self.max_abs_diff <= MAX_ABS_DIFF
 
     def __str__(self) -> str:
-        return f"batch {self.batch}: min cosine {self.min_cosine:.7f}, max |diff| {self.max_abs_diff:.2e}"
+        what = "" if self.output == OUTPUT_NAME else f"{self.output} at "
+        return f"{what}batch {self.batch}: min cosine {self.min_cosine:.7f}, max |diff| {self.max_abs_diff:.2e}"
 
 
 def describe(checkpoint: Checkpoint, model) -> ModelMetadata:
@@ -91,7 +95,7 @@ def to_onnx(module: ImageEmbedder, metadata: ModelMetadata):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             module, (example,), dynamo=True, opset_version=OPSET, input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME], dynamic_shapes={"images": {0: batch}}, external_data=False, verbose=False,
+            output_names=[OUTPUT_NAME, CELLS_NAME], dynamic_shapes={"images": {0: batch}}, external_data=False, verbose=False,
         )
     proto = program.model_proto
     proto.producer_name, proto.producer_version = "metrix", __version__
@@ -118,17 +122,20 @@ def set_metadata(path: Path, metadata: ModelMetadata, **changes) -> None:
 
 
 def check_parity(module: ImageEmbedder, onnx_path: Path, images: np.ndarray) -> list[Parity]:
-    """PyTorch vs onnxruntime on the same uint8 images, at each batch size of PARITY_BATCHES."""
+    """PyTorch vs onnxruntime on the same uint8 images, at each batch size of PARITY_BATCHES, for
+    the embeddings and then for the cell embeddings (each cell's vector compared alone)."""
     embedder = load_embedder(onnx_path)
-    results = []
+    results = {OUTPUT_NAME: [], CELLS_NAME: []}
     for batch in PARITY_BATCHES:
         chunk = images[:batch]
         with torch.no_grad():
-            expected = module(torch.from_numpy(chunk)).numpy()
-        got = embedder.embed(chunk)
-        cosine = (expected * got).sum(1) / (np.linalg.norm(expected, axis=1) * np.linalg.norm(got, axis=1))
-        results.append(Parity(batch, float(cosine.min()), float(np.abs(expected - got).max())))
-    return results
+            expected = [t.numpy() for t in module(torch.from_numpy(chunk))]
+        got = embedder.embed_with_cells(chunk)
+        for name, want, have in zip(results, expected, got):
+            want, have = want.reshape(-1, want.shape[-1]), have.reshape(-1, have.shape[-1])
+            cosine = (want * have).sum(1) / (np.linalg.norm(want, axis=1) * np.linalg.norm(have, axis=1))
+            results[name].append(Parity(batch, float(cosine.min()), float(np.abs(want - have).max()), name))
+    return results[OUTPUT_NAME] + results[CELLS_NAME]
 
 
 def verification_images(paths: list[Path], metadata: ModelMetadata, count: int = max(PARITY_BATCHES)) -> np.ndarray:

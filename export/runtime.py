@@ -6,6 +6,7 @@ the model's own description (ONNX metadata) and the preprocessing that matches i
 
 The graph takes uint8 RGB images, NHWC, at `metadata.image_size`; the client only decodes,
 resizes the short side and centre-crops (`preprocess`), exactly as evaluation does in PyTorch.
+Models exported since "why this match" also give each location's embedding (`embed_with_cells`).
 The indexer and the app both embed through here, so a query and the gallery meet the same graph.
 """
 
@@ -22,7 +23,7 @@ from PIL import Image
 
 #: Written into every exported model; a reader refuses formats it does not know.
 FORMAT = "metrix-onnx/1"
-INPUT_NAME, OUTPUT_NAME = "images", "embeddings"
+INPUT_NAME, OUTPUT_NAME, CELLS_NAME = "images", "embeddings", "cells"
 _RESAMPLING = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
@@ -109,12 +110,13 @@ def preprocess(image: Image.Image, metadata: ModelMetadata) -> np.ndarray:
     return np.asarray(image.crop((left, top, left + crop, top + crop)).convert("RGB"), dtype=np.uint8)
 
 
-def load_for_model(path: Path | str, metadata: ModelMetadata, data: bytes | None = None) -> tuple[np.ndarray, tuple[int, int]]:
-    """An image file -> (the model's uint8 input, (width, height) of the original image).
-    Raises metrix.images.ImageDecodeError naming the file."""
+def load_for_model(path: Path | str, metadata: ModelMetadata, data: bytes | None = None,
+                   box=None) -> tuple[np.ndarray, tuple[int, int]]:
+    """An image file (or only its region `box`, metrix.images.Box) -> (the model's uint8 input,
+    (width, height) of the original image). Raises metrix.images.ImageDecodeError naming the file."""
     from metrix.images import decode_rgb
 
-    image, size = decode_rgb(path, data, min_short_side=metadata.resize_size)
+    image, size = decode_rgb(path, data, min_short_side=metadata.resize_size, box=box)
     return preprocess(image, metadata), size
 
 
@@ -154,6 +156,17 @@ class Embedder:
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """uint8 [B, S, S, 3] -> float32 [B, D], L2-normalised."""
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+
+    @property
+    def has_cells(self) -> bool:
+        return CELLS_NAME in {output.name for output in self.session.get_outputs()}
+
+    def embed_with_cells(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 [B, S, S, 3] -> (embeddings [B, D], cell embeddings [B, h, w, D]), both L2-normalised."""
+        if not self.has_cells:
+            raise ModelError(f"{self.path}: exported before models had a cells output; re-export it with `metrix export`")
+        embeddings, cells = self.session.run([OUTPUT_NAME, CELLS_NAME], {INPUT_NAME: batch})
+        return embeddings, cells
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         return self.embed(np.stack([self.preprocess(image) for image in images]))

@@ -36,7 +36,8 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS images (
     label TEXT NOT NULL,         -- the top-level sub-folder, "" for files in the root
     width INTEGER NOT NULL,
     height INTEGER NOT NULL
-)"""
+);
+CREATE INDEX IF NOT EXISTS images_by_label ON images (label)"""
 COLUMNS = ("id", "path", "size", "mtime_ns", "sha256", "label", "width", "height")
 
 
@@ -102,12 +103,16 @@ class GalleryIndex:
                 raise GalleryIndexError(f"{self.dir}: built with a model whose {key} is {want.get(key)!r}, this "
                                         f"model's is {value!r}; use the index's model, or re-embed with build-index --rebuild")
 
-    def search(self, vectors: np.ndarray, k: int = 10) -> list[list[Hit]]:
-        k = min(k, len(self))
+    def search(self, vectors: np.ndarray, k: int = 10, only: np.ndarray | None = None) -> list[list[Hit]]:
+        """The k nearest hits of each query; `only`: ids to search among, exactly (index/filters.py)."""
+        k = min(k, len(self) if only is None else len(only))
         if k == 0:
             return [[] for _ in vectors]
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if self.full is not None:
+        if only is not None:
+            from .filters import search_subset
+            scores, ids = search_subset(self.index, self.full, vectors, k, only)
+        elif self.full is not None:
             from .vectors import search_reranked
             scores, ids = search_reranked(self.index, self.full, vectors, k, max(k, self.manifest["index"]["rerank"]))
         else:
@@ -116,14 +121,20 @@ class GalleryIndex:
         return [[Hit(int(i), float(s), *rows[int(i)]) for s, i in zip(sc, row) if i >= 0]
                 for sc, row in zip(scores, ids)]
 
-    def search_present(self, vector: np.ndarray, k: int = 10) -> Answer:
+    def search_present(self, vector: np.ndarray, k: int = 10, search_filter=None) -> Answer:
         """The k nearest hits whose files are still in the gallery unchanged since indexing (size and
         mtime): a moved, deleted or rewritten file is left out and reported, and more candidates are
-        fetched so that k hits still come back where the index has them."""
+        fetched so that k hits still come back where the index has them. `search_filter`
+        (index/filters.SearchFilter): only the images it lets through, searched exactly."""
+        only = None
+        if search_filter:
+            from .filters import matching_ids
+            only = matching_ids(self.db, search_filter)
+        total = len(self) if only is None else len(only)
         left_out: dict[str, str] = {}
         fetch = k + 8
         while True:
-            hits = self.search(vector[None], fetch)[0]
+            hits = self.search(vector[None], fetch, only)[0]
             present = []
             for hit in hits:
                 reason = left_out.get(hit.path) or self.stale(hit)
@@ -131,9 +142,26 @@ class GalleryIndex:
                     left_out[hit.path] = reason
                 else:
                     present.append(hit)
-            if len(present) >= k or fetch >= len(self):
+            if len(present) >= k or fetch >= total:
                 return Answer(present[:k], list(left_out.items()))
-            fetch = min(len(self), 4 * fetch)
+            fetch = min(total, 4 * fetch)
+
+    def vectors(self, ids) -> np.ndarray:
+        """The stored vectors of `ids` (float32 [n, d], in their order); KeyError for an id not in the index."""
+        ids = np.asarray(list(ids), dtype=np.int64)
+        if self.full is not None:
+            return self.full.lookup(ids)
+        out = np.empty((len(ids), self.index.d), np.float32)
+        for row, i in enumerate(ids):
+            try:
+                out[row] = self.index.reconstruct(int(i))
+            except RuntimeError:  # faiss: "key not found"
+                raise KeyError(f"id {int(i)} is not in {self.dir} ({self.generation})") from None
+        return out
+
+    def labels(self) -> list[tuple[str, int]]:
+        """(label, number of images) of every label in the index, by label."""
+        return self.db.execute("SELECT label, COUNT(*) FROM images GROUP BY label ORDER BY label").fetchall()
 
     def stale(self, hit: Hit) -> str | None:
         """Why the hit's file no longer is the image that was indexed, or None."""
@@ -283,6 +311,6 @@ def copy_rows(index_dir: Path, generation: str | None, destination: Path) -> sql
     if generation is not None:
         with sqlite3.connect(f"file:{index_dir / generation / METADATA_FILE}?mode=ro", uri=True) as source:
             source.backup(database)
-    database.execute(SCHEMA)
+    database.executescript(SCHEMA)
     database.commit()
     return database

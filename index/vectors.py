@@ -11,7 +11,7 @@ reaches TARGET_RECALL on a sample, and that recall is stored in the manifest.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,19 +52,38 @@ def ivf_index(vectors: np.ndarray, seed: int = 0, count: int | None = None):
 
 def stored(index) -> tuple[np.ndarray, np.ndarray]:
     """(ids int64 [n], vectors float32 [n, d]) of every vector in a flat or IVF index."""
+    parts = list(stored_blocks(index, rows=max(1, index.ntotal)))
+    if not parts:
+        return np.empty(0, np.int64), np.empty((0, index.d), np.float32)
+    return np.concatenate([ids for ids, _ in parts]), np.concatenate([vectors for _, vectors in parts])
+
+
+def stored_blocks(index, rows: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """stored(), a block of about `rows` vectors at a time: (ids int64 [m], vectors float32 [m, d]),
+    so that reading every vector of a large flat or IVF-Flat index copies one block, not all."""
     import faiss
 
     if not isinstance(index, faiss.IndexIVF):
-        # np.asarray: once faiss.contrib.torch_utils is imported (pytorch-metric-learning does),
-        # reconstruct_n returns a torch tensor
-        vectors = np.asarray(index.index.reconstruct_n(0, index.ntotal), dtype=np.float32)
-        return faiss.vector_to_array(index.id_map).astype(np.int64), vectors
+        ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+        for start in range(0, index.ntotal, rows):
+            count = min(rows, index.ntotal - start)
+            # np.asarray: once faiss.contrib.torch_utils is imported (pytorch-metric-learning does),
+            # reconstruct_n returns a torch tensor
+            yield ids[start:start + count], np.asarray(index.index.reconstruct_n(start, count), dtype=np.float32)
+        return
     if not isinstance(index, faiss.IndexIVFFlat):
         raise ValueError(f"a {type(index).__name__} keeps codes, not its vectors; read them from its FullVectors")
-    parts = list(_ivf_lists(index))
-    if not parts:
-        return np.empty(0, np.int64), np.empty((0, index.d), np.float32)
-    return np.concatenate([ids for ids, _ in parts]).astype(np.int64), np.concatenate([vectors for _, vectors in parts])
+    pending: list[tuple[np.ndarray, np.ndarray]] = []
+    held = 0
+    for ids, vectors in _ivf_lists(index):
+        for start in range(0, len(ids), rows):
+            pending.append((ids[start:start + rows], vectors[start:start + rows]))
+            held += len(pending[-1][0])
+            if held >= rows:
+                yield np.concatenate([i for i, _ in pending]).astype(np.int64), np.concatenate([v for _, v in pending])
+                pending, held = [], 0
+    if pending:
+        yield np.concatenate([i for i, _ in pending]).astype(np.int64), np.concatenate([v for _, v in pending])
 
 
 def tune_nprobe(index, sample: int = RECALL_SAMPLE, seed: int = 0) -> tuple[int, float]:

@@ -248,6 +248,8 @@ def export_(
     typer.echo(f"wrote {report['model']}")
     typer.echo(f"  input   images: {meta.input_layout} [batch, {meta.image_size}, {meta.image_size}, 3]; {meta.resize_policy}")
     typer.echo(f"  output  embeddings: float32 [batch, {meta.embedding_size}], L2-normalised")
+    typer.echo(f"  output  cells: float32 [batch, h, w, {meta.embedding_size}], each location of the last feature map "
+               "embedded alone (the heat maps of `metrix explain`)")
     typer.echo(f"  model   {meta.backbone}, loss {meta.loss}, mixup {meta.mixup}: {meta.provenance}; "
                f"weights sha256 {meta.weights_sha256[:16]}")
     typer.echo(f"  graph   {meta.exporter}, opset {meta.opset}; onnx.checker (full) passed")
@@ -340,34 +342,133 @@ def search(
     index: Annotated[Optional[Path], typer.Option(help="Index folder. [default: the most recently built under indexes/]")] = None,
     k: Annotated[int, typer.Option("-k", help="How many results.")] = 10,
     model: Annotated[Optional[Path], typer.Option(help="The model to embed the query with. [default: the index's]")] = None,
+    box: Annotated[Optional[str], typer.Option(help="Search with this region of the image only: x0,y0,x1,y1 in pixels of the image as displayed.")] = None,
+    label: Annotated[Optional[list[str]], typer.Option(help="Only images with this label (top-level folder); repeat for several.")] = None,
+    path_prefix: Annotated[Optional[str], typer.Option(help="Only images whose path (relative to the gallery) starts with this.")] = None,
+    right: Annotated[Optional[list[str]], typer.Option(help="Relevance feedback: a right answer (id or gallery path); repeat for several.")] = None,
+    wrong: Annotated[Optional[list[str]], typer.Option(help="Relevance feedback: a wrong answer (id or gallery path); repeat for several.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
-    """The gallery images most similar to IMAGE: path, cosine score and label."""
+    """The gallery images most similar to IMAGE (or a region of it): path, cosine score and label;
+    within labels or a path prefix, and moved by feedback on earlier results."""
     import json
 
-    from metrix.export.runtime import ModelError, load_for_model
-    from metrix.images import ImageDecodeError
+    from metrix.export.runtime import ModelError
+    from metrix.images import ImageDecodeError, parse_box
     from metrix.index.defaults import newest_index
+    from metrix.index.filters import SearchFilter
+    from metrix.index.query import Refinement, resolve_ids, search_image
     from metrix.index.store import REBUILD_HINT, GalleryIndexError, open_with_model
 
     try:
         index = index or newest_index()
         opened, embedder = open_with_model(index, model)
-        query, _ = load_for_model(image, embedder.metadata)
-        answer = opened.search_present(embedder.embed(query[None])[0], k)
-    except (GalleryIndexError, ModelError, ImageDecodeError) as error:
+        refinement = Refinement(parse_box(box) if box else None, SearchFilter(tuple(label or ()), path_prefix or ""),
+                                resolve_ids(opened, right or (), "--right"), resolve_ids(opened, wrong or (), "--wrong"))
+        answer = search_image(opened, embedder, image, k, refinement=refinement)
+    except (GalleryIndexError, ModelError, ImageDecodeError, ValueError) as error:
         _fail(error)
     if json_output:
-        typer.echo(json.dumps({"query": str(image), "index": str(index), "results": [
+        typer.echo(json.dumps({"query": str(image), "index": str(index), "applied": refinement.describe(), "results": [
             {"rank": r, "path": h.path, "score": h.score, "label": h.label, "id": h.id} for r, h in enumerate(answer.hits, 1)],
             "left_out": [{"path": path, "reason": reason} for path, reason in answer.left_out]},
             indent=1, ensure_ascii=False))
         return
+    if refinement.describe():
+        typer.echo(f"({refinement.describe()})")
     for rank, hit in enumerate(answer.hits, 1):
-        typer.echo(f"{rank:>3}  {hit.score:.4f}  {hit.path}" + (f"  [{hit.label}]" if hit.label else ""))
+        typer.echo(f"{rank:>3}  {hit.score:.4f}  {hit.path}" + (f"  [{hit.label}]" if hit.label else "") + f"  id {hit.id}")
     if answer.left_out:
         typer.echo(f"left out {len(answer.left_out)} result(s) whose file is gone or changed since indexing "
                    f"(e.g. {answer.left_out[0][0]}: {answer.left_out[0][1]}); {REBUILD_HINT}", err=True)
+
+
+@app.command()
+def explain(
+    image: Annotated[Path, typer.Argument(help="The query image.")],
+    result: Annotated[str, typer.Argument(help="A gallery image of the index: its id (from `metrix search`) or its path in the gallery.")],
+    index: Annotated[Optional[Path], typer.Option(help="Index folder. [default: the most recently built under indexes/]")] = None,
+    box: Annotated[Optional[str], typer.Option(help="The query's region, as in `metrix search --box`.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the picture: query, its heat map, the result's heat map, the result.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the heat maps as JSON.")] = False,
+) -> None:
+    """Why RESULT matched IMAGE: a heat map over each picture of where it looks like the other
+    (each location's embedding against the other picture's embedding)."""
+    import json
+
+    from metrix.export.explain import side_by_side
+    from metrix.export.runtime import ModelError
+    from metrix.images import ImageDecodeError, parse_box
+    from metrix.index.defaults import newest_index
+    from metrix.index.query import explain_hit, resolve_ids
+    from metrix.index.store import GalleryIndexError, open_with_model
+
+    try:
+        index = index or newest_index()
+        opened, embedder = open_with_model(index, None)
+        (image_id,) = resolve_ids(opened, [result], "RESULT")
+        hit, explanation = explain_hit(opened, embedder, image, None, parse_box(box) if box else None, image_id)
+        if out is not None:
+            side_by_side(explanation).save(out)
+    except (GalleryIndexError, ModelError, ImageDecodeError, ValueError, LookupError, OSError) as error:
+        _fail(error)
+    if json_output:
+        body = explanation.to_json()
+        del body["query_overlay"], body["result_overlay"]
+        typer.echo(json.dumps({"query": str(image), "id": hit.id, "path": hit.path, **body}, indent=1))
+        return
+    low, high = explanation.scale
+    typer.echo(f"{hit.path} (id {hit.id}): cosine {explanation.score:.4f}; heat = each location's cosine with the other "
+               f"picture, from {low:.2f} to {high:.2f}")
+    for title, grid in (("query", explanation.query_map), ("result", explanation.result_map)):
+        typer.echo(f"  {title}:")
+        for row in grid:
+            typer.echo("    " + " ".join(f"{value:5.2f}" for value in row))
+    if out is not None:
+        typer.echo(f"wrote {out}")
+
+
+@app.command()
+def duplicates(
+    index: Annotated[Optional[Path], typer.Argument(help="Index folder. [default: the most recently built under indexes/]")] = None,
+    threshold: Annotated[Optional[float], typer.Option(help="Cosine similarity in (0, 1] at which two images count as near-duplicates. [default: 0.88, chosen on copies planted among cub100 photos (docs/duplicates.md)]")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the groups as JSON.")] = False,
+    html: Annotated[Optional[Path], typer.Option("--html", help="Also write a page of the groups' pictures (thumbnails embedded) to this file.")] = None,
+) -> None:
+    """Groups of near-identical images in an index, largest first: ids, paths, labels, similarities."""
+    import json
+
+    from metrix.index.defaults import newest_index
+    from metrix.index.duplicates import DEFAULT_THRESHOLD, find_duplicates
+    from metrix.index.store import GalleryIndexError, open_index
+
+    try:
+        index = index or newest_index()
+        opened = open_index(index)
+        result = find_duplicates(opened, DEFAULT_THRESHOLD if threshold is None else threshold).to_json()
+    except (GalleryIndexError, ValueError) as error:
+        _fail(error)
+    if html is not None:
+        from metrix.app.duplicates_html import embedded_thumbnail, render_page
+
+        page = render_page(result, lambda image: embedded_thumbnail(opened.source, image["path"]),
+                           title=f"Near-duplicates in {index}")
+        try:
+            html.write_text(page, encoding="utf-8")
+        except OSError as error:
+            _fail(f"{html}: cannot write ({error.strerror or error})")
+    if json_output:
+        typer.echo(json.dumps(result, indent=1, ensure_ascii=False))
+        return
+    typer.echo(f"{index} ({result['generation']}): {result['images']:,} images, search {result['search']}")
+    typer.echo(f"{len(result['groups'])} groups of near-duplicates ({result['grouped_images']} images) at cosine "
+               f"similarity >= {result['threshold']:g} ({result['seconds']:.1f} s)" + (f"; pictures in {html}" if html else ""))
+    for number, group in enumerate(result["groups"], 1):
+        least = "-" if group["min_similarity"] is None else f"{group['min_similarity']:.4f}"
+        typer.echo(f"\ngroup {number}: {group['size']} images; least similar pair {least}, weakest link "
+                   f"{group['weakest_link']:.4f}")
+        for image in group["images"]:
+            typer.echo(f"  {image['similarity']:.4f}  {image['path']}" + (f"  [{image['label']}]" if image["label"] else ""))
 
 
 @app.command()

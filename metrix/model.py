@@ -62,6 +62,13 @@ class EmbeddingModel(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         return self.head(self.features(images))
 
+    def with_cells(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """(embeddings [B, D], cell embeddings [B, h, w, D]): each location of the last feature map
+        embedded as if it were the whole picture (Backbone.pool_cells), L2-normalised."""
+        features = self.features(images)
+        cells = self.backbone.pool_cells(features)
+        return self.head(features), F.normalize(self.embedding_head.linear(cells), dim=-1)
+
     def forward_from(self, inputs: Tensor, start: int) -> Tensor:
         """The embedding of `inputs` to backbone stage `start` (cached frozen-stage outputs)."""
         return self.head(self.backbone.features_from(inputs, start))
@@ -84,6 +91,12 @@ class PooledBackbone(nn.Module):
 
     def forward_from(self, inputs: Tensor, start: int) -> Tensor:
         return F.normalize(self.backbone.pool(self.backbone.features_from(inputs, start)), dim=1)
+
+    def with_cells(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """As EmbeddingModel.with_cells, without a head."""
+        features = self.backbone(images)
+        return (F.normalize(self.backbone.pool(features), dim=1),
+                F.normalize(self.backbone.pool_cells(features), dim=-1))
 
 
 def freeze_batchnorm(module: nn.Module) -> None:

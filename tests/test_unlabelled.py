@@ -207,7 +207,8 @@ def test_export_backbone(tmp_path):
     result = metrix_cli("export", "--backbone", "timm:convnext_atto.d2_in1k", "--no-pretrained", "--image-size", 64,
                         "-o", tmp_path / "floor.onnx")
     assert "random-weight timm:convnext_atto.d2_in1k with no training" in result.stdout
-    assert result.stdout.count("parity  onnxruntime vs PyTorch") == 2
+    assert result.stdout.count("parity  onnxruntime vs PyTorch") == 4  # embeddings and cells, batch 1 and 7
+    assert "parity  onnxruntime vs PyTorch, cells at batch 7" in result.stdout
     meta = load_embedder(tmp_path / "floor.onnx").metadata
     assert (meta.image_size, meta.embedding_size, meta.train_classes) == (64, 320, 0)
     for args, message in (((tmp_path, "--backbone", "efficientnet_lite0"), "exactly one"),

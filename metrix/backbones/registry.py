@@ -64,6 +64,14 @@ class Backbone(nn.Module):
     def pool(self, features: Tensor) -> Tensor:
         return gap_gmp(features)
 
+    def pool_cells(self, features: Tensor) -> Tensor:
+        """Each location of the last features pooled as if it were the whole picture: [B, h, w, C].
+        A uniform map pools to what a 1 x 1 map does, so each cell goes through `pool` alone; what
+        the head makes of it says which parts of a picture look like another picture ("why this
+        match", export/explain.py)."""
+        b, c, h, w = features.shape
+        return self.pool(features.permute(0, 2, 3, 1).reshape(b * h * w, c, 1, 1)).reshape(b, h, w, -1)
+
     def pooling_parameters(self) -> list[nn.Parameter]:
         """Parameters outside every stage (a ViT's attention pooling or final norm): they train
         with the last stage."""

@@ -84,6 +84,20 @@ class TimmBackbone(Backbone):
             features = features.permute(0, 3, 1, 2)
         return gap_gmp(features)
 
+    def pool_cells(self, features: Tensor) -> Tensor:
+        if features.ndim == 4:
+            return super().pool_cells(features.permute(0, 3, 1, 2) if self.channels_last_output else features)
+        # tokens: each patch token alone, as a sequence of copies of itself (prefix tokens included),
+        # so that the CLS token, the patch mean and attention pooling all see only that patch
+        prefix = getattr(self.net, "num_prefix_tokens", 0)
+        patches = features[:, prefix:]
+        b, n, c = patches.shape
+        h, w = self.net.patch_embed.grid_size if hasattr(self.net, "patch_embed") else (1, n)
+        if h * w != n:
+            raise ValueError(f"timm:{self.name}: {n} patch tokens do not form its {h} x {w} grid")
+        alone = patches.reshape(b * n, 1, c).expand(b * n, prefix + 1, c)
+        return self.pool(alone).reshape(b, h, w, -1)
+
     def stages(self) -> list[nn.Module]:
         if self._stages is None:
             self._stages = _verified(self, split_into_stages(self.net))

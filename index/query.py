@@ -1,0 +1,101 @@
+"""One image query against an opened index, as the CLI, the JSON API and the page all run it: the
+picture (or a region of it) decoded by the one decoder and embedded by the index's model, moved
+by relevance feedback, searched (within a filter, exactly) for hits whose files are still as
+indexed; and why a hit matched (export/explain.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .feedback import rocchio
+from .filters import SearchFilter
+from .store import REBUILD_HINT, Answer, GalleryIndex, GalleryIndexError, Hit
+
+
+@dataclass(frozen=True)
+class Refinement:
+    """What narrows or corrects a query beyond its picture."""
+
+    box: tuple[float, float, float, float] | None = None  # metrix.images.Box: search this region only
+    search_filter: SearchFilter = field(default_factory=SearchFilter)
+    right: tuple[int, ...] = ()  # ids marked as right answers
+    wrong: tuple[int, ...] = ()  # ids marked as wrong answers
+
+    def describe(self) -> str:
+        """What was applied, for a status line ("" when nothing)."""
+        from metrix.images import format_box
+
+        parts = []
+        if self.box is not None:
+            parts.append(f"region {format_box(self.box)}")
+        if self.search_filter:
+            parts.append(self.search_filter.describe())
+        if self.right or self.wrong:
+            parts.append(f"feedback {len(self.right)} right, {len(self.wrong)} wrong")
+        return "; ".join(parts)
+
+
+def embed_query(embedder, name: str | Path, data: bytes | None = None, box=None) -> np.ndarray:
+    """The query's embedding [d]. Raises metrix.images.ImageDecodeError for a bad picture or box."""
+    from metrix.export.runtime import load_for_model
+
+    array, _ = load_for_model(name, embedder.metadata, data=data, box=box)
+    return embedder.embed(array[None])[0]
+
+
+def search_image(index: GalleryIndex, embedder, name: str | Path, k: int, data: bytes | None = None,
+                 refinement: Refinement = Refinement()) -> Answer:
+    vector = embed_query(embedder, name, data, refinement.box)
+    if refinement.right or refinement.wrong:
+        vector = rocchio(vector, marked_vectors(index, refinement.right, "right"),
+                         marked_vectors(index, refinement.wrong, "wrong"))
+    return index.search_present(vector, k, refinement.search_filter)
+
+
+def marked_vectors(index: GalleryIndex, ids, what: str) -> np.ndarray:
+    try:
+        return index.vectors(ids)
+    except KeyError as error:
+        raise GalleryIndexError(f"{what}: {error.args[0]}") from None
+
+
+def resolve_ids(index: GalleryIndex, items, what: str) -> tuple[int, ...]:
+    """Gallery images named by id or by path (relative to the gallery root) -> their ids."""
+    ids = []
+    for item in items:
+        item = str(item).strip()
+        if item.isdigit():
+            ids.append(int(item))
+            continue
+        row = index.db.execute("SELECT id FROM images WHERE path = ?", (item,)).fetchone()
+        if row is None:
+            raise GalleryIndexError(f"{what}: {item!r} is not an image of {index.dir}")
+        ids.append(row[0])
+    return tuple(ids)
+
+
+def explain_hit(index: GalleryIndex, embedder, name: str | Path, data: bytes | None, box, image_id: int):
+    """(the gallery image's Hit, scored; export.explain.Explanation) for the query (or its region
+    `box`) and gallery image `image_id`. LookupError (one line) when that image is not in the
+    index or its file is not as indexed; ModelError for a model exported without cells;
+    ImageDecodeError for a bad query."""
+    from metrix.export.explain import explain
+    from metrix.export.runtime import load_for_model
+
+    row = index.rows([image_id]).get(image_id)
+    if row is None:
+        raise LookupError(f"image {image_id}: not in {index.dir} ({index.generation})")
+    hit = Hit(image_id, 0.0, *row)
+    if (reason := index.stale(hit)) is not None:
+        raise LookupError(f"{hit.path}: {reason} since indexing; {REBUILD_HINT}")
+    query, _ = load_for_model(name, embedder.metadata, data, box)
+    try:
+        result, _ = load_for_model(index.source.name(hit.path), embedder.metadata, index.source.read(hit.path))
+    except OSError as failure:
+        raise LookupError(f"{hit.path}: cannot read ({failure.strerror or failure})") from None
+    explanation = explain(embedder, query, result)
+    hit.score = explanation.score
+    return hit, explanation
