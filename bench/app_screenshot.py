@@ -1,6 +1,8 @@
 """The README's screenshot: serve an index, upload a query in headless Chromium, save the page.
 
     .venv/bin/python bench/app_screenshot.py --index indexes/cub100-test --query path/to/bird.jpg --out docs/app.png
+    .venv/bin/python bench/app_screenshot.py --index indexes/cub100 --query composite.jpg --box 200,100,400,300 \
+        --out /tmp/top.png --why-out docs/app-why.png   # a region searched, a result opened with its heat maps
 
 Needs Debian's chromium and chromium-driver and the dev extra (selenium).
 """
@@ -29,6 +31,8 @@ def main() -> None:
     parser.add_argument("--query", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--k", type=int, default=8)
+    parser.add_argument("--box", help="type this region (x0,y0,x1,y1) into the page and search it")
+    parser.add_argument("--why-out", type=Path, help="also save the opened result with its heat maps here")
     args = parser.parse_args()
 
     with socket.socket() as s:
@@ -47,9 +51,19 @@ def main() -> None:
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "input[type=file]"))
         browser.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(args.query.resolve()))
         wait.until(lambda b: "most similar" in b.find_element(By.ID, "status").text)
+        if args.box:
+            from selenium.webdriver.common.keys import Keys
+
+            browser.find_element(By.CSS_SELECTOR, "#box textarea, #box input").send_keys(args.box + Keys.ENTER)
+            wait.until(lambda b: "region" in b.find_element(By.ID, "status").text)
         wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#results img")) >= args.k)
         browser.find_elements(By.CSS_SELECTOR, "#results .thumbnail-item")[1].click()
         wait.until(lambda b: "similarity:" in b.find_element(By.TAG_NAME, "body").text)
+        if args.why_out:
+            wait.until(lambda b: b.execute_script(
+                "return [...document.querySelectorAll('#why img')].filter(i => i.complete && i.naturalWidth).length === 2"))
+            browser.execute_script("document.getElementById('selected').scrollIntoView()")
+            browser.save_screenshot(str(args.why_out))
         browser.execute_script("window.scrollTo(0, 0)")
         browser.save_screenshot(str(args.out))
     finally:
