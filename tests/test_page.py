@@ -77,6 +77,15 @@ def wait_for_results(wait, expected: list[str]) -> None:
         raise AssertionError(f"the page shows {shown_paths(wait._driver)}, the API answered {expected}") from None
 
 
+def searched_on_the_page(site, query):
+    """Upload `query` and wait for the page to show what the API answers: (wait, the API's hits)."""
+    url, _, client, browser = site
+    wait = open_and_upload(browser, url, query)
+    hits = api_search(client, url, query, k=8)
+    wait_for_results(wait, [h["path"] for h in hits])
+    return wait, hits
+
+
 def test_region_by_two_clicks(site, tmp_path):
     url, root, client, browser = site
     left, right = Image.open(root / "ants" / "03.png"), Image.open(root / "bees" / "05.png")
@@ -143,9 +152,7 @@ def test_filters_by_prefix_and_label(site):
 def test_feedback_over_two_rounds(site):
     url, root, client, browser = site
     query = root / "ants" / "01.png"
-    wait = open_and_upload(browser, url, query)
-    first = api_search(client, url, query, k=8)
-    wait_for_results(wait, [h["path"] for h in first])
+    wait, first = searched_on_the_page(site, query)
 
     def tick(group: str, ranks) -> None:
         boxes = browser.find_elements(By.CSS_SELECTOR, f"#{group} input[type=checkbox]")
@@ -172,9 +179,7 @@ def test_feedback_over_two_rounds(site):
 def test_why_this_match_beside_the_enlarged_result(site):
     url, root, client, browser = site
     query = root / "bees" / "02.png"
-    wait = open_and_upload(browser, url, query)
-    hits = api_search(client, url, query, k=8)
-    wait_for_results(wait, [h["path"] for h in hits])
+    wait, hits = searched_on_the_page(site, query)
     browser.find_elements(By.CSS_SELECTOR, "#results .thumbnail-item")[1].click()
     wait.until(lambda b: b.execute_script(
         "const i = [...document.querySelectorAll('#why img')];"
