@@ -55,7 +55,10 @@ class Metrix(nn.Module):
         negatives_per_anchor: int | None | Literal["auto"] = "auto",
         seed: int = 0,
         pair_choice: str = "all",
+        anchor_negative_weight: float | None = None,
     ):
+        """anchor_negative_weight: with pair_choice "coin", the weight of the steps that mix
+        anchor-negative pairs (None: `weight`); the official code uses 0.3 there in embed mode."""
         super().__init__()
         if pair_choice not in PAIR_CHOICES:
             raise ValueError(f"pair choice must be one of {', '.join(PAIR_CHOICES)}; got {pair_choice!r}")
@@ -68,6 +71,7 @@ class Metrix(nn.Module):
             negatives_per_anchor = DEFAULT_NEGATIVES_PER_ANCHOR.get(mode)
         self.negatives_per_anchor = negatives_per_anchor
         self.pair_choice = pair_choice
+        self.anchor_negative_weight = weight if anchor_negative_weight is None else anchor_negative_weight
         self._rng = random.Random(seed)
 
     def reseed(self, seed: int) -> None:
@@ -103,7 +107,8 @@ class Metrix(nn.Module):
             mixed = self.loss.mixed(sims, model.head(plan.apply(features)), plan)
         else:
             mixed = self.loss.mixed_embeddings(sims, plan)
-        return MetrixOutput(clean + self.weight * mixed, clean, mixed, lam=lam, num_mixes=len(plan))
+        weight = self.anchor_negative_weight if kinds == "anchor-negative" else self.weight
+        return MetrixOutput(clean + weight * mixed, clean, mixed, lam=lam, num_mixes=len(plan))
 
     def get_extra_state(self) -> dict:
         return {"rng": self._rng.getstate()}

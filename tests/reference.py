@@ -53,15 +53,22 @@ def reference_mixed_ms(embeddings, labels, lam, k, beta=2.0, gamma=50.0, margin=
     return total / len(labels)
 
 
-def reference_mixed_contrastive(embeddings, labels, lam, k, pos_margin=0.0, neg_margin=0.5):
+def reference_mixed_contrastive(embeddings, labels, lam, k, pos_margin=0.0, neg_margin=0.5, nonzero=False):
+    """The plain mean over (anchor, mix) pairs; nonzero=True: the official code's reduction, the
+    positive terms averaged over those that are not zero, plus the same for the negative terms."""
     triples = reference_relations(embeddings, labels, k)
     mixed = _mixed_vectors(embeddings, triples, lam)
     e = F.normalize(embeddings, dim=1)
     pos = neg = 0.0
+    pos_count = neg_count = 0
     for a, own, other in triples:
         d = math.sqrt(max(2 - 2 * _cos(e[a], mixed[(own, other)]), 1e-12))
-        pos += lam * max(d - pos_margin, 0.0)
-        neg += (1 - lam) * max(neg_margin - d, 0.0)
+        pos_term = lam * max(d - pos_margin, 0.0)
+        neg_term = (1 - lam) * max(neg_margin - d, 0.0)
+        pos, neg = pos + pos_term, neg + neg_term
+        pos_count, neg_count = pos_count + (pos_term > 0), neg_count + (neg_term > 0)
+    if nonzero:
+        return pos / max(pos_count, 1) + neg / max(neg_count, 1)
     return (pos + neg) / max(len(triples), 1)
 
 

@@ -50,6 +50,10 @@ def _embed_mixed_loss(loss, x, y, lam, k):
 REFERENCES = {
     "ms": (MultiSimilarityLoss, lambda loss, x, y, lam, k: reference_mixed_ms(x, y, lam, k)),
     "contrastive": (ContrastiveLoss, lambda loss, x, y, lam, k: reference_mixed_contrastive(x, y, lam, k)),
+    "contrastive-nonzero": (
+        lambda: ContrastiveLoss(mixed_reduction="nonzero"),
+        lambda loss, x, y, lam, k: reference_mixed_contrastive(x, y, lam, k, nonzero=True),
+    ),
     "pa": (
         lambda: ProxyAnchorLoss(14, 5).double(),  # 12 classes in the all-distinct layout
         lambda loss, x, y, lam, k: reference_mixed_proxy_anchor(x, y, loss.proxies.detach(), lam, k),

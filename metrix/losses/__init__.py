@@ -9,7 +9,8 @@ LOSSES = ("contrastive", "ms", "pa", "pml-ms")
 
 
 def build_loss(name: str, num_classes: int | None = None, embedding_size: int | None = None, **kwargs) -> MetricLoss:
-    """`contrastive`, `ms` (`preset="metrix-code"` for the official code's values and miner) or
+    """`contrastive` (`mixed_reduction="nonzero"` for the official code's mixed term), `ms`
+    (`preset="metrix-code"` for the official code's values and miner) or
     `pa` (needs num_classes and embedding_size); `pml-ms` is pytorch-metric-learning's MS loss,
     a peer for the benchmark (no Metrix form). Other keyword arguments go to the loss."""
     if name == "contrastive":

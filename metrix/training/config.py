@@ -49,18 +49,25 @@ class TrainConfig:
     mixup: str = "feature"
     mixup_alpha: float = 2.0
     mixup_weight: float = 0.4
-    negatives_per_anchor: int | str | None = "auto"
+    negatives_per_anchor: int | str | None = "auto"  # None: every negative of the anchor
     pair_choice: str = "all"  # all | coin (metrix.mixup.PAIR_CHOICES)
+    # The official code's departures (docs/metrix.md, "The official code's variant"): the contrastive
+    # mixed term averaged over its non-zero terms (mean | nonzero), and a weight of its own for the
+    # embed mode's anchor-negative steps (None: mixup_weight; needs pair_choice coin).
+    mixed_reduction: str = "mean"
+    embed_anchor_negative_weight: float | None = None
     # Optimisation
     epochs: int = 10
     batch_size: int = 100
     samples_per_class: int = 5
     sampler: str = "balanced"  # balanced (P classes x K images) | random (the paper's for CUB and Cars)
+    optimizer: str = "adamw"  # adamw (decoupled weight decay) | adam (L2 decay, the official code's)
     lr: float = 1e-4
     weight_decay: float = 1e-4
     warmup_epochs: int = 1  # epochs that train only the head (and proxies)
     freeze_bn: bool = True
     grad_clip: float = 10.0
+    grad_clip_mode: str = "norm"  # norm (the gradients' total norm) | value (each element, the official code's)
     lr_schedule: str = "cosine"  # cosine | step | none
     lr_step_epochs: int = 20
     lr_gamma: float = 0.5
@@ -71,6 +78,9 @@ class TrainConfig:
     decode_once: bool = False  # keep the training images decoded in memory (metrix.decoded_images)
     precision: str = "fp32"  # fp32 | bf16 (autocast of the backbone's forward; the head and loss stay fp32)
     train_retrieval: bool = False  # also measure retrieval on as many training classes as validation has
+    # Also measure the test classes every epoch (logged as test_*), for reporting the official code's
+    # best-epoch-on-test protocol beside ours. Never used to choose a checkpoint, a default or a setting.
+    record_test: bool = False
     device: str = "auto"
     out: str | None = None
     recipe: str = "full"
@@ -111,6 +121,15 @@ class TrainConfig:
             raise ConfigError(f"unknown precision {self.precision!r}; choose fp32 or bf16")
         if self.mixup not in MIXUP_MODES:
             raise ConfigError(f"unknown mixup {self.mixup!r}; choose one of {', '.join(MIXUP_MODES)}")
+        if self.optimizer not in ("adamw", "adam"):
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose adamw or adam")
+        if self.grad_clip_mode not in ("norm", "value"):
+            raise ConfigError(f"unknown grad-clip mode {self.grad_clip_mode!r}; choose norm or value")
+        if self.mixed_reduction not in ("mean", "nonzero"):
+            raise ConfigError(f"unknown mixed reduction {self.mixed_reduction!r}; choose mean or nonzero")
+        if self.embed_anchor_negative_weight is not None and self.pair_choice != "coin":
+            raise ConfigError("embed-anchor-negative-weight weighs the anchor-negative steps of pair choice coin; "
+                              "set pair-choice coin")
         if self.lr_schedule not in ("cosine", "step", "none"):
             raise ConfigError(f"unknown lr schedule {self.lr_schedule!r}; choose cosine, step or none")
         for name in ("epochs", "batch_size", "embedding_size"):
@@ -149,14 +168,24 @@ UNLABELLED_SETTINGS = {"instances": dict(samples_per_class=2), "clusters": {}}
 IMAGES_PER_CLUSTER = 20
 
 
+#: The official code's optimisation (billpsomas/metrix): Adam with L2 weight decay, each gradient
+#: element clipped at 10, the learning rate divided by 10 every 10 epochs, random batches for CUB
+#: and Cars, and one kind of Metrix pair per step (a coin flip).
+OFFICIAL_OPTIMISATION = dict(
+    optimizer="adam", weight_decay=1e-4, grad_clip=10.0, grad_clip_mode="value",
+    lr_schedule="step", lr_step_epochs=10, lr_gamma=0.1, sampler="random", pair_choice="coin",
+)
+#: Benchmarks the paper (and the official code) trains on balanced batches of 5 images per class.
+BALANCED_BATCH_DATASETS = ("sop", "inshop")
+
 #: Named settings. "full" trains the whole backbone with the defaults above; "paper" is the ICLR
-#: 2022 protocol (METRIX.md section 3). Both are GPU recipes; without a GPU, "cpu" is the default.
+#: 2022 protocol (METRIX.md section 3) with the official code's optimisation; both are GPU recipes.
+#: Without a GPU, "cpu" is the default.
 RECIPES: dict[str, dict] = {
     "full": {},
     "paper": dict(
         backbone="resnet50", embedding_size=512, image_size=224, batch_size=100, samples_per_class=5,
-        lr=1e-4, weight_decay=1e-4, freeze_bn=True, warmup_epochs=5, epochs=60, grad_clip=10.0,
-        lr_schedule="step", lr_step_epochs=20, lr_gamma=0.5,
+        lr=1e-4, freeze_bn=True, warmup_epochs=5, epochs=60, **OFFICIAL_OPTIMISATION,
     ),
     # Two CPU cores: EfficientNet-Lite0 at 160 px; the stem and first five block stages frozen and
     # cached for 5 augmented views; the last two block stages, the head convolution and a
@@ -178,6 +207,16 @@ RECIPES: dict[str, dict] = {
         lr=1e-4, epochs=20, warmup_epochs=1, freeze_bn=True, batch_size=100, samples_per_class=5,
         lr_schedule="cosine", train_retrieval=True,
     ),
+    # The official code's variant of Metrix (docs/metrix.md) on the full-cpu backbone and input size:
+    # every negative of the anchor, the contrastive mixed term averaged over its non-zero terms, 0.3
+    # on the embed anchor-negative steps, the MS values and miner of the official code, and its
+    # optimisation. Mixing feature as the official code's default.
+    "metrix-code": dict(
+        backbone="efficientnet_lite0", image_size=96, embedding_size=512, decode_once=True, mixup="feature",
+        lr=1e-4, epochs=20, warmup_epochs=1, freeze_bn=True, batch_size=100, samples_per_class=5,
+        train_retrieval=True, negatives_per_anchor=None, mixed_reduction="nonzero",
+        embed_anchor_negative_weight=0.3, ms_preset="metrix-code", **OFFICIAL_OPTIMISATION,
+    ),
 }
 
 
@@ -189,6 +228,9 @@ def resolve_config(config_file: str | Path | None = None, **flags) -> TrainConfi
     if recipe not in RECIPES:
         raise ConfigError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     values.update(RECIPES[recipe])
+    dataset = flags.get("dataset") or from_file.get("dataset")
+    if values.get("sampler") == "random" and dataset in BALANCED_BATCH_DATASETS:
+        values["sampler"] = "balanced"
     labels = flags.get("labels") or from_file.get("labels") or "folder"
     labels = UNLABELLED_DEFAULT if labels == "none" else labels
     values.update(UNLABELLED_SETTINGS.get(labels, {}))
@@ -208,6 +250,8 @@ RECIPE_NOTES = {
                 "the best validation result on handwriting, below cpu on photos",
     "full": "the whole backbone trains at its own input size: the GPU recipe",
     "paper": "the ICLR 2022 protocol with ResNet-50: a GPU recipe",
+    "metrix-code": "the official code's variant of Metrix and its optimisation on the full-cpu backbone: "
+                   "for comparison with the paper (docs/metrix.md)",
 }
 
 

@@ -25,7 +25,7 @@ from ..backbones import create_backbone
 from ..datasets.base import RetrievalData, Sample, Split, check_trainable
 from ..distributed import Distributed, GlobalBatch
 from ..embedding import embed_samples
-from ..evaluation import evaluate_retrieval
+from ..evaluation import RECALL_KS, evaluate_retrieval
 from ..image_dataset import ImageDataset
 from ..losses import build_loss
 from ..mixup import Metrix
@@ -67,11 +67,9 @@ class TrainingRun:
 
 
 def train(config: TrainConfig, resume: Path | None = None, progress: bool = True, log=print,
-          why: str | None = None, probe: Callable[[EmbeddingModel, int], dict] | None = None) -> Path:
+          why: str | None = None) -> Path:
     """Train (or resume) a run; returns the run directory. `why`: a line saying which recipe and
-    mixing run and why, printed once the data has loaded. `probe(model, frozen_stages)`: extra
-    metrics logged every epoch as probe_*, for benchmarks that follow the test classes (they
-    never choose the epoch: only validation does)."""
+    mixing run and why, printed once the data has loaded."""
     start_epoch, best = 0, -math.inf
     if resume is not None:
         config = _config_of_run(resume)
@@ -106,8 +104,8 @@ def train(config: TrainConfig, resume: Path | None = None, progress: bool = True
             best = max(best, score)
             record = {"epoch": epoch + 1, **stats,
                       **{k if k.startswith("train_") else f"val_{k}": v for k, v in val.items()}}
-            if probe is not None:
-                record.update({f"probe_{k}": v for k, v in probe(run.model, run.first_trained_stage).items()})
+            if config.record_test and len(run.data.test):  # reported only: `best` follows validation
+                record.update({f"test_{k}": v for k, v in _test_metrics(run).items()})
             append_metrics(run.run_dir, record)
             plot_curves(run.run_dir)
             _save(run, epoch, record, best, is_best)
@@ -132,13 +130,13 @@ def _build(config: TrainConfig, resume: Path | None, log, distributed: Distribut
     model = EmbeddingModel(backbone, config.embedding_size)
     train_classes = data.train.classes
     label_map = {c: i for i, c in enumerate(train_classes)}
-    loss = build_loss(
-        config.loss, num_classes=len(train_classes), embedding_size=config.embedding_size,
-        **({"preset": config.ms_preset} if config.loss == "ms" else {}),
-    )
+    loss_options = {"ms": {"preset": config.ms_preset}, "contrastive": {"mixed_reduction": config.mixed_reduction}}
+    loss = build_loss(config.loss, num_classes=len(train_classes), embedding_size=config.embedding_size,
+                      **loss_options.get(config.loss, {}))
     metrix = Metrix(loss, mode=config.mixup, alpha=config.mixup_alpha, weight=config.mixup_weight,
                     negatives_per_anchor=config.negatives_per_anchor, seed=config.seed,
-                    pair_choice=config.pair_choice)
+                    pair_choice=config.pair_choice,
+                    anchor_negative_weight=config.embed_anchor_negative_weight if config.mixup == "embed" else None)
     model.to(device)
     metrix.to(device)
     if config.channels_last and device.type == "cpu":
@@ -154,7 +152,8 @@ def _build(config: TrainConfig, resume: Path | None, log, distributed: Distribut
         stage.requires_grad_(False)
     trained = [p for stage in stages[first_trained:] for p in stage.parameters()] + model.backbone.pooling_parameters()
     trained_params = [p for p in trained if p.requires_grad]
-    optimizer = torch.optim.AdamW(
+    optimizer_class = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[config.optimizer]
+    optimizer = optimizer_class(
         [
             {"params": trained_params, "lr": config.lr, "name": "backbone"},
             {"params": list(model.embedding_head.parameters()), "lr": config.lr, "name": "head"},
@@ -219,6 +218,10 @@ DECODE_ONCE_MAX_BYTES = 8 * 2**30
 def _decode_once(run: TrainingRun, progress: bool, log) -> dict[str, DecodedImages] | None:
     pre = run.model.preprocessing
     splits = {"train": run.data.train.samples, "val": run.data.val.samples}
+    if run.config.record_test:
+        splits["test"] = run.data.test.samples
+        if run.data.gallery is not None:
+            splits["gallery"] = run.data.gallery.samples
     count = sum(map(len, splits.values()))
     estimate = count * pre.resize_size**2 * 3 * 4 // 3  # photos are rarely squarer than 4:3
     if estimate > DECODE_ONCE_MAX_BYTES:
@@ -369,7 +372,10 @@ def _train_epoch(run: TrainingRun, epoch: int, progress: bool) -> dict:
             run.optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             run.distributed.average_gradients(params)
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            if config.grad_clip_mode == "value":
+                torch.nn.utils.clip_grad_value_(params, config.grad_clip)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             run.optimizer.step()
             steps += 1
             images_seen += len(labels)
@@ -394,7 +400,7 @@ ETA_AFTER_STEPS = 3
 def _log_eta(run: TrainingRun, epoch: int, seconds_per_step: float) -> None:
     config = run.config
     steps_left = len(run.sampler) * (config.epochs - epoch) - ETA_AFTER_STEPS
-    evaluated = len(run.data.val) + len(run.train_eval or [])
+    evaluated = len(run.data.val) + len(run.train_eval or []) + (len(run.data.test) if config.record_test else 0)
     eval_seconds = evaluated * seconds_per_step / config.batch_size / 3  # an eval pass: about 1/3 of a step
     minutes = (steps_left * seconds_per_step + eval_seconds * (config.epochs - epoch)) / 60
     run.log(f"estimated {minutes:.0f} min to go ({seconds_per_step:.2f} s per step in the first batches)")
@@ -420,13 +426,29 @@ def _validate(run: TrainingRun, samples: list, split: str) -> dict:
     if run.val_views is not None and split == "val":
         embeddings = embed_views(run.model, run.val_views, run.first_trained_stage, channels_last=_channels_last(run))
         return {"view_agreement": view_agreement(embeddings)}
-    embeddings, labels = embed_samples(
-        run.model, samples, batch_size=64, num_workers=0 if run.decoded else run.config.num_workers,
-        device=str(run.device), channels_last=_channels_last(run),
-        frozen_stages=run.first_trained_stage, images=run.decoded[split] if run.decoded else None,
-    )
-    report = evaluate_retrieval(embeddings, labels, ks=(1, 2, 4, 8), nmi=False)
+    report = evaluate_retrieval(*_embed(run, samples, split), ks=(1, 2, 4, 8), nmi=False)
     return {"recall_at_1": report.recall_at[1], "map_at_r": report.map_at_r, "r_precision": report.r_precision}
+
+
+def _test_metrics(run: TrainingRun) -> dict:
+    """The test classes, measured as `metrix evaluate` measures them (each query against the
+    gallery or against every other test image), for the best-epoch-on-test protocol's report."""
+    query, query_labels = _embed(run, run.data.test.samples, "test")
+    gallery, gallery_labels = _embed(run, run.data.gallery.samples, "gallery") if run.data.gallery else (None, None)
+    reference_size = len(gallery_labels) if gallery is not None else len(query_labels) - 1
+    ks = tuple(k for k in RECALL_KS.get(run.data.name, (1, 2, 4, 8)) if k <= reference_size)
+    report = evaluate_retrieval(query, query_labels, gallery, gallery_labels, ks=ks, nmi=False)
+    return {**{f"recall_at_{k}": v for k, v in report.recall_at.items()},
+            "map_at_r": report.map_at_r, "r_precision": report.r_precision}
+
+
+def _embed(run: TrainingRun, samples: list, split: str) -> tuple[np.ndarray, np.ndarray]:
+    decoded = run.decoded.get(split) if run.decoded else None
+    return embed_samples(
+        run.model, samples, batch_size=64, num_workers=0 if decoded else run.config.num_workers,
+        device=str(run.device), channels_last=_channels_last(run),
+        frozen_stages=run.first_trained_stage, images=decoded,
+    )
 
 
 def _save(run: TrainingRun, epoch: int, record: dict, best: float, is_best: bool) -> None:
@@ -492,6 +514,8 @@ def _describe_epoch(record: dict, epochs: int) -> str:
             f"mixed {record['mixed']:.4f}), {record['images_per_s']:.1f} img/s, {record['seconds']:.0f} s")
     if "val_map_at_r" in record:
         text += f"; val R@1 {record['val_recall_at_1']:.1f}, MAP@R {record['val_map_at_r']:.1f}"
+    if "test_map_at_r" in record:
+        text += f" [test R@1 {record['test_recall_at_1']:.1f}, MAP@R {record['test_map_at_r']:.1f}: reported, never chosen on]"
     if "train_map_at_r" in record:
         text += f" (training classes: R@1 {record['train_recall_at_1']:.1f}, MAP@R {record['train_map_at_r']:.1f})"
     return text
