@@ -26,8 +26,7 @@ from metrix.decoded_images import DecodedImages
 from metrix.image_dataset import ImageDataset
 from metrix.losses import build_loss
 from metrix.mixup import Metrix
-from metrix.model import EmbeddingModel, freeze_batchnorm
-from metrix.training.trainer import _BFloat16Features
+from metrix.model import BFloat16Features, EmbeddingModel, freeze_batchnorm
 from metrix.training.report import cpu_name
 from metrix.transforms import train_transform
 
@@ -67,7 +66,7 @@ def main() -> None:
     train_flops = 3 * counter.get_total_flops()
     peak = gemm_gflops()
 
-    split_models = {"fp32": model, "bf16": _BFloat16Features(model)}
+    split_models = {"fp32": model, "bf16": BFloat16Features(model)}
     if args.compile:
         compiled = torch.compile(model.backbone)
 

@@ -92,7 +92,7 @@ def main() -> None:
                        "--seed", seed, "--out", run, "--no-progress")
             seconds = time.perf_counter() - start
             report = evaluate(run, results)
-            best = _best_epoch(run)
+            best = chosen_epochs(run)
             results[name] = {"tag": args.tag, "recipe": args.recipe, "settings": settings, "loss": loss,
                              "mixup": mixup, "seed": seed, "train_seconds": seconds, "resumed": resumed, "cpu": cpu_model(), **best,
                              **report}
@@ -122,7 +122,7 @@ def evaluate(run: Path, results: dict) -> dict:
     return both["trained"]
 
 
-def _best_epoch(run: Path) -> dict:
+def chosen_epochs(run: Path) -> dict:
     """The epoch with the highest validation MAP@R (what the trainer marks as best) and its
     validation metrics: what attempts are compared on. With the test classes recorded every epoch,
     also the official code's protocol, reported beside ours and never used: the epoch with the

@@ -99,6 +99,22 @@ class PooledBackbone(nn.Module):
                 F.normalize(self.backbone.pool_cells(features), dim=-1))
 
 
+class BFloat16Features(nn.Module):
+    """A split model whose backbone runs under bfloat16 autocast; the head, the mixes and the loss
+    stay in fp32 (MS's exp(50 s) would amplify bfloat16's rounding of the similarities)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def features(self, inputs: Tensor) -> Tensor:
+        with torch.autocast(inputs.device.type, dtype=torch.bfloat16):
+            return self.model.features(inputs).float()
+
+    def head(self, features: Tensor) -> Tensor:
+        return self.model.head(features)
+
+
 def freeze_batchnorm(module: nn.Module) -> None:
     """Keep BatchNorm statistics and affine parameters fixed (the paper does so on CUB and Cars).
     Call after every `.train()`, which would switch the layers back to batch statistics."""

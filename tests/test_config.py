@@ -28,6 +28,27 @@ def test_paper_recipe():
     assert config.freeze_bn and config.warmup_epochs == 5 and config.image_size == 224
 
 
+def test_paper_recipe_optimises_as_the_official_code_and_balances_only_sop_and_inshop():
+    config = resolve_config(recipe="paper")
+    assert (config.optimizer, config.grad_clip, config.grad_clip_mode) == ("adam", 10.0, "value")
+    assert (config.lr_schedule, config.lr_step_epochs, config.lr_gamma, config.epochs) == ("step", 10, 0.1, 60)
+    assert (config.sampler, config.pair_choice) == ("random", "coin")
+    for dataset, sampler in (("cub", "random"), ("cars", "random"), ("sop", "balanced"), ("inshop", "balanced")):
+        assert resolve_config(recipe="paper", dataset=dataset, data_root="/x").sampler == sampler
+    assert resolve_config(recipe="paper", dataset="sop", data_root="/x", sampler="random").sampler == "random"
+
+
+def test_metrix_code_recipe_is_the_official_variant_on_the_full_cpu_backbone():
+    config, full_cpu = resolve_config(recipe="metrix-code"), resolve_config(recipe="full-cpu")
+    for same in ("backbone", "image_size", "embedding_size", "decode_once", "epochs", "warmup_epochs", "lr"):
+        assert getattr(config, same) == getattr(full_cpu, same), same
+    assert config.negatives_per_anchor is None and config.mixed_reduction == "nonzero"
+    assert (config.pair_choice, config.embed_anchor_negative_weight, config.mixup_weight) == ("coin", 0.3, 0.4)
+    assert (config.optimizer, config.grad_clip_mode, config.lr_step_epochs, config.lr_gamma) == ("adam", "value", 10, 0.1)
+    assert (config.sampler, config.ms_preset, config.mixup) == ("random", "metrix-code", "feature")
+    assert resolve_config(recipe="metrix-code", mixup="none").mixup == "none"
+
+
 def test_full_cpu_recipe_trains_everything_on_fresh_crops():
     config = resolve_config(recipe="full-cpu")
     assert config.train_stages is None and config.cached_views == 0 and config.decode_once
@@ -63,6 +84,10 @@ def test_round_trip():
         (dict(sampler="stratified"), "unknown sampler 'stratified'; choose one of balanced, random"),
         (dict(pair_choice="some"), "unknown pair choice 'some'; choose one of all, coin"),
         (dict(precision="fp16"), "unknown precision 'fp16'; choose fp32 or bf16"),
+        (dict(optimizer="sgd"), "unknown optimizer 'sgd'; choose adamw or adam"),
+        (dict(grad_clip_mode="global"), "unknown grad-clip mode 'global'; choose norm or value"),
+        (dict(mixed_reduction="sum"), "unknown mixed reduction 'sum'; choose mean or nonzero"),
+        (dict(mixup="embed", embed_anchor_negative_weight=0.3), "set pair-choice coin"),
     ],
 )
 def test_bad_settings(kwargs, match):

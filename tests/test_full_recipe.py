@@ -14,9 +14,9 @@ from metrix.datasets.base import Sample
 from metrix.decoded_images import DecodedImages
 from metrix.image_dataset import ImageDataset
 from metrix.images import ImageDecodeError
-from metrix.model import EmbeddingModel
+from metrix.model import BFloat16Features, EmbeddingModel
 from metrix.training.config import explain_choices, resolve_config
-from metrix.training.trainer import _BFloat16Features, _train_eval_indices
+from metrix.training.trainer import _train_eval_indices
 from metrix.transforms import eval_transform
 
 from .training_helpers import metrix_cli, tiny_dataset, write_config
@@ -71,7 +71,7 @@ def test_bfloat16_backbone_keeps_the_head_and_loss_in_float32():
     model = EmbeddingModel.create("efficientnet_lite0", 16, pretrained=False).eval()
     images = torch.randn(4, 3, 64, 64)
     with torch.no_grad():
-        exact, half = model.features(images), _BFloat16Features(model).features(images)
+        exact, half = model.features(images), BFloat16Features(model).features(images)
     assert half.dtype == torch.float32
     assert not torch.equal(half, exact)  # it really ran in bfloat16
     torch.testing.assert_close(half, exact, rtol=0.1, atol=0.1 * exact.abs().max().item())

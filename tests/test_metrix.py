@@ -322,3 +322,16 @@ def test_proxy_anchor_ignores_the_coin():
 def test_unknown_pair_choice_is_refused():
     with pytest.raises(ValueError, match="pair choice must be one of all, coin"):
         Metrix(MultiSimilarityLoss(), pair_choice="sometimes")
+
+
+def test_anchor_negative_weight_weighs_only_the_anchor_negative_steps_of_the_coin():
+    """The official code's 0.3 on embed anchor-negative steps, 0.4 on positive-negative ones: the
+    weight each step used, read back from loss = clean + w * mixed, takes both values and only them."""
+    x, y = _batch(n=12, layout="random", seed=5)
+    metrix = Metrix(MultiSimilarityLoss(), mode="embed", pair_choice="coin", anchor_negative_weight=0.3, seed=1)
+    weights = set()
+    for _ in range(40):
+        out = metrix(EmbeddingOnly(), x, y)
+        if out.num_mixes:
+            weights.add(round(((out.loss - out.clean) / out.mixed).item(), 9))
+    assert weights == {0.3, 0.4}

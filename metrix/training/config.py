@@ -175,6 +175,10 @@ OFFICIAL_OPTIMISATION = dict(
     optimizer="adam", weight_decay=1e-4, grad_clip=10.0, grad_clip_mode="value",
     lr_schedule="step", lr_step_epochs=10, lr_gamma=0.1, sampler="random", pair_choice="coin",
 )
+#: The official code's Metrix: every negative of the anchor, the contrastive mixed term averaged
+#: over its non-zero terms, 0.3 on the embed anchor-negative steps, its MS values and miner.
+OFFICIAL_MIXING = dict(negatives_per_anchor=None, mixed_reduction="nonzero", embed_anchor_negative_weight=0.3,
+                       ms_preset="metrix-code")
 #: Benchmarks the paper (and the official code) trains on balanced batches of 5 images per class.
 BALANCED_BATCH_DATASETS = ("sop", "inshop")
 
@@ -207,15 +211,12 @@ RECIPES: dict[str, dict] = {
         lr=1e-4, epochs=20, warmup_epochs=1, freeze_bn=True, batch_size=100, samples_per_class=5,
         lr_schedule="cosine", train_retrieval=True,
     ),
-    # The official code's variant of Metrix (docs/metrix.md) on the full-cpu backbone and input size:
-    # every negative of the anchor, the contrastive mixed term averaged over its non-zero terms, 0.3
-    # on the embed anchor-negative steps, the MS values and miner of the official code, and its
-    # optimisation. Mixing feature as the official code's default.
+    # The official code's variant of Metrix and its optimisation (docs/metrix.md) on the full-cpu
+    # backbone, input size and epochs. Mixing feature, the official code's default.
     "metrix-code": dict(
         backbone="efficientnet_lite0", image_size=96, embedding_size=512, decode_once=True, mixup="feature",
         lr=1e-4, epochs=20, warmup_epochs=1, freeze_bn=True, batch_size=100, samples_per_class=5,
-        train_retrieval=True, negatives_per_anchor=None, mixed_reduction="nonzero",
-        embed_anchor_negative_weight=0.3, ms_preset="metrix-code", **OFFICIAL_OPTIMISATION,
+        train_retrieval=True, **OFFICIAL_MIXING, **OFFICIAL_OPTIMISATION,
     ),
 }
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from ..backbones import create_backbone
@@ -27,9 +27,8 @@ from ..distributed import Distributed, GlobalBatch
 from ..embedding import embed_samples
 from ..evaluation import RECALL_KS, evaluate_retrieval
 from ..image_dataset import ImageDataset
-from ..losses import build_loss
 from ..mixup import Metrix
-from ..model import EmbeddingModel, freeze_batchnorm, init_head_with_pca
+from ..model import BFloat16Features, EmbeddingModel, freeze_batchnorm, init_head_with_pca
 from ..decoded_images import DecodedImages
 from ..pseudo_labels import cluster_labels
 from ..sampler import BatchSampler, DistinctRepeats, build_sampler
@@ -39,6 +38,7 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import IMAGES_PER_CLUSTER, ConfigError, TrainConfig
 from .data import load_training_data
 from .feature_cache import CachedTail, FeatureCache
+from .objective import build_objective
 from .report import append_metrics, plot_curves, versions
 
 
@@ -67,9 +67,11 @@ class TrainingRun:
 
 
 def train(config: TrainConfig, resume: Path | None = None, progress: bool = True, log=print,
-          why: str | None = None) -> Path:
+          why: str | None = None, probe: Callable[[EmbeddingModel, int], dict] | None = None) -> Path:
     """Train (or resume) a run; returns the run directory. `why`: a line saying which recipe and
-    mixing run and why, printed once the data has loaded."""
+    mixing run and why, printed once the data has loaded. `probe(model, frozen_stages)`: extra
+    metrics logged every epoch as probe_*, for benchmarks that follow other images than the run's
+    test split (config.record_test follows that split); neither ever chooses the epoch."""
     start_epoch, best = 0, -math.inf
     if resume is not None:
         config = _config_of_run(resume)
@@ -106,6 +108,8 @@ def train(config: TrainConfig, resume: Path | None = None, progress: bool = True
                       **{k if k.startswith("train_") else f"val_{k}": v for k, v in val.items()}}
             if config.record_test and len(run.data.test):  # reported only: `best` follows validation
                 record.update({f"test_{k}": v for k, v in _test_metrics(run).items()})
+            if probe is not None:
+                record.update({f"probe_{k}": v for k, v in probe(run.model, run.first_trained_stage).items()})
             append_metrics(run.run_dir, record)
             plot_curves(run.run_dir)
             _save(run, epoch, record, best, is_best)
@@ -130,13 +134,8 @@ def _build(config: TrainConfig, resume: Path | None, log, distributed: Distribut
     model = EmbeddingModel(backbone, config.embedding_size)
     train_classes = data.train.classes
     label_map = {c: i for i, c in enumerate(train_classes)}
-    loss_options = {"ms": {"preset": config.ms_preset}, "contrastive": {"mixed_reduction": config.mixed_reduction}}
-    loss = build_loss(config.loss, num_classes=len(train_classes), embedding_size=config.embedding_size,
-                      **loss_options.get(config.loss, {}))
-    metrix = Metrix(loss, mode=config.mixup, alpha=config.mixup_alpha, weight=config.mixup_weight,
-                    negatives_per_anchor=config.negatives_per_anchor, seed=config.seed,
-                    pair_choice=config.pair_choice,
-                    anchor_negative_weight=config.embed_anchor_negative_weight if config.mixup == "embed" else None)
+    metrix = build_objective(config, len(train_classes))
+    loss = metrix.loss
     model.to(device)
     metrix.to(device)
     if config.channels_last and device.type == "cpu":
@@ -355,7 +354,7 @@ def _train_epoch(run: TrainingRun, epoch: int, progress: bool) -> dict:
             generator=torch.Generator().manual_seed(epoch_seed), persistent_workers=False,
         )
     if config.precision == "bf16":
-        split_model = _BFloat16Features(split_model)
+        split_model = BFloat16Features(split_model)
     if run.distributed.world_size > 1:
         split_model = GlobalBatch(split_model, run.distributed)
     params = [p for group in run.optimizer.param_groups for p in group["params"]]
@@ -404,22 +403,6 @@ def _log_eta(run: TrainingRun, epoch: int, seconds_per_step: float) -> None:
     eval_seconds = evaluated * seconds_per_step / config.batch_size / 3  # an eval pass: about 1/3 of a step
     minutes = (steps_left * seconds_per_step + eval_seconds * (config.epochs - epoch)) / 60
     run.log(f"estimated {minutes:.0f} min to go ({seconds_per_step:.2f} s per step in the first batches)")
-
-
-class _BFloat16Features(nn.Module):
-    """The backbone's forward under bfloat16 autocast; the head, the mixes and the loss in fp32
-    (MS's exp(50 s) would amplify bfloat16's rounding of the similarities)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def features(self, inputs: Tensor) -> Tensor:
-        with torch.autocast(inputs.device.type, dtype=torch.bfloat16):
-            return self.model.features(inputs).float()
-
-    def head(self, features: Tensor) -> Tensor:
-        return self.model.head(features)
 
 
 def _validate(run: TrainingRun, samples: list, split: str) -> dict:
