@@ -5,6 +5,7 @@ notebooks); `Server.run()` blocks (`metrix serve`)."""
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 
@@ -27,6 +28,8 @@ log = logging.getLogger("metrix.app")
 #: minute of files older than ten (`metrix serve --cache-ttl`): long enough for a page to show them,
 #: and a public server's disk use stays bounded by ten minutes of uploads.
 DELETE_CACHE = (60, 600)
+#: Seconds a stopping server waits for the requests in flight.
+SHUTDOWN_GRACE = 10
 
 
 def make_app(live: LiveIndex, access: Access, concurrency: int = 2, default_k: int = DEFAULT_K,
@@ -61,7 +64,7 @@ class Server:
         self.live, self.host, self.port = live, host, port
         app = make_app(live, access or Access(), **app_options)
         self._server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                                     timeout_keep_alive=30))
+                                                     timeout_keep_alive=30, timeout_graceful_shutdown=SHUTDOWN_GRACE))
         self._thread: threading.Thread | None = None
 
     @property
@@ -69,7 +72,15 @@ class Server:
         return f"http://{self.host}:{self.port}/"
 
     def run(self) -> None:
+        """Serve until SIGTERM or SIGINT (what systemd, containers and Ctrl-C send): then stop
+        accepting, let the requests in flight finish (at most SHUTDOWN_GRACE seconds) and return,
+        so that `metrix serve` exits with status 0."""
         self.live.start()
+        if threading.current_thread() is threading.main_thread():
+            # uvicorn handles the signal, then raises it again once it has shut down: with these
+            # handlers in place that second delivery ends nothing, and the process exits normally.
+            for number in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(number, lambda received, frame: log.info("stopped by %s", signal.Signals(received).name))
         try:
             self._server.run()
         finally:

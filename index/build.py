@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -19,11 +20,12 @@ import numpy as np
 
 from metrix.export.runtime import load_embedder
 
+from .errors import write_fault
 from .gallery import GalleryFile
 from .local_engine import Embedded, embed_locally
 from .source import open_source
 from .spool import VectorSpool
-from .store import (REPORT_FILE, FORMAT, GalleryIndexError, copy_rows, current_generation, open_index,
+from .store import (DEFAULT_KEEP, REPORT_FILE, FORMAT, GalleryIndexError, copy_rows, current_generation, open_index,
                     remove_uncommitted, write_generation, write_text_atomically)
 from .plan import plan_index
 from .update import updated_index
@@ -75,80 +77,94 @@ class _Lock:
 def build_index(gallery: Path | str, model: Path | str, index_dir: Path | str, index_type: str | None = None,
                 rebuild: bool = False, batch_size: int = DEFAULT_BATCH, workers: int | None = None,
                 progress: bool = True, threads: int | None = None, ray: "RayOptions | None" = None,
-                max_memory: int | None = None) -> BuildReport:
+                max_memory: int | None = None, keep: int = DEFAULT_KEEP) -> BuildReport:
     """Index GALLERY (a folder or an object-store URL) into INDEX_DIR. With `ray`, the new files
     are embedded on a Ray cluster (index/ray_engine.py), else in this process; either way the
     vectors are spooled to disk and the same generation is committed. `index_type` and
     `max_memory` (bytes of RAM the loaded index may take) choose the index (index/plan.py); both
-    are remembered for the next update."""
+    are remembered for the next update. `keep`: generations left on disk after the commit. A write
+    that fails for want of room or rights (disk full, file-size limit, read-only folder) ends in
+    one line saying so and where the index stands; nothing half-written stays behind."""
     started = time.perf_counter()
     source, index_dir = open_source(gallery), Path(index_dir)
     source.check()
     embedder = load_embedder(model, threads)
-    index_dir.mkdir(parents=True, exist_ok=True)
     report = BuildReport(index_dir)
-    with _Lock(index_dir):
-        remove_uncommitted(index_dir)
-        old = None if rebuild or current_generation(index_dir) is None else open_index(index_dir)
-        if old is not None:
-            _check_same_build(old, source.root, embedder.metadata)
-        requested = index_type or (old.manifest["index"]["requested"] if old else "auto")
-        if max_memory is None and old is not None:
-            max_memory = old.manifest["index"].get("max_memory")
-        files, skipped = source.list()
-        report.failed += skipped
-        known = _known_rows(old)
-        todo, touched, keep = _diff(source, files, known, report)
-        removed_ids = [row[0] for path, row in known.items() if path not in keep]
-        report.removed = len(removed_ids) - report.changed
-
-        # fail before embedding for hours when the index cannot fit (failures only make it smaller)
-        plan_index((len(old) if old else 0) - len(removed_ids) + len(todo), embedder.metadata.embedding_size, requested,
-                   max_memory)
-        spool = VectorSpool(index_dir / f".spool-{os.getpid()}", embedder.metadata.embedding_size)
-        rows_file, staging = index_dir / f".rows-{os.getpid()}.sqlite", index_dir / f".tmp-vectors-{os.getpid()}"
-        database = copy_rows(index_dir, old.generation if old else None, rows_file)
-        try:
-            with database:  # first, so that a changed file's new row can take its path
-                database.executemany("DELETE FROM images WHERE id = ?", [(i,) for i in removed_ids])
-                database.executemany("UPDATE images SET size = ?, mtime_ns = ? WHERE id = ?",
-                                     [(f.size, f.mtime_ns, known[f.path][0]) for f in touched])
-            if ray is None:
-                embedded = embed_locally(embedder, source, todo, batch_size, workers)
-            else:
-                from .ray_engine import embed_with_ray
-                embedded = embed_with_ray(model, source.root, todo, ray)
-            first_id = _next_id(old, known)
-            next_id = _collect(embedded, first_id, spool, database, known, len(todo), progress, report)
-            count = (len(old) if old else 0) - len(removed_ids) + len(spool)
-            plan = plan_index(count, embedder.metadata.embedding_size, requested, max_memory)
-            old_kind = old.manifest["index"]["kind"] if old else None
-            nothing_to_do = (old is not None and next_id == first_id and not removed_ids and not touched
-                             and plan.kind == old_kind)
-            if nothing_to_do:
-                report.generation, report.count, report.index = old.generation, len(old), old.manifest["index"]
-            else:
-                index, full = updated_index(old, removed_ids, spool, plan, staging)
-                params = {"type": plan.factory, "kind": plan.kind, "requested": requested, "max_memory": max_memory,
-                          "estimated_bytes": plan.bytes, "metric": "inner_product"}
-                if plan.kind == "ivf":
-                    params["nprobe"], params["recall_at_10"] = tune_nprobe(index)
-                elif plan.kind == "ivfpq":
-                    params["nprobe"], params["recall_at_10"], params["rerank"] = tune_ivfpq(index, full, plan.rerank)
-                database.close()
-                report.count, report.index = index.ntotal, params
-                report.generation = write_generation(index_dir, index, rows_file,
-                                                     _manifest(old, source.root, embedder, params, index.ntotal, next_id),
-                                                     staging if full is not None else None)
-        finally:
-            database.close()
-            rows_file.unlink(missing_ok=True)
-            shutil.rmtree(staging, ignore_errors=True)
-            spool.close()
+    before = current_generation(index_dir) if index_dir.is_dir() else None
+    try:
+        index_dir.mkdir(parents=True, exist_ok=True)
+        with _Lock(index_dir):
+            remove_uncommitted(index_dir)
+            old = None if rebuild or current_generation(index_dir) is None else open_index(index_dir)
             if old is not None:
-                old.close()
-        report.seconds = time.perf_counter() - started
-        write_text_atomically(index_dir / REPORT_FILE, json.dumps(report.to_dict(), indent=1, ensure_ascii=False))
+                _check_same_build(old, source.root, embedder.metadata)
+            requested = index_type or (old.manifest["index"]["requested"] if old else "auto")
+            if max_memory is None and old is not None:
+                max_memory = old.manifest["index"].get("max_memory")
+            files, skipped = source.list()
+            report.failed += skipped
+            known = _known_rows(old)
+            todo, touched, present = _diff(source, files, known, report)
+            removed_ids = [row[0] for path, row in known.items() if path not in present]
+            report.removed = len(removed_ids) - report.changed
+
+            # fail before embedding for hours when the index cannot fit (failures only make it smaller)
+            plan_index((len(old) if old else 0) - len(removed_ids) + len(todo), embedder.metadata.embedding_size, requested,
+                       max_memory)
+            spool = VectorSpool(index_dir / f".spool-{os.getpid()}", embedder.metadata.embedding_size)
+            rows_file, staging = index_dir / f".rows-{os.getpid()}.sqlite", index_dir / f".tmp-vectors-{os.getpid()}"
+            database = None
+            try:
+                database = copy_rows(index_dir, old.generation if old else None, rows_file)
+                with database:  # first, so that a changed file's new row can take its path
+                    database.executemany("DELETE FROM images WHERE id = ?", [(i,) for i in removed_ids])
+                    database.executemany("UPDATE images SET size = ?, mtime_ns = ? WHERE id = ?",
+                                         [(f.size, f.mtime_ns, known[f.path][0]) for f in touched])
+                if ray is None:
+                    embedded = embed_locally(embedder, source, todo, batch_size, workers)
+                else:
+                    from .ray_engine import embed_with_ray
+                    embedded = embed_with_ray(model, source.root, todo, ray)
+                first_id = _next_id(old, known)
+                next_id = _collect(embedded, first_id, spool, database, known, len(todo), progress, report)
+                count = (len(old) if old else 0) - len(removed_ids) + len(spool)
+                plan = plan_index(count, embedder.metadata.embedding_size, requested, max_memory)
+                old_kind = old.manifest["index"]["kind"] if old else None
+                nothing_to_do = (old is not None and next_id == first_id and not removed_ids and not touched
+                                 and plan.kind == old_kind)
+                if nothing_to_do:
+                    report.generation, report.count, report.index = old.generation, len(old), old.manifest["index"]
+                else:
+                    index, full = updated_index(old, removed_ids, spool, plan, staging)
+                    params = {"type": plan.factory, "kind": plan.kind, "requested": requested, "max_memory": max_memory,
+                              "estimated_bytes": plan.bytes, "metric": "inner_product"}
+                    if plan.kind == "ivf":
+                        params["nprobe"], params["recall_at_10"] = tune_nprobe(index)
+                    elif plan.kind == "ivfpq":
+                        params["nprobe"], params["recall_at_10"], params["rerank"] = tune_ivfpq(index, full, plan.rerank)
+                    database.close()
+                    report.count, report.index = index.ntotal, params
+                    report.generation = write_generation(index_dir, index, rows_file,
+                                                         _manifest(old, source.root, embedder, params, index.ntotal, next_id),
+                                                         staging if full is not None else None, keep)
+            finally:
+                if database is not None:
+                    database.close()
+                rows_file.unlink(missing_ok=True)
+                shutil.rmtree(staging, ignore_errors=True)
+                spool.close()
+                if old is not None:
+                    old.close()
+            report.seconds = time.perf_counter() - started
+            write_text_atomically(index_dir / REPORT_FILE, json.dumps(report.to_dict(), indent=1, ensure_ascii=False))
+    except (OSError, RuntimeError, sqlite3.Error) as error:
+        fault = write_fault(error, index_dir)
+        if fault is None:
+            raise
+        now = current_generation(index_dir) if index_dir.is_dir() else None
+        state = (f"the index was updated to {now}, but its build report was not written" if now != before
+                 else f"the index is unchanged at {before}" if before else "no index was written")
+        raise GalleryIndexError(f"{fault}: {state}") from None
     return report
 
 

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .store import GalleryIndex
+from .integrity import check_scores
+from .store import INDEX_FILE, GalleryIndex
 from .vectors import stored_blocks
 
 #: The best F1 on copies planted among photos of cub100's training classes, for the untrained
@@ -113,7 +114,14 @@ def _method(index: GalleryIndex) -> str:
 
 
 def _pairs(index: GalleryIndex, threshold: float, block: int):
-    """(ids, ids, similarities) of the pairs at >= threshold, one block of query images at a time."""
+    """(ids, ids, similarities) of the pairs at >= threshold, one block of query images at a time;
+    a similarity outside the cosine range stops the search (index/integrity.py)."""
+    for a, b, similarity in _candidate_pairs(index, threshold, block):
+        check_scores(similarity, b, index.dir / index.generation / INDEX_FILE)
+        yield a, b, similarity
+
+
+def _candidate_pairs(index: GalleryIndex, threshold: float, block: int):
     full = index.full
     if full is not None:
         depth = index.manifest["index"]["rerank"]

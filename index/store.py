@@ -9,13 +9,16 @@
 A build writes a whole new generation into a temporary folder, fsyncs it, renames it to
 gen-NNNNNN and only then replaces CURRENT (an atomic rename). A kill -9 at any moment leaves
 CURRENT naming a complete generation, and a reader that resolved CURRENT sees that generation's
-three files, never a mix of two builds. The previous generation is kept, so a reader that opened
-it just before a switch can finish; older ones are removed by the next build.
+three files, never a mix of two builds. The manifest records the size and CRC32 of every other
+file and its own (index/integrity.py); a generation is verified whenever it is opened, and one
+that fails is never searched. The newest `keep` generations stay (by default the current one and
+the one before it, so a reader that opened that one just before a switch can finish); older ones
+are removed after each commit.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import shutil
 import sqlite3
@@ -24,6 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import GalleryIndexError, IndexIntegrityError
+from .integrity import check_scores, file_entries, manifest_text, read_manifest, verified, verify_files
+
+log = logging.getLogger("metrix.index")
 INDEX_FILE, METADATA_FILE, MANIFEST_FILE, CURRENT, REPORT_FILE = (
     "index.faiss", "metadata.sqlite", "manifest.json", "CURRENT", "report.json")
 FORMAT = "metrix-index/1"
@@ -39,10 +46,9 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS images (
 );
 CREATE INDEX IF NOT EXISTS images_by_label ON images (label)"""
 COLUMNS = ("id", "path", "size", "mtime_ns", "sha256", "label", "width", "height")
-
-
-class GalleryIndexError(ValueError):
-    """An index that cannot be used as asked; the message is one line naming the folder."""
+#: Generations kept on disk after a commit (build-index --keep): the new one and the one before it.
+DEFAULT_KEEP = 2
+__all__ = ["GalleryIndexError", "IndexIntegrityError"]  # re-exported: most callers import them from here
 
 
 @dataclass
@@ -117,6 +123,7 @@ class GalleryIndex:
             scores, ids = search_reranked(self.index, self.full, vectors, k, max(k, self.manifest["index"]["rerank"]))
         else:
             scores, ids = self.index.search(vectors, k)
+        check_scores(scores, ids, self.dir / self.generation / INDEX_FILE)
         rows = self.rows(int(i) for i in np.unique(ids) if i >= 0)
         return [[Hit(int(i), float(s), *rows[int(i)]) for s, i in zip(sc, row) if i >= 0]
                 for sc, row in zip(scores, ids)]
@@ -192,7 +199,8 @@ def current_generation(index_dir: Path) -> str | None:
 
 
 def open_index(index_dir: Path | str, metadata=None) -> GalleryIndex:
-    """The current generation; with a model's metadata, also checks it is the index's model."""
+    """The current generation, its files verified against their checksums; with a model's
+    metadata, also checks it is the index's model."""
     import faiss
 
     index_dir = Path(index_dir)
@@ -202,15 +210,20 @@ def open_index(index_dir: Path | str, metadata=None) -> GalleryIndex:
             raise GalleryIndexError(f"{index_dir}: no index here (no {CURRENT} file); build one with `metrix build-index`")
         folder = index_dir / generation
         try:
-            manifest = json.loads((folder / MANIFEST_FILE).read_text())
+            manifest = read_manifest(folder / MANIFEST_FILE)
+            verify_files(folder, manifest)
             index = faiss.read_index(str(folder / INDEX_FILE))
             database = sqlite3.connect(f"file:{folder / METADATA_FILE}?mode=ro", uri=True, check_same_thread=False)
             break
         except FileNotFoundError:
             if attempt == 2:
                 raise GalleryIndexError(f"{folder}: generation vanished while opening it; is a build deleting it?") from None
+        except GalleryIndexError:
+            raise
         except (ValueError, RuntimeError, sqlite3.Error) as error:
             raise GalleryIndexError(f"{folder}: unreadable index ({str(error).splitlines()[0]})") from None
+    if not verified(manifest):
+        log.warning("%s: built before checksums, so it cannot be verified; the next build-index adds them", folder)
     if manifest.get("format") != FORMAT:
         raise GalleryIndexError(f"{folder}: index format {manifest.get('format')!r} is not {FORMAT!r}; rebuild it")
     if "nprobe" in manifest["index"]:
@@ -239,41 +252,53 @@ def open_with_model(index_dir: Path | str, model: Path | str | None = None):
     return opened, embedder
 
 
-def write_generation(index_dir: Path, index, rows_database: Path, manifest: dict, vectors_folder: Path | None = None) -> str:
+def write_generation(index_dir: Path, index, rows_database: Path, manifest: dict, vectors_folder: Path | None = None,
+                     keep: int = DEFAULT_KEEP) -> str:
     """Write a complete new generation and make it current; returns its name.
     `rows_database` is a finished SQLite file, moved into the generation, as are the files of
-    `vectors_folder` (an IVF-PQ index's full vectors)."""
+    `vectors_folder` (an IVF-PQ index's full vectors). Any failure removes the staging folder and
+    leaves CURRENT as it was; after the commit, only the newest `keep` generations stay."""
     import faiss
 
     previous = current_generation(index_dir)
     name = f"gen-{_number(previous) + 1:06d}"
     tmp = index_dir / f".tmp-{name}-{os.getpid()}"
     tmp.mkdir()
-    faiss.write_index(index, str(tmp / INDEX_FILE))
-    os.replace(rows_database, tmp / METADATA_FILE)
-    (tmp / MANIFEST_FILE).write_text(json.dumps({**manifest, "generation": name}, indent=1, ensure_ascii=False))
-    files = [INDEX_FILE, METADATA_FILE, MANIFEST_FILE]
-    if vectors_folder is not None:
-        for file in sorted(vectors_folder.iterdir()):
-            os.replace(file, tmp / file.name)
-            files.append(file.name)
-        vectors_folder.rmdir()
-    for file in files:
-        _fsync(tmp / file)
-    _fsync(tmp)
-    os.replace(tmp, index_dir / name)
+    try:
+        faiss.write_index(index, str(tmp / INDEX_FILE))
+        os.replace(rows_database, tmp / METADATA_FILE)
+        files = [INDEX_FILE, METADATA_FILE]
+        if vectors_folder is not None:
+            for file in sorted(vectors_folder.iterdir()):
+                os.replace(file, tmp / file.name)
+                files.append(file.name)
+            vectors_folder.rmdir()
+        for file in files:
+            _fsync(tmp / file)
+        entries = file_entries(tmp, files)
+        (tmp / MANIFEST_FILE).write_text(manifest_text({**manifest, "generation": name, "files": entries}))
+        _fsync(tmp / MANIFEST_FILE)
+        _fsync(tmp)
+        os.replace(tmp, index_dir / name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     write_text_atomically(index_dir / CURRENT, name)
-    _remove_old(index_dir, keep={name, previous})
+    remove_old_generations(index_dir, keep)
     return name
 
 
 def write_text_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync(path.parent)
 
 
@@ -298,10 +323,17 @@ def remove_uncommitted(index_dir: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
 
 
-def _remove_old(index_dir: Path, keep: set) -> None:
-    for entry in index_dir.iterdir():
-        if entry.is_dir() and entry.name.startswith("gen-") and entry.name not in keep:
-            shutil.rmtree(entry, ignore_errors=True)
+def generations(index_dir: Path) -> list[str]:
+    """The committed generations on disk, oldest first."""
+    return sorted(e.name for e in Path(index_dir).iterdir() if e.is_dir() and e.name.startswith("gen-"))
+
+
+def remove_old_generations(index_dir: Path, keep: int) -> None:
+    """All but the newest `keep` generations up to the current one (at least the current one)."""
+    current = _number(current_generation(index_dir))
+    committed = [g for g in generations(index_dir) if _number(g) <= current]
+    for generation in committed[: -max(1, keep)]:
+        shutil.rmtree(index_dir / generation, ignore_errors=True)
 
 
 def copy_rows(index_dir: Path, generation: str | None, destination: Path) -> sqlite3.Connection:

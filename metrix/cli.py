@@ -276,6 +276,7 @@ def build_index_(
     workers: Annotated[int, typer.Option(help="--engine ray: embedding actors.")] = 2,
     cpus_per_worker: Annotated[float, typer.Option(help="--engine ray: CPUs per actor (also its onnxruntime threads).")] = 1.0,
     gpus_per_worker: Annotated[float, typer.Option(help="--engine ray: GPUs per actor (CUDA with onnxruntime-gpu).")] = 0.0,
+    keep: Annotated[int, typer.Option(min=1, help="Generations kept on disk after the build: the new one and the ones before it, so that a server still answering from the previous one can finish.")] = 2,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Embed a gallery (folder or object store) into a faiss index with metadata; re-runs embed only what changed."""
@@ -296,7 +297,7 @@ def build_index_(
         out = out or default_index_dir(gallery)
         budget = parse_memory(max_index_memory) if max_index_memory is not None else None
         report = build_index(gallery, model, out, index_type, rebuild, batch_size, progress=progress, ray=ray,
-                             max_memory=budget)
+                             max_memory=budget, keep=keep)
     except (GalleryIndexError, ModelError, ValueError) as error:
         _fail(error)
     index = report.index
@@ -469,6 +470,30 @@ def duplicates(
                    f"{group['weakest_link']:.4f}")
         for image in group["images"]:
             typer.echo(f"  {image['similarity']:.4f}  {image['path']}" + (f"  [{image['label']}]" if image["label"] else ""))
+
+
+index_app = typer.Typer(help="Look after an index folder.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("verify")
+def index_verify(
+    index: Annotated[Path, typer.Argument(help="An index folder written by build-index.")],
+) -> None:
+    """Check every generation of an index: manifest and file checksums, faiss readability, SQLite's integrity check. Exit status 1 on any problem."""
+    from metrix.index.store import GalleryIndexError
+    from metrix.index.verify import verify_index
+
+    try:
+        result = verify_index(index)
+    except GalleryIndexError as error:
+        _fail(error)
+    for line in result.problems:
+        typer.echo(line)
+    for generation, files in result.checked.items():
+        typer.echo(f"ok: {generation}{' (current)' if generation == result.current else ''}: {files} files verified")
+    if result.problems:
+        raise typer.Exit(code=1)
 
 
 @app.command()

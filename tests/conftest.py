@@ -1,14 +1,25 @@
 import os
+import shutil
 import tempfile
 
 import pytest
 import torch
 
 
+_OWN_CACHE: list[str] = []
+
+
 def pytest_configure(config):
     # Generated data and cached stage outputs go to a throwaway folder, not the user's cache.
     if "METRIX_CACHE" not in os.environ:
         os.environ["METRIX_CACHE"] = tempfile.mkdtemp(prefix="metrix-test-cache-")
+        _OWN_CACHE.append(os.environ["METRIX_CACHE"])
+
+
+def pytest_unconfigure(config):
+    # The suite leaves no trace: its cache goes, and pytest keeps only failed tests' tmp_path folders.
+    for folder in _OWN_CACHE:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def make_labels(layout: str, n: int, generator: torch.Generator) -> torch.Tensor:

@@ -1,0 +1,342 @@
+"""An index never serves corruption (issue 26), with real processes and real files:
+
+- a fault-injection matrix: every file of a generation, a byte flipped in the middle or the end
+  cut off; each fault must be found by `metrix search`, by a running `metrix serve` (which keeps
+  answering from the good generation while a client queries throughout) and by `metrix index
+  verify`;
+- scores outside the cosine range are integrity errors on every kind of search;
+- writes that fail (a file-size limit at many sizes, a read-only folder, a full disk) end in one
+  line, leave the previous generation intact and searchable, and leave nothing behind;
+- `metrix serve` stops gracefully on SIGTERM; `--keep` retention.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from metrix.index.build import build_index
+from metrix.index.errors import IndexIntegrityError
+from metrix.index.integrity import check_scores, crc32_of, manifest_text
+from metrix.index.live import LiveIndex
+from metrix.index.store import CURRENT, generations, open_index, write_text_atomically
+from metrix.index.vectors import FullVectors
+
+from .service_helpers import make_gallery, post_image, serve_process
+from .training_helpers import metrix_cli
+
+GOOD = "gen-000001"
+
+
+@pytest.fixture(scope="module")
+def ivfpq_index(tmp_path_factory, tiny_model):
+    """An IVF-PQ index, so that a generation holds every kind of file: index, SQLite, manifest and
+    the full vectors with their ids."""
+    root = tmp_path_factory.mktemp("integrity")
+    gallery = root / "gallery"
+    make_gallery(gallery, per_label=150)
+    build_index(gallery, tiny_model, root / "index", max_memory=45_000, progress=False)
+    files = sorted(p.name for p in (root / "index" / GOOD).iterdir())
+    assert files == ["index.faiss", "manifest.json", "metadata.sqlite", "vector_ids.npy", "vectors.npy"]
+    return gallery, root / "index", files
+
+
+def _damage(path: Path, fault: str) -> None:
+    data = bytearray(path.read_bytes())
+    if fault == "flip":
+        data[len(data) // 2] ^= 0xFF
+    else:
+        data = data[: len(data) * 9 // 10]
+    path.write_bytes(bytes(data))
+
+
+class Client(threading.Thread):
+    """Queries the server throughout; records the generation and largest |score| of every answer."""
+
+    def __init__(self, url: str, query: Path):
+        super().__init__(daemon=True)
+        self.url, self.query, self.answers, self.failures = url, query, [], []
+        self.stop = threading.Event()
+
+    def run(self):
+        with httpx.Client(timeout=30) as client:
+            while not self.stop.is_set():
+                response = post_image(client, self.url, self.query, k=5)
+                if response.status_code != 200:
+                    self.failures.append(response.text)
+                else:
+                    body = response.json()
+                    self.answers.append((body["generation"], max(abs(h["score"]) for h in body["results"])))
+                time.sleep(0.05)
+
+
+def test_fault_matrix_no_damaged_file_is_ever_searched(ivfpq_index, tmp_path):
+    gallery, index_dir, files = ivfpq_index
+    index_dir = Path(shutil.copytree(index_dir, tmp_path / "index"))
+    query = sorted((gallery / "ants").iterdir())[3]
+    tally = {"tried": 0, "search": 0, "serve": 0, "verify": 0, "tracebacks": 0}
+    with serve_process(index_dir) as (url, process):
+        lines: list[str] = []
+        threading.Thread(target=lambda: lines.extend(iter(process.stdout.readline, "")), daemon=True).start()
+        client = Client(url, query)
+        client.start()
+        number = 1
+        for name in files:
+            for fault in ("flip", "truncate"):
+                number += 1
+                generation = f"gen-{number:06d}"
+                shutil.copytree(index_dir / GOOD, index_dir / generation)
+                _damage(index_dir / generation / name, fault)
+                write_text_atomically(index_dir / CURRENT, generation)
+                tally["tried"] += 1
+
+                searched = metrix_cli("search", query, "--index", index_dir, check=False)
+                tally["tracebacks"] += "Traceback" in searched.stderr + searched.stdout
+                error = searched.stderr.strip().splitlines()
+                if searched.returncode != 0 and len(error) == 1 and name in error[0]:
+                    tally["search"] += 1
+
+                verified = metrix_cli("index", "verify", index_dir, check=False)
+                tally["tracebacks"] += "Traceback" in verified.stderr + verified.stdout
+                if verified.returncode == 1 and any(f"{generation}/{name}" in line for line in verified.stdout.splitlines()):
+                    tally["verify"] += 1
+
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline and not any(f"cannot switch to {generation}" in line for line in lines):
+                    time.sleep(0.1)
+                refusals = [line for line in lines if f"cannot switch to {generation}" in line]
+                tally["serve"] += len(refusals) == 1 and name in refusals[0]
+        time.sleep(1.5)  # the watcher looks again: a refused generation is not retried (nor logged again)
+        client.stop.set()
+        client.join(30)
+        tally["tracebacks"] += sum("Traceback" in line for line in lines)
+        damaged_answers = [a for a in client.answers if a[0] != GOOD or a[1] > 1.0001]
+    print(f"\nfault matrix: {tally}, {len(client.answers)} answers during it, {len(damaged_answers)} from a damaged file")
+    assert tally == {"tried": 10, "search": 10, "serve": 10, "verify": 10, "tracebacks": 0}
+    assert len(client.answers) > 20 and not damaged_answers and not client.failures
+    assert sum("cannot switch to" in line for line in lines) == 10
+
+
+def test_a_good_index_verifies_and_its_manifest_is_sealed(ivfpq_index):
+    _, index_dir, files = ivfpq_index
+    result = metrix_cli("index", "verify", index_dir)
+    assert result.stdout.strip() == f"ok: {GOOD} (current): {len(files)} files verified"
+    raw = (index_dir / GOOD / "manifest.json").read_text()
+    manifest = json.loads(raw)
+    assert set(manifest["files"]) == set(files) - {"manifest.json"} and manifest_text(manifest) == raw
+    assert all(len(entry["crc32"]) == 8 for entry in manifest["files"].values())
+
+
+def test_a_changed_manifest_value_is_caught_even_when_it_still_parses(ivfpq_index, tmp_path):
+    _, index_dir, _ = ivfpq_index
+    index_dir = Path(shutil.copytree(index_dir, tmp_path / "index"))
+    path = index_dir / GOOD / "manifest.json"
+    path.write_text(path.read_text().replace('"nprobe": ', '"nprobe": 1', 1))  # still valid JSON
+    with pytest.raises(IndexIntegrityError, match=r"manifest\.json: does not match its checksum"):
+        open_index(index_dir)
+
+
+def test_scores_outside_the_cosine_range_are_integrity_errors_on_every_search(ivfpq_index, tmp_path, tiny_model):
+    """What the checksums cannot see (a writer's bug, say) is still never answered."""
+    import faiss
+
+    gallery, index_dir, _ = ivfpq_index
+    opened = open_index(index_dir)
+    query = opened.vectors([0])
+    assert opened.search(query, 5)[0][0].id == 0  # sound first
+    opened.full = FullVectors(opened.full.ids, 3 * np.asarray(opened.full.vectors))  # the exact re-rank's vectors
+    with pytest.raises(IndexIntegrityError, match="outside the cosine range"):
+        opened.search(query, 5)
+    with pytest.raises(IndexIntegrityError, match="outside the cosine range"):
+        opened.search(query, 5, only=np.arange(10))
+    # a flat index whose file was rewritten with its checksum: `metrix search` says so in one line
+    flat_dir = tmp_path / "flat"
+    build_index(gallery, tiny_model, flat_dir, index_type="flat", progress=False)
+    folder = flat_dir / GOOD
+    flat = faiss.read_index(str(folder / "index.faiss"))
+    ids = faiss.vector_to_array(flat.id_map)
+    vectors = np.stack([flat.reconstruct(int(i)) for i in ids])
+    scaled = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
+    scaled.add_with_ids(50 * vectors, ids)
+    faiss.write_index(scaled, str(folder / "index.faiss"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"]["index.faiss"] = {"bytes": (folder / "index.faiss").stat().st_size, "crc32": crc32_of(folder / "index.faiss")}
+    (folder / "manifest.json").write_text(manifest_text(manifest))
+    searched = metrix_cli("search", next((gallery / "bees").iterdir()), "--index", flat_dir, check=False)
+    assert searched.returncode != 0 and "outside the cosine range" in searched.stderr
+    assert len(searched.stderr.strip().splitlines()) == 1 and "Traceback" not in searched.stderr
+
+
+def test_check_scores_ignores_empty_places_and_catches_nan():
+    ids = np.array([[3, -1]])
+    check_scores(np.array([[0.5, -3.4e38]], np.float32), ids, Path("x"))
+    with pytest.raises(IndexIntegrityError):
+        check_scores(np.array([[np.nan, 0.0]], np.float32), ids, Path("x"))
+    with pytest.raises(IndexIntegrityError):
+        check_scores(np.array([[-1.01, 0.0]], np.float32), ids, Path("x"))
+
+
+# ---- writes that fail -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def wide_model(tmp_path_factory):
+    """The untrained Lite0 floor at 32 px: 1280-d vectors, so the vector files of a build outgrow
+    its SQLite file and a file-size limit can land in each of them."""
+    path = tmp_path_factory.mktemp("floor") / "floor.onnx"
+    metrix_cli("export", "--backbone", "efficientnet_lite0", "--image-size", 32, "--output", path)
+    return path
+
+
+@pytest.fixture
+def updatable(tmp_path, wide_model):
+    """A committed generation of a flat index over 60 images, and 60 new images waiting."""
+    gallery = tmp_path / "gallery"
+    make_gallery(gallery, per_label=30)
+    index_dir = tmp_path / "index"
+    build_index(gallery, wide_model, index_dir, index_type="flat", progress=False)
+    make_gallery(gallery / "more", per_label=30, seed=900)
+    return gallery, index_dir
+
+
+def _build_in_subprocess(gallery, index_dir, model, preexec=None, wrap=()):
+    return subprocess.run([*wrap, sys.executable, "-m", "metrix", "build-index", str(gallery), "--model", str(model),
+                           "--out", str(index_dir), "--no-progress"], capture_output=True, text=True, preexec_fn=preexec)
+
+
+def _assert_unchanged(index_dir, result, count=60):
+    error = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(error) == 1, result.stderr
+    assert "Traceback" not in result.stderr and f"the index is unchanged at {GOOD}" in error[0]
+    assert (index_dir / CURRENT).read_text().strip() == GOOD and generations(index_dir) == [GOOD]
+    assert sorted(p.name for p in index_dir.iterdir()) == [".lock", CURRENT, GOOD, "report.json"]
+    opened = open_index(index_dir)  # verified, and still answers
+    assert len(opened) == count and opened.search(opened.vectors([0]), 3)[0][0].id == 0
+    return error[0]
+
+
+def test_a_file_size_limit_anywhere_in_a_build_leaves_the_index_as_it_was(updatable, wide_model):
+    """The limits land in SQLite's copy of the rows, the rows added, the spooled vectors (60 x
+    1280-d) and the new index (120 x 1280-d), in the order the build writes them."""
+    import resource
+
+    gallery, index_dir = updatable
+    index_bytes = (index_dir / GOOD / "index.faiss").stat().st_size
+    messages = set()
+    for limit in (1024, 8192, 20_000, 100_000, 300_000, index_bytes, 2 * index_bytes - 100_000):
+        def cap(limit=limit):
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+        result = _build_in_subprocess(gallery, index_dir, wide_model, preexec=cap)
+        if result.returncode == 0:  # every file of the new generation fitted: then nothing is left to test here
+            pytest.fail(f"a build under a {limit}-byte limit succeeded: {result.stdout}")
+        messages.add(_assert_unchanged(index_dir, result).split(" in ")[0])
+    print(f"\nfile-size limits gave: {sorted(messages)}")
+    assert len(messages) >= 2  # the failure landed in different files (SQLite's copy, the index, the vectors)
+    assert _build_in_subprocess(gallery, index_dir, wide_model).returncode == 0  # and then a build goes through
+    assert len(open_index(index_dir)) == 120
+
+
+def _in_private_mount(*commands: str) -> list[str] | None:
+    """`unshare -m` runs commands with mounts of their own, gone with the process; None where that
+    is not allowed (no root, or a container that forbids it)."""
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1k tmpfs /mnt"], capture_output=True)
+    if probe.returncode != 0 or os.geteuid() != 0:
+        return None
+    return ["unshare", "-m", "sh", "-c", " && ".join(commands) + ' && exec "$0" "$@"']
+
+
+def test_a_read_only_index_folder_leaves_the_index_as_it_was(updatable, wide_model):
+    gallery, index_dir = updatable
+    wrap = _in_private_mount(f"mount --bind {index_dir} {index_dir}", f"mount -o remount,bind,ro {index_dir}")
+    if wrap is None:
+        pytest.skip("no private mounts here (needs root and unshare -m)")
+    result = _build_in_subprocess(gallery, index_dir, wide_model, wrap=wrap)
+    assert "read-only file system" in _assert_unchanged(index_dir, result)
+
+
+def test_a_full_disk_leaves_the_index_as_it_was(updatable, wide_model, tmp_path):
+    gallery, index_dir = updatable
+    size = sum(p.stat().st_size for p in index_dir.rglob("*") if p.is_file())
+    full = tmp_path / "full"
+    full.mkdir()
+    # a file system with room for the index as it is and a little more, not for a second generation
+    wrap = _in_private_mount(f"mount -t tmpfs -o size={size + 16384} tmpfs {full}", f"cp -a {index_dir} {full}/index")
+    if wrap is None:
+        pytest.skip("no private mounts here (needs root and unshare -m)")
+    script = (f'"$0" -m metrix build-index {gallery} --model {wide_model} --out {full}/index --no-progress; '
+              f'echo "exit $?"; ls -A {full}/index; "$0" -m metrix index verify {full}/index')
+    result = subprocess.run([*wrap[:-1], wrap[-1].replace('exec "$0" "$@"', script), sys.executable],
+                            capture_output=True, text=True)
+    assert f"no space left on {full}: the index is unchanged at {GOOD}" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    out = result.stdout.splitlines()
+    assert out[0] != "exit 0" and out[0].startswith("exit ")
+    assert sorted(out[1:5]) == [".lock", CURRENT, GOOD, "report.json"]
+    assert out[5] == f"ok: {GOOD} (current): 3 files verified"
+
+
+# ---- retention and shutdown -------------------------------------------------------------------
+
+def test_keep_leaves_that_many_generations_and_an_open_older_one_still_answers(tmp_path, tiny_model):
+    gallery = tmp_path / "gallery"
+    make_gallery(gallery, per_label=3)
+    index_dir = tmp_path / "index"
+    build_index(gallery, tiny_model, index_dir, progress=False, keep=2)
+    live = None
+    for round_ in range(4):
+        make_gallery(gallery / f"r{round_}", per_label=1, seed=700 + round_)
+        build_index(gallery, tiny_model, index_dir, progress=False, keep=2)
+        if round_ == 2:
+            live = LiveIndex(index_dir)  # opens gen-000004
+    assert generations(index_dir) == ["gen-000004", "gen-000005"]
+    snapshot = live.snapshot().index
+    assert snapshot.generation == "gen-000004" and len(snapshot.search(snapshot.vectors([0]), 3)[0]) == 3
+    build_index(gallery, tiny_model, index_dir, progress=False, keep=1, rebuild=True)
+    assert generations(index_dir) == ["gen-000006"]
+
+
+def test_sigterm_lets_queries_finish_and_exits_zero(tmp_path, tiny_model):
+    gallery = tmp_path / "gallery"
+    make_gallery(gallery, per_label=5)
+    build_index(gallery, tiny_model, tmp_path / "index", progress=False)
+    query = next((gallery / "ants").iterdir())
+    outcomes: list[str] = []
+    stop = threading.Event()
+
+    def ask():
+        while not stop.is_set():
+            try:  # a new connection each time: a refused one is the clean answer of a stopped server
+                with httpx.Client(timeout=30) as client:
+                    status = post_image(client, url, query).status_code
+                outcomes.append("200" if status == 200 else f"status {status}")
+            except httpx.ConnectError:
+                outcomes.append("refused")
+                time.sleep(0.05)
+            except httpx.HTTPError as error:
+                outcomes.append(f"{type(error).__name__}")
+
+    with serve_process(tmp_path / "index") as (url, process):
+        clients = [threading.Thread(target=ask, daemon=True) for _ in range(4)]
+        for client in clients:
+            client.start()
+        time.sleep(3)
+        answered_before = outcomes.count("200")
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(30)
+        time.sleep(0.5)
+        stop.set()
+        for client in clients:
+            client.join(30)
+        output = process.stdout.read()
+    assert code == 0, output
+    assert answered_before > 4 and "refused" in outcomes
+    assert set(outcomes) <= {"200", "refused"}, sorted(set(outcomes))
+    assert "Traceback" not in output
