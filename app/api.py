@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import logging
 import mimetypes
+from dataclasses import dataclass
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
@@ -32,7 +33,6 @@ from starlette.concurrency import run_in_threadpool
 from metrix import __version__
 from metrix.export.runtime import ModelError
 from metrix.images import ImageDecodeError, decode_rgb, parse_box
-from metrix.index.filters import SearchFilter
 from metrix.index.live import LiveIndex
 from metrix.index.query import Refinement
 from metrix.index.store import REBUILD_HINT, GalleryIndexError, Hit
@@ -59,135 +59,135 @@ def hit_json(hit: Hit, rank: int, url: str) -> dict:
             "width": hit.width, "height": hit.height, "bytes": hit.size, "url": url}
 
 
-def parse_ids(values: list[str] | None, what: str) -> tuple[int, ...]:
-    """Ids from repeated form fields, each one id or several separated by commas."""
-    items = [item.strip() for value in values or () for item in value.split(",") if item.strip()]
-    if not all(item.isdigit() for item in items):
-        raise ValueError(f"{what}: expected image ids (integers), got {', '.join(items)[:60]!r}")
-    return tuple(int(item) for item in items)
+@dataclass(frozen=True)
+class Service:
+    """What the routes serve: the live index and its access rules (on the app's state, so that the
+    routes can live at module level)."""
+
+    live: LiveIndex
+    access: Access
 
 
-def refinement_from(box: str | None, labels: list[str] | None = None, path_prefix: str | None = None,
-                    right: list[str] | None = None, wrong: list[str] | None = None) -> Refinement:
-    """Form fields -> a Refinement; ValueError (one line) for a bad box or id."""
-    return Refinement(parse_box(box) if box else None, SearchFilter(tuple(labels or ()), path_prefix or ""),
-                      parse_ids(right, "right"), parse_ids(wrong, "wrong"))
+def service(request: Request) -> Service:
+    return request.app.state.service
 
 
-def api_router(live: LiveIndex, access: Access) -> APIRouter:
-    router = APIRouter(prefix="/api", tags=["search"])
+router = APIRouter(prefix="/api", tags=["search"])
 
-    def refused(request: Request) -> JSONResponse | None:
-        if access.allows(request.headers.get("authorization")):
-            return None
-        return error(401, "this server needs `Authorization: Bearer <token>` (or the page's login as HTTP Basic)",
-                     **{"WWW-Authenticate": "Bearer"})
 
-    async def upload(request: Request, image: UploadFile) -> tuple[str, bytes | JSONResponse]:
-        """(the upload's name, its bytes), or a refusal in place of the bytes."""
-        if (denied := refused(request)) is not None:
-            return "", denied
-        data = await image.read(MAX_UPLOAD_BYTES + 1)
-        name = image.filename or "upload"
-        if len(data) > MAX_UPLOAD_BYTES:
-            return name, error(413, f"{name}: larger than the {MAX_UPLOAD_BYTES // 2**20} MB upload limit")
-        return name, data
+def refused(request: Request) -> JSONResponse | None:
+    if service(request).access.allows(request.headers.get("authorization")):
+        return None
+    return error(401, "this server needs `Authorization: Bearer <token>` (or the page's login as HTTP Basic)",
+                 **{"WWW-Authenticate": "Bearer"})
 
-    def failed(name: str, failure: Exception) -> JSONResponse:
-        if isinstance(failure, ImageDecodeError):
-            return error(415 if failure.reason.startswith("not an image") else 400, f"{name}: {failure.reason}")
-        return error(400, str(failure))
 
-    @router.post("/search", summary="The gallery images most similar to an uploaded image (or a region of it)")
-    async def search(request: Request, image: UploadFile = File(description="the query image (JPEG, PNG, WebP, ...)"),
-                     k: int = Form(DEFAULT_K, ge=1, le=MAX_K, description="how many results"),
-                     box: str | None = Form(None, description="search this region only: x0,y0,x1,y1 in pixels of the image as displayed"),
-                     label: list[str] | None = Form(None, description="only images with this label (top-level folder); repeat the field for several"),
-                     path_prefix: str | None = Form(None, description="only images whose gallery path starts with this"),
-                     right: list[str] | None = Form(None, description="relevance feedback: ids marked right (repeat, or comma-separated)"),
-                     wrong: list[str] | None = Form(None, description="relevance feedback: ids marked wrong (repeat, or comma-separated)")):
-        name, data = await upload(request, image)
-        if isinstance(data, JSONResponse):
-            return data
-        try:
-            refinement = refinement_from(box, label, path_prefix, right, wrong)
-            result = await run_in_threadpool(run_query, live, name, k, data, refinement)
-        except (ImageDecodeError, GalleryIndexError, ValueError) as failure:
-            return failed(name, failure)
-        base = str(request.base_url)
-        return {"generation": result.generation, "images": result.images, "k": k,
-                "took_ms": round(result.seconds * 1000, 2), "applied": refinement.describe(),
-                "results": [hit_json(hit, rank, image_url(base, access, hit.id)) for rank, hit in enumerate(result.hits, 1)],
-                "left_out": [{"path": path, "reason": reason} for path, reason in result.left_out],
-                **({"hint": REBUILD_HINT} if result.left_out else {})}
+async def upload(request: Request, image: UploadFile) -> tuple[str, bytes | JSONResponse]:
+    """(the upload's name, its bytes), or a refusal in place of the bytes."""
+    if (denied := refused(request)) is not None:
+        return "", denied
+    data = await image.read(MAX_UPLOAD_BYTES + 1)
+    name = image.filename or "upload"
+    if len(data) > MAX_UPLOAD_BYTES:
+        return name, error(413, f"{name}: larger than the {MAX_UPLOAD_BYTES // 2**20} MB upload limit")
+    return name, data
 
-    @router.post("/explain", summary="Where an uploaded image and a gallery image agree: a heat map over each")
-    async def explain(request: Request, image: UploadFile = File(description="the query image"),
-                      id: int = Form(description="the gallery image's id (from a search)"),
-                      box: str | None = Form(None, description="the query's region, as in /api/search")):
-        name, data = await upload(request, image)
-        if isinstance(data, JSONResponse):
-            return data
-        try:
-            found = await run_in_threadpool(explain_match, live, name, data, parse_box(box) if box else None, id)
-        except LookupError as failure:
-            return error(404, str(failure.args[0]))
-        except ModelError as failure:
-            return error(409, str(failure))
-        except (ImageDecodeError, ValueError) as failure:
-            return failed(name, failure)
-        hit, explanation = found
-        return {"id": hit.id, "path": hit.path, "label": hit.label, **explanation.to_json()}
 
-    @router.get("/labels", summary="The labels (top-level folders) of the index, with their image counts")
-    def labels(request: Request):
-        if (denied := refused(request)) is not None:
-            return denied
-        return {"labels": [{"label": label, "images": count} for label, count in live.snapshot().index.labels()]}
+def failed(name: str, failure: Exception) -> JSONResponse:
+    if isinstance(failure, ImageDecodeError):
+        return error(415 if failure.reason.startswith("not an image") else 400, f"{name}: {failure.reason}")
+    return error(400, str(failure))
 
-    @router.get("/info", summary="What is being served")
-    def info(request: Request):
-        if (denied := refused(request)) is not None:
-            return denied
-        index = live.snapshot().index
-        manifest = index.manifest
-        return {"version": __version__, "index": str(index.dir), "generation": index.generation, "images": len(index),
-                "gallery_root": manifest["gallery_root"], "updated": manifest["updated"],
-                "index_type": manifest["index"], "model": manifest["model"]}
 
-    @router.get("/health", summary="Liveness")
-    def health():
-        index = live.snapshot().index
-        return {"status": "ok", "generation": index.generation, "images": len(index)}
+@router.post("/search", summary="The gallery images most similar to an uploaded image (or a region of it)")
+async def search(request: Request, image: UploadFile = File(description="the query image (JPEG, PNG, WebP, ...)"),
+                 k: int = Form(DEFAULT_K, ge=1, le=MAX_K, description="how many results"),
+                 box: str | None = Form(None, description="search this region only: x0,y0,x1,y1 in pixels of the image as displayed"),
+                 label: list[str] | None = Form(None, description="only images with this label (top-level folder); repeat the field for several"),
+                 path_prefix: str | None = Form(None, description="only images whose gallery path starts with this"),
+                 right: list[str] | None = Form(None, description="relevance feedback: ids marked right (repeat, or comma-separated)"),
+                 wrong: list[str] | None = Form(None, description="relevance feedback: ids marked wrong (repeat, or comma-separated)")):
+    name, data = await upload(request, image)
+    if isinstance(data, JSONResponse):
+        return data
+    try:
+        refinement = Refinement.from_form(box, label, path_prefix, right, wrong)
+        result = await run_in_threadpool(run_query, service(request).live, name, k, data, refinement)
+    except (ImageDecodeError, GalleryIndexError, ValueError) as failure:
+        return failed(name, failure)
+    base = str(request.base_url)
+    return {"generation": result.generation, "images": result.images, "k": k,
+            "took_ms": round(result.seconds * 1000, 2), "applied": refinement.describe(),
+            "results": [hit_json(hit, rank, image_url(base, service(request).access, hit.id)) for rank, hit in enumerate(result.hits, 1)],
+            "left_out": [{"path": path, "reason": reason} for path, reason in result.left_out],
+            **({"hint": REBUILD_HINT} if result.left_out else {})}
 
-    @router.get("/images/{image_id}", summary="An indexed image", response_class=Response)
-    def indexed_image(request: Request, image_id: int,
-                      thumbnail: int | None = Query(None, ge=16, le=MAX_THUMBNAIL, description="longest side, px"),
-                      expires: str | None = None, sig: str | None = None):
-        if access.enabled and not access.signed(image_id, expires, sig) and refused(request) is not None:
-            return error(401, f"image {image_id}: the link has expired or is not valid; search again")
-        index = live.snapshot().index
-        row = index.rows([image_id]).get(image_id)
-        if row is None:
-            return error(404, f"image {image_id}: not in the index being served")
-        hit = Hit(image_id, 0.0, *row)
-        if (reason := index.stale(hit)) is not None:
-            return error(404, f"{hit.path}: {reason} since indexing; {REBUILD_HINT}")
-        source = index.source
-        try:
-            data = source.read(hit.path)
-        except OSError as failure:
-            return error(404, f"{hit.path}: cannot read ({failure.strerror or failure})")
-        if thumbnail is None:
-            media_type = mimetypes.guess_type(hit.path)[0] or "application/octet-stream"
-            return Response(data, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
-        try:
-            picture, _ = decode_rgb(source.name(hit.path), data, min_short_side=thumbnail)
-        except ImageDecodeError as failure:
-            return error(404, f"{hit.path}: {failure.reason}")
-        picture.thumbnail((thumbnail, thumbnail))
-        encoded = io.BytesIO()
-        picture.save(encoded, "JPEG", quality=85)
-        return Response(encoded.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+@router.post("/explain", summary="Where an uploaded image and a gallery image agree: a heat map over each")
+async def explain(request: Request, image: UploadFile = File(description="the query image"),
+                  id: int = Form(description="the gallery image's id (from a search)"),
+                  box: str | None = Form(None, description="the query's region, as in /api/search")):
+    name, data = await upload(request, image)
+    if isinstance(data, JSONResponse):
+        return data
+    try:
+        found = await run_in_threadpool(explain_match, service(request).live, name, data, parse_box(box) if box else None, id)
+    except LookupError as failure:
+        return error(404, str(failure.args[0]))
+    except ModelError as failure:
+        return error(409, str(failure))
+    except (ImageDecodeError, ValueError) as failure:
+        return failed(name, failure)
+    hit, explanation = found
+    return {"id": hit.id, "path": hit.path, "label": hit.label, **explanation.to_json()}
 
-    return router
+@router.get("/labels", summary="The labels (top-level folders) of the index, with their image counts")
+def labels(request: Request):
+    if (denied := refused(request)) is not None:
+        return denied
+    return {"labels": [{"label": label, "images": count} for label, count in service(request).live.snapshot().index.labels()]}
+
+@router.get("/info", summary="What is being served")
+def info(request: Request):
+    if (denied := refused(request)) is not None:
+        return denied
+    index = service(request).live.snapshot().index
+    manifest = index.manifest
+    return {"version": __version__, "index": str(index.dir), "generation": index.generation, "images": len(index),
+            "gallery_root": manifest["gallery_root"], "updated": manifest["updated"],
+            "index_type": manifest["index"], "model": manifest["model"]}
+
+@router.get("/health", summary="Liveness")
+def health(request: Request):
+    index = service(request).live.snapshot().index
+    return {"status": "ok", "generation": index.generation, "images": len(index)}
+
+@router.get("/images/{image_id}", summary="An indexed image", response_class=Response)
+def indexed_image(request: Request, image_id: int,
+                  thumbnail: int | None = Query(None, ge=16, le=MAX_THUMBNAIL, description="longest side, px"),
+                  expires: str | None = None, sig: str | None = None):
+    access = service(request).access
+    if access.enabled and not access.signed(image_id, expires, sig) and refused(request) is not None:
+        return error(401, f"image {image_id}: the link has expired or is not valid; search again")
+    index = service(request).live.snapshot().index
+    row = index.rows([image_id]).get(image_id)
+    if row is None:
+        return error(404, f"image {image_id}: not in the index being served")
+    hit = Hit(image_id, 0.0, *row)
+    if (reason := index.stale(hit)) is not None:
+        return error(404, f"{hit.path}: {reason} since indexing; {REBUILD_HINT}")
+    source = index.source
+    try:
+        data = source.read(hit.path)
+    except OSError as failure:
+        return error(404, f"{hit.path}: cannot read ({failure.strerror or failure})")
+    if thumbnail is None:
+        media_type = mimetypes.guess_type(hit.path)[0] or "application/octet-stream"
+        return Response(data, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
+    try:
+        picture, _ = decode_rgb(source.name(hit.path), data, min_short_side=thumbnail)
+    except ImageDecodeError as failure:
+        return error(404, f"{hit.path}: {failure.reason}")
+    picture.thumbnail((thumbnail, thumbnail))
+    encoded = io.BytesIO()
+    picture.save(encoded, "JPEG", quality=85)
+    return Response(encoded.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})

@@ -18,7 +18,8 @@ from metrix import __version__
 from metrix.index.live import LiveIndex
 
 from .access import Access
-from .api import api_router, error
+from .api import Service, error
+from .api import router as api_routes
 from .duplicates import duplicates_router
 from .search import DEFAULT_K, MAX_UPLOAD_BYTES
 from .ui import build_app
@@ -50,7 +51,8 @@ def make_app(live: LiveIndex, access: Access, concurrency: int = 2, default_k: i
         where = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
         return error(400, f"{where}: {first.get('msg', 'invalid')}")
 
-    api.include_router(api_router(live, access))
+    api.state.service = Service(live, access)
+    api.include_router(api_routes)
     api.include_router(duplicates_router(live, access))
     page = build_app(live, access, default_k, delete_cache)
     page.queue(default_concurrency_limit=concurrency, max_size=256)

@@ -22,7 +22,6 @@ from PIL import ImageDraw
 from metrix.export.explain import data_url
 from metrix.export.runtime import ModelError
 from metrix.images import ImageDecodeError, decode_rgb, format_box, parse_box
-from metrix.index.filters import SearchFilter
 from metrix.index.live import LiveIndex
 from metrix.index.query import Refinement
 from metrix.index.store import GalleryIndex, GalleryIndexError, Hit
@@ -117,22 +116,29 @@ def heatmaps(hit: dict, explanation) -> str:
             f"from {low:.2f} (dark blue) to {high:.2f} (yellow); the two pictures' cosine is {explanation.score:.3f}.</p></div>")
 
 
-def build_app(live: LiveIndex, access: Access, default_k: int = DEFAULT_K,
-              delete_cache: tuple[int, int] | None = None) -> gr.Blocks:
+def feedback_boxes(hits: list[dict], marks: dict):
+    """The right / wrong checkboxes for the results shown, ticked where already marked."""
+    choices = [(f"{rank}. {hit['path']}", str(hit["id"])) for rank, hit in enumerate(hits, 1)]
+    shown = {str(hit["id"]) for hit in hits}
+    return (gr.CheckboxGroup(choices=choices, value=[i for i, m in marks.items() if m == "right" and i in shown]),
+            gr.CheckboxGroup(choices=choices, value=[i for i, m in marks.items() if m == "wrong" and i in shown]))
 
-    def refinement_of(box_text: str, labels, prefix: str, marks: dict) -> Refinement:
-        return Refinement(parse_box(box_text) if box_text and box_text.strip() else None,
-                          SearchFilter(tuple("" if label == ROOT else label for label in labels or ()), prefix or ""),
-                          tuple(int(i) for i, mark in marks.items() if mark == "right"),
-                          tuple(int(i) for i, mark in marks.items() if mark == "wrong"))
 
-    def search(query: dict | None, box_text: str, k, labels, prefix: str, marks: dict, request: gr.Request):
+class Page:
+    """The page's handlers, over one live index and its access rules."""
+
+    def __init__(self, live: LiveIndex, access: Access):
+        self.live, self.access = live, access
+
+    def search(self, query: dict | None, box_text: str, k, labels, prefix: str, marks: dict, request: gr.Request):
         """-> gallery items, status line, hits (the page's state)."""
         if not query:
             return [], PROMPT, []
         try:
-            refinement = refinement_of(box_text, labels, prefix, marks)
-            result = run_query(live, query["name"], int(k), query["data"], refinement)
+            refinement = Refinement.from_form(box_text, ["" if label == ROOT else label for label in labels or ()], prefix,
+                                                 [i for i, m in marks.items() if m == "right"],
+                                                 [i for i, m in marks.items() if m == "wrong"])
+            result = run_query(self.live, query["name"], int(k), query["data"], refinement)
         except ImageDecodeError as error:
             return [], f"That query cannot be searched: {error.reason}.", []
         except (ValueError, GalleryIndexError) as error:
@@ -141,18 +147,11 @@ def build_app(live: LiveIndex, access: Access, default_k: int = DEFAULT_K,
             log.exception("search failed")
             return [], "The search failed on the server; the log says why.", []
         base = request_base(request)
-        hits = [{**vars(hit), "url": image_url(base, access, hit.id)} for hit in result.hits]
-        items = [(image_url(base, access, hit.id, THUMBNAIL), caption(hit)) for hit in result.hits]
+        hits = [{**vars(hit), "url": image_url(base, self.access, hit.id)} for hit in result.hits]
+        items = [(image_url(base, self.access, hit.id, THUMBNAIL), caption(hit)) for hit in result.hits]
         return items, result.status(), hits
 
-    def feedback_boxes(hits: list[dict], marks: dict):
-        """The right / wrong checkboxes for the results shown, ticked where already marked."""
-        choices = [(f"{rank}. {hit['path']}", str(hit["id"])) for rank, hit in enumerate(hits, 1)]
-        shown = {str(hit["id"]) for hit in hits}
-        return (gr.CheckboxGroup(choices=choices, value=[i for i, m in marks.items() if m == "right" and i in shown]),
-                gr.CheckboxGroup(choices=choices, value=[i for i, m in marks.items() if m == "wrong" and i in shown]))
-
-    def upload(path, k, labels, prefix, request: gr.Request):
+    def upload(self, path, k, labels, prefix, request: gr.Request):
         """A new query from an upload: whole picture, no feedback yet."""
         if not path:
             return [], PROMPT, [], None, {}, None
@@ -160,17 +159,17 @@ def build_app(live: LiveIndex, access: Access, default_k: int = DEFAULT_K,
             query = new_query(Path(path).name, Path(path).read_bytes())
         except ImageDecodeError as error:
             return [], f"That upload cannot be searched: {error.reason}. Try a JPEG, PNG or WebP photo.", [], None, {}, None
-        return (*search(query, "", k, labels, prefix, {}, request), query, {}, None)
+        return (*self.search(query, "", k, labels, prefix, {}, request), query, {}, None)
 
-    def show_query(query: dict | None, hits: list[dict], marks: dict):
+    def show_query(self, query: dict | None, hits: list[dict], marks: dict):
         picture = drawn(query, None, None) if query else None
         return (picture, "", *feedback_boxes(hits, marks))
 
-    def rerun(query, box_text, k, labels, prefix, marks, request: gr.Request):
-        items, status, hits = search(query, box_text, k, labels, prefix, marks, request)
+    def rerun(self, query, box_text, k, labels, prefix, marks, request: gr.Request):
+        items, status, hits = self.search(query, box_text, k, labels, prefix, marks, request)
         return items, status, hits, *feedback_boxes(hits, marks)
 
-    def click_region(query: dict | None, corner, k, labels, prefix, marks, event: gr.SelectData, request: gr.Request):
+    def click_region(self, query: dict | None, corner, k, labels, prefix, marks, event: gr.SelectData, request: gr.Request):
         """First click: a corner; second click: the opposite corner, and the region is searched."""
         unchanged = (gr.skip(),) * 5
         if not query or not event.index:
@@ -184,30 +183,30 @@ def build_app(live: LiveIndex, access: Access, default_k: int = DEFAULT_K,
         box = (min(corner[0], point[0]), min(corner[1], point[1]),
                min(max(corner[0], point[0]) + 1, query["size"][0]), min(max(corner[1], point[1]) + 1, query["size"][1]))
         box_text = format_box(box)
-        return (drawn(query, box, None), box_text, None, *rerun(query, box_text, k, labels, prefix, marks, request))
+        return (drawn(query, box, None), box_text, None, *self.rerun(query, box_text, k, labels, prefix, marks, request))
 
-    def typed_box(query, box_text, k, labels, prefix, marks, request: gr.Request):
+    def typed_box(self, query, box_text, k, labels, prefix, marks, request: gr.Request):
         try:
             box = parse_box(box_text) if box_text and box_text.strip() else None
         except ValueError as error:
             return gr.skip(), [], f"{error}.", [], *feedback_boxes([], {})
-        return (drawn(query, box, None) if query else None, *rerun(query, box_text, k, labels, prefix, marks, request))
+        return (drawn(query, box, None) if query else None, *self.rerun(query, box_text, k, labels, prefix, marks, request))
 
-    def apply_feedback(query, box_text, k, labels, prefix, marks: dict, right, wrong, hits, request: gr.Request):
+    def apply_feedback(self, query, box_text, k, labels, prefix, marks: dict, right, wrong, hits, request: gr.Request):
         """Marks of the results shown replace theirs; marks of earlier rounds stay."""
         both = set(right or ()) & set(wrong or ())
         if both:
             return (marks, gr.skip(), "A result cannot be both right and wrong; untick one.", gr.skip(), gr.skip(), gr.skip())
         marks = {i: m for i, m in marks.items() if i not in {str(hit["id"]) for hit in hits}}
         marks.update({i: "right" for i in right or ()} | {i: "wrong" for i in wrong or ()})
-        items, status, new_hits = search(query, box_text, k, labels, prefix, marks, request)
+        items, status, new_hits = self.search(query, box_text, k, labels, prefix, marks, request)
         return (marks, items, status, new_hits, *feedback_boxes(new_hits, marks))
 
-    def clear_feedback(query, box_text, k, labels, prefix, request: gr.Request):
-        items, status, hits = search(query, box_text, k, labels, prefix, {}, request)
+    def clear_feedback(self, query, box_text, k, labels, prefix, request: gr.Request):
+        items, status, hits = self.search(query, box_text, k, labels, prefix, {}, request)
         return ({}, items, status, hits, *feedback_boxes(hits, {}))
 
-    def select(hits: list[dict], query: dict | None, box_text: str, event: gr.SelectData):
+    def select(self, hits: list[dict], query: dict | None, box_text: str, event: gr.SelectData):
         if not hits or event.index is None or event.index >= len(hits):
             return "", "", "", None
         hit = hits[event.index]
@@ -216,7 +215,7 @@ def build_app(live: LiveIndex, access: Access, default_k: int = DEFAULT_K,
         if query:
             try:
                 box = parse_box(box_text) if box_text and box_text.strip() else None
-                _, explanation = explain_match(live, query["name"], query["data"], box, hit["id"])
+                _, explanation = explain_match(self.live, query["name"], query["data"], box, hit["id"])
                 why = heatmaps(hit, explanation)
             except (LookupError, ModelError, ValueError) as error:
                 why = f"<p>No heat map: {html.escape(str(error.args[0] if error.args else error))}.</p>"
@@ -225,23 +224,28 @@ def build_app(live: LiveIndex, access: Access, default_k: int = DEFAULT_K,
                 why = "<p>No heat map: it failed on the server; the log says why.</p>"
         return large, why, details(hit), hit
 
-    def search_with(hit: dict | None, k, labels, prefix, request: gr.Request):
+    def search_with(self, hit: dict | None, k, labels, prefix, request: gr.Request):
         """Search with a result: read from the gallery on the server (the page only has its URL)."""
         if not hit:
             return gr.skip(), None, {}, None, [], PROMPT, []
-        source = live.snapshot().index.source
+        source = self.live.snapshot().index.source
         try:
             query = new_query(source.name(hit["path"]), source.read(hit["path"]))
         except OSError as error:
             return gr.skip(), None, {}, None, [], f"{hit['path']} cannot be read: {error.strerror or error}.", []
         except ImageDecodeError as error:
             return gr.skip(), None, {}, None, [], f"{hit['path']} cannot be searched: {error.reason}.", []
-        return (query["preview"], query, {}, None, *search(query, "", k, labels, prefix, {}, request))
+        return (query["preview"], query, {}, None, *self.search(query, "", k, labels, prefix, {}, request))
 
-    def on_load():
-        index = live.snapshot().index
+    def on_load(self):
+        index = self.live.snapshot().index
         return header(index), gr.Dropdown(choices=label_choices(index))
 
+
+def build_app(live: LiveIndex, access: Access, default_k: int = DEFAULT_K,
+              delete_cache: tuple[int, int] | None = None) -> gr.Blocks:
+
+    page = Page(live, access)
     with gr.Blocks(title="Metrix image search", delete_cache=delete_cache) as app:
         title = gr.Markdown(header(live.snapshot().index))
         hits_state, selected_state = gr.State([]), gr.State(None)
@@ -286,21 +290,21 @@ def build_app(live: LiveIndex, access: Access, default_k: int = DEFAULT_K,
         current = [query_state, box, *filters, marks_state]
         boxes = [right, wrong]
         # upload, not change: "Search with this image" sets the query's picture too, and must not search twice
-        query.upload(upload, [query, *filters], [*searched, query_state, marks_state, corner_state], api_name="search") \
-            .then(show_query, [query_state, hits_state, marks_state], [region, box, *boxes], api_name=False)
+        query.upload(page.upload, [query, *filters], [*searched, query_state, marks_state, corner_state], api_name="search") \
+            .then(page.show_query, [query_state, hits_state, marks_state], [region, box, *boxes], api_name=False)
         for event in (k.release, labels.input, prefix.submit):
-            event(rerun, current, [*searched, *boxes], api_name=False)
-        region.select(click_region, [query_state, corner_state, *filters, marks_state],
+            event(page.rerun, current, [*searched, *boxes], api_name=False)
+        region.select(page.click_region, [query_state, corner_state, *filters, marks_state],
                       [region, box, corner_state, *searched, *boxes], api_name=False)
-        box.submit(typed_box, current, [region, *searched, *boxes], api_name=False)
+        box.submit(page.typed_box, current, [region, *searched, *boxes], api_name=False)
         whole.click(lambda q: (drawn(q, None, None) if q else None, "", None), [query_state], [region, box, corner_state],
                     api_name=False) \
-            .then(rerun, current, [*searched, *boxes], api_name=False)
-        feedback.click(apply_feedback, [*current, right, wrong, hits_state], [marks_state, *searched, *boxes], api_name=False)
-        forget.click(clear_feedback, [query_state, box, *filters], [marks_state, *searched, *boxes], api_name=False)
-        results.select(select, [hits_state, query_state, box], [large, why, info, selected_state], api_name=False)
-        again.click(search_with, [selected_state, *filters], [query, query_state, marks_state, corner_state, *searched],
+            .then(page.rerun, current, [*searched, *boxes], api_name=False)
+        feedback.click(page.apply_feedback, [*current, right, wrong, hits_state], [marks_state, *searched, *boxes], api_name=False)
+        forget.click(page.clear_feedback, [query_state, box, *filters], [marks_state, *searched, *boxes], api_name=False)
+        results.select(page.select, [hits_state, query_state, box], [large, why, info, selected_state], api_name=False)
+        again.click(page.search_with, [selected_state, *filters], [query, query_state, marks_state, corner_state, *searched],
                     api_name=False) \
-            .then(show_query, [query_state, hits_state, marks_state], [region, box, *boxes], api_name=False)
-        app.load(on_load, None, [title, labels], api_name=False)
+            .then(page.show_query, [query_state, hits_state, marks_state], [region, box, *boxes], api_name=False)
+        app.load(page.on_load, None, [title, labels], api_name=False)
     return app

@@ -68,11 +68,11 @@ def floor(name: str, data_root: str) -> dict:
     import torch
 
     from metrix.backbones import create_backbone
-    from metrix.embedding import embed_samples
-    from metrix.evaluation import evaluate_retrieval
+    from metrix.evaluation.metrics import evaluate_retrieval
     from metrix.model import PooledBackbone
     from metrix.training.config import TrainConfig
     from metrix.training.data import load_training_data
+    from metrix.training.embedding import embed_samples
 
     data = load_training_data(TrainConfig(data=data_root), log=lambda *a, **k: None)
     model = PooledBackbone(create_backbone(name, pretrained=True))

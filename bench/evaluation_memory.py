@@ -41,7 +41,7 @@ def main() -> None:
 
     import faiss
 
-    from metrix.evaluation import RECALL_KS, evaluate_retrieval
+    from metrix.evaluation.metrics import RECALL_KS, evaluate_retrieval
 
     faiss.omp_set_num_threads(args.threads)
     rng = np.random.default_rng(0)

@@ -25,8 +25,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from metrix.export.onnx_export import (ImageEmbedder, check_parity, describe, run_data, save_checked, to_onnx,
-                                       verification_images)
+from metrix.cli.run_export import describe, run_data
+from metrix.export.onnx_export import ImageEmbedder, check_parity, save_checked, to_onnx, verification_images
 from metrix.export.quantize import CALIBRATION_IMAGES, quantize_int8
 from metrix.export.runtime import load_embedder, preprocess
 from metrix.images import open_rgb

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metrix.evaluation import evaluate_retrieval
+from metrix.evaluation.metrics import evaluate_retrieval
 from metrix.export.runtime import embed_files, load_embedder
 from metrix.index.feedback import rocchio
 from metrix.training.report import cpu_name

@@ -8,7 +8,7 @@ shows both protocols: the epoch chosen on validation (ours) and the best epoch o
 official code's, reported only).
 
 Torch only (the GPU machine has no faiss): retrieval metrics are computed on the GPU here and
-tested against metrix.evaluation on the CPU (tests/test_gpu_paper.py).
+tested against metrix.evaluation.metrics on the CPU (tests/test_gpu_paper.py).
 
     # here, once: pack cub100 into one file of re-encoded JPEGs that the GPU machine can carry
     .venv/bin/python bench/gpu_paper.py pack --data ../shared/datasets/cub100 --out gpu_data/cub100.pt
@@ -45,9 +45,9 @@ from recipe_grid import CURVE_KEYS, best_on_test  # noqa: E402
 from metrix.backbones import create_backbone  # noqa: E402
 from metrix.datasets.base import Sample, Split, carve_validation  # noqa: E402
 from metrix.model import BFloat16Features, EmbeddingModel, freeze_batchnorm  # noqa: E402
-from metrix.sampler import build_sampler  # noqa: E402
 from metrix.training.config import OFFICIAL_MIXING, TrainConfig, resolve_config  # noqa: E402
 from metrix.training.objective import build_objective  # noqa: E402
+from metrix.training.sampler import build_sampler  # noqa: E402
 
 RUNS = ("ms:none", "ms:feature", "contrastive:none", "contrastive:feature")
 RECALL_KS = (1, 2, 4, 8)
@@ -90,7 +90,7 @@ class GpuImages:
         crops = []
         for i in indices:
             image = self.images[i]
-            top, left, height, width = _random_resized_crop(image.shape[-2:], generator)
+            top, left, height, width = random_resized_crop(image.shape[-2:], generator)
             crop = v2.functional.resized_crop(image, top, left, height, width, [size, size], antialias=True)
             if torch.rand((), generator=generator) < 0.5:
                 crop = crop.flip(-1)
@@ -102,7 +102,7 @@ class GpuImages:
                                                       [size, size]) for i in indices])
 
 
-def _random_resized_crop(shape, generator: torch.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+def random_resized_crop(shape, generator: torch.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
     """torchvision's RandomResizedCrop parameters (10 tries, then the centre crop), drawn from
     `generator` so that an epoch's crops depend on (seed, epoch) alone."""
     height, width = int(shape[0]), int(shape[1])
@@ -142,7 +142,7 @@ def split_classes(labels: list[int], val_fraction: float) -> dict[str, list[int]
 @torch.no_grad()
 def retrieval_metrics(embeddings: torch.Tensor, labels: torch.Tensor, ks=RECALL_KS) -> dict:
     """Each embedding a query against all the others: Recall@K and MAP@R (R = the query's class
-    size - 1), exact, as metrix.evaluation computes them with faiss."""
+    size - 1), exact, as metrix.evaluation.metrics computes them with faiss."""
     e = F.normalize(embeddings.float(), dim=1)
     sim = e @ e.T
     sim.fill_diagonal_(-math.inf)

@@ -102,7 +102,8 @@ def main():
             samples[key].append(time_once(fn, x, y, args.inner))
     median = {key: statistics.median(v) for key, v in samples.items()}
 
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.machine())
     print(f"# {BATCH} x {DIM}, {CLASSES_IN_BATCH} classes x {BATCH // CLASSES_IN_BATCH}; torch {torch.__version__}, "
           f"{args.threads} threads, {cpu}; median of {args.repeats} x {args.inner} forward+backward\n")
     print("| loss | implementation | ms / step | vs PML clean | vs ours clean |")

@@ -23,13 +23,13 @@ from torch.utils.data import DataLoader
 from metrix.losses import build_loss
 from metrix.mixup import Metrix
 from metrix.model import EmbeddingModel, freeze_batchnorm, init_head_with_pca, pool
-from metrix.image_dataset import ImageDataset
-from metrix.sampler import build_sampler
-from metrix.transforms import train_transform
 from metrix.training.checkpoint import build_model, load_checkpoint
 from metrix.training.config import TrainConfig
 from metrix.training.data import load_training_data
-from metrix.training.feature_cache import CachedTail, FeatureCache
+from metrix.training.image_dataset import ImageDataset
+from metrix.training.sampler import build_sampler
+from metrix.training.stage_cache import CachedTail, FeatureCache
+from metrix.transforms import train_transform
 
 
 def starting_model(config: TrainConfig, cache: FeatureCache, start: int, preprocessing) -> EmbeddingModel:

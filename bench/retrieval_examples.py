@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
-from metrix.embedding import embed_samples
 from metrix.images import open_rgb
 from metrix.training.checkpoint import build_model, load_checkpoint
 from metrix.training.config import TrainConfig
 from metrix.training.data import load_training_data
+from metrix.training.embedding import embed_samples
 
 TOP = 8
 THUMB = 96

@@ -30,10 +30,10 @@ import time
 from pathlib import Path
 
 from metrix.datasets import load_image_folder
-from metrix.embedding import embed_samples
-from metrix.evaluation import evaluate_retrieval
-from metrix.run_evaluation import evaluate_run
+from metrix.evaluation.metrics import evaluate_retrieval
+from metrix.evaluation.run import evaluate_run
 from metrix.training.config import resolve_config
+from metrix.training.embedding import embed_samples
 from metrix.training.report import cpu_name
 from metrix.training.trainer import train
 

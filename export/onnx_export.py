@@ -1,4 +1,5 @@
-"""`metrix export`: a trained run -> one self-contained ONNX file that embeds images.
+"""A model -> one self-contained ONNX file that embeds images (`metrix export`; a trained run's
+checkpoint comes through metrix/cli/run_export.py).
 
 The graph takes uint8 RGB images, NHWC, at the model's input size, with a dynamic batch axis:
 what a decoder hands over (a PIL image as a numpy array is HWC uint8), a quarter of the bytes of
@@ -16,8 +17,6 @@ difference <= 1e-4), for both outputs; a mismatch fails the export with the meas
 from __future__ import annotations
 
 import hashlib
-import os
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,9 +25,9 @@ import torch
 from torch import Tensor, nn
 
 from metrix import __version__
-from metrix.training.checkpoint import MODEL_FILE, Checkpoint, build_model, load_checkpoint
+from metrix.files import staged
 
-from .runtime import CELLS_NAME, INPUT_NAME, OUTPUT_NAME, ModelMetadata, file_sha256, load_embedder, load_for_model
+from .runtime import CELLS_NAME, INPUT_NAME, OUTPUT_NAME, ModelMetadata, load_embedder, load_for_model
 
 OPSET = 20
 MIN_COSINE, MAX_ABS_DIFF = 0.99999, 1e-4
@@ -69,20 +68,6 @@ class Parity:
     def __str__(self) -> str:
         what = "" if self.output == OUTPUT_NAME else f"{self.output} at "
         return f"{what}batch {self.batch}: min cosine {self.min_cosine:.7f}, max |diff| {self.max_abs_diff:.2e}"
-
-
-def describe(checkpoint: Checkpoint, model) -> ModelMetadata:
-    config, pre = checkpoint.config, model.preprocessing
-    data = config.get("data", {})
-    return ModelMetadata(
-        image_size=pre.image_size, resize_size=pre.resize_size, interpolation=pre.interpolation,
-        embedding_size=model.embedding_size, backbone=config["model"]["backbone"],
-        loss=config.get("loss", "?"), mixup=config.get("mixup", "?"), labels=config.get("labels", "folder"),
-        training_data=f"{data.get('name', '?')}:{data.get('root', '?')}",
-        train_classes=len(data.get("train_classes", [])), weights_sha256=file_sha256(checkpoint.path / MODEL_FILE),
-        metrix_version=__version__, checkpoint=str(checkpoint.path),
-        exporter=f"torch.onnx dynamo (torch {torch.__version__})", opset=OPSET,
-    )
 
 
 def to_onnx(module: ImageEmbedder, metadata: ModelMetadata):
@@ -157,19 +142,6 @@ def verification_images(paths: list[Path], metadata: ModelMetadata, count: int =
     return np.stack(arrays)
 
 
-@contextmanager
-def staged(output: Path):
-    """A temporary path beside `output`, renamed onto it if the block succeeds and removed in
-    any case: a failed or interrupted export leaves an existing file untouched."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_checked(proto, path: Path, name: Path) -> None:
     """Write the model and run onnx.checker's full check on the file (`name` is for the error)."""
     import onnx
@@ -179,12 +151,6 @@ def save_checked(proto, path: Path, name: Path) -> None:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as error:
         raise ExportError(f"{name}: onnx.checker rejects the exported graph ({str(error).splitlines()[0]})") from None
-
-
-def export_checkpoint(ckpt: Checkpoint, output: Path, sample_paths: list[Path]) -> tuple[ModelMetadata, list[Parity]]:
-    """Export, check and verify a checkpoint; the file appears at `output` only if all passed."""
-    model = build_model(ckpt)
-    return export_verified(ImageEmbedder(model).eval(), describe(ckpt, model), output, sample_paths)
 
 
 def export_backbone(name: str, output: Path, image_size: int | None = None, pretrained: bool = True,
@@ -221,40 +187,3 @@ def export_verified(module: ImageEmbedder, metadata: ModelMetadata, output: Path
             raise ExportError(f"{output}: onnxruntime disagrees with PyTorch ({'; '.join(map(str, failed))}; "
                               f"need cosine >= {MIN_COSINE} and |diff| <= {MAX_ABS_DIFF})")
     return metadata, parity
-
-
-def export_run(run_dir: Path | str, output: Path | str | None = None, checkpoint: str = "best",
-               quantize: str | None = None, max_r1_drop: float = 1.0) -> dict:
-    """`metrix export`: the run's checkpoint (default: the one chosen on the validation classes,
-    latest where the run has none) to ONNX (default: model.onnx in the checkpoint folder),
-    verified on images of its test split (seeded noise where its data is unreachable); with
-    quantize="int8", also model.int8.onnx with its measured R@1 change."""
-    ckpt = load_checkpoint(run_dir, checkpoint)
-    output = Path(output) if output is not None else ckpt.path / "model.onnx"
-    data = run_data(ckpt)
-    metadata, parity = export_checkpoint(ckpt, output, [s.path for s in data.test.samples] if data else [])
-    report = {"model": str(output), "checkpoint_choice": ckpt.choice, "metadata": metadata, "parity": parity,
-              "verified_on": f"{data.name} test images" if data else "seeded noise images (the run's data is not reachable)"}
-    if quantize is not None:
-        if quantize != "int8":
-            raise ExportError(f"--quantize {quantize}: only int8 is supported")
-        if data is None:
-            raise ExportError(f"{output}: written; --quantize int8 needs the run's data to calibrate and measure on, "
-                              f"and {metadata.training_data} is not reachable")
-        from .quantize import quantize_run
-
-        report["int8"] = quantize_run(output, data, max_r1_drop=max_r1_drop)
-    return report
-
-
-def run_data(checkpoint: Checkpoint):
-    """The run's data splits (metrix.datasets.RetrievalData), or None where the data is not
-    reachable from here (an export still verifies, on seeded noise images)."""
-    from metrix.datasets import DataError
-    from metrix.training.config import ConfigError, TrainConfig
-    from metrix.training.data import load_training_data
-
-    try:
-        return load_training_data(TrainConfig.from_dict(checkpoint.config["train_config"]), log=lambda *a, **k: None)
-    except (DataError, ConfigError, KeyError, TypeError, OSError):
-        return None

@@ -36,7 +36,7 @@ def quantize_int8(fp32_model: Path, output: Path, calibration: np.ndarray) -> No
 
 
 def recall_at_1(query, query_labels, gallery=None, gallery_labels=None) -> float:
-    from metrix.evaluation import evaluate_retrieval
+    from metrix.evaluation.metrics import evaluate_retrieval
 
     return evaluate_retrieval(query, query_labels, gallery, gallery_labels, ks=(1,), nmi=False).recall_at[1]
 
@@ -45,7 +45,9 @@ def quantize_run(fp32_model: Path, data, output: Path | None = None, max_r1_drop
     """Quantise an exported model, calibrated on `data.train` and measured on `data.test`
     (against `data.gallery` where the data has one). The int8 file is renamed into place only if
     it loses at most `max_r1_drop` points of R@1; either way the report holds both figures."""
-    from .onnx_export import ExportError, set_metadata, staged, verification_images
+    from metrix.files import staged
+
+    from .onnx_export import ExportError, set_metadata, verification_images
     from .runtime import embed_files, load_embedder, read_metadata
 
     output = output or fp32_model.with_name(f"{fp32_model.stem}.int8.onnx")

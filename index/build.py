@@ -16,18 +16,27 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from metrix.export.runtime import load_embedder
+from metrix.files import write_atomically
+from metrix.progress import ProgressBar
 
 from .errors import write_fault
 from .gallery import GalleryFile
-from .local_engine import Embedded, embed_locally
+from .local_engine import embed_locally
+from .plan import plan_index
 from .source import open_source
 from .spool import VectorSpool
-from .store import (DEFAULT_KEEP, REPORT_FILE, FORMAT, GalleryIndexError, copy_rows, current_generation, open_index,
-                    remove_uncommitted, write_generation, write_text_atomically)
-from .plan import plan_index
+from .store import (
+    DEFAULT_KEEP,
+    FORMAT,
+    REPORT_FILE,
+    GalleryIndexError,
+    copy_rows,
+    current_generation,
+    open_index,
+    remove_uncommitted,
+    write_generation,
+)
 from .update import updated_index
 from .vectors import tune_ivfpq, tune_nprobe
 
@@ -94,69 +103,10 @@ def build_index(gallery: Path | str, model: Path | str, index_dir: Path | str, i
     try:
         index_dir.mkdir(parents=True, exist_ok=True)
         with _Lock(index_dir):
-            remove_uncommitted(index_dir)
-            old = None if rebuild or current_generation(index_dir) is None else open_index(index_dir)
-            if old is not None:
-                _check_same_build(old, source.root, embedder.metadata)
-            requested = index_type or (old.manifest["index"]["requested"] if old else "auto")
-            if max_memory is None and old is not None:
-                max_memory = old.manifest["index"].get("max_memory")
-            files, skipped = source.list()
-            report.failed += skipped
-            known = _known_rows(old)
-            todo, touched, present = _diff(source, files, known, report)
-            removed_ids = [row[0] for path, row in known.items() if path not in present]
-            report.removed = len(removed_ids) - report.changed
-
-            # fail before embedding for hours when the index cannot fit (failures only make it smaller)
-            plan_index((len(old) if old else 0) - len(removed_ids) + len(todo), embedder.metadata.embedding_size, requested,
-                       max_memory)
-            spool = VectorSpool(index_dir / f".spool-{os.getpid()}", embedder.metadata.embedding_size)
-            rows_file, staging = index_dir / f".rows-{os.getpid()}.sqlite", index_dir / f".tmp-vectors-{os.getpid()}"
-            database = None
-            try:
-                database = copy_rows(index_dir, old.generation if old else None, rows_file)
-                with database:  # first, so that a changed file's new row can take its path
-                    database.executemany("DELETE FROM images WHERE id = ?", [(i,) for i in removed_ids])
-                    database.executemany("UPDATE images SET size = ?, mtime_ns = ? WHERE id = ?",
-                                         [(f.size, f.mtime_ns, known[f.path][0]) for f in touched])
-                if ray is None:
-                    embedded = embed_locally(embedder, source, todo, batch_size, workers)
-                else:
-                    from .ray_engine import embed_with_ray
-                    embedded = embed_with_ray(model, source.root, todo, ray)
-                first_id = _next_id(old, known)
-                next_id = _collect(embedded, first_id, spool, database, known, len(todo), progress, report)
-                count = (len(old) if old else 0) - len(removed_ids) + len(spool)
-                plan = plan_index(count, embedder.metadata.embedding_size, requested, max_memory)
-                old_kind = old.manifest["index"]["kind"] if old else None
-                nothing_to_do = (old is not None and next_id == first_id and not removed_ids and not touched
-                                 and plan.kind == old_kind)
-                if nothing_to_do:
-                    report.generation, report.count, report.index = old.generation, len(old), old.manifest["index"]
-                else:
-                    index, full = updated_index(old, removed_ids, spool, plan, staging)
-                    params = {"type": plan.factory, "kind": plan.kind, "requested": requested, "max_memory": max_memory,
-                              "estimated_bytes": plan.bytes, "metric": "inner_product"}
-                    if plan.kind == "ivf":
-                        params["nprobe"], params["recall_at_10"] = tune_nprobe(index)
-                    elif plan.kind == "ivfpq":
-                        params["nprobe"], params["recall_at_10"], params["rerank"] = tune_ivfpq(index, full, plan.rerank)
-                    database.close()
-                    report.count, report.index = index.ntotal, params
-                    report.generation = write_generation(index_dir, index, rows_file,
-                                                         _manifest(old, source.root, embedder, params, index.ntotal, next_id),
-                                                         staging if full is not None else None, keep)
-            finally:
-                if database is not None:
-                    database.close()
-                rows_file.unlink(missing_ok=True)
-                shutil.rmtree(staging, ignore_errors=True)
-                spool.close()
-                if old is not None:
-                    old.close()
+            _update(source, model, embedder, index_dir, index_type, rebuild, batch_size, workers, progress, ray,
+                    max_memory, keep, report)
             report.seconds = time.perf_counter() - started
-            write_text_atomically(index_dir / REPORT_FILE, json.dumps(report.to_dict(), indent=1, ensure_ascii=False))
+            write_atomically(index_dir / REPORT_FILE, json.dumps(report.to_dict(), indent=1, ensure_ascii=False))
     except (OSError, RuntimeError, sqlite3.Error) as error:
         fault = write_fault(error, index_dir)
         if fault is None:
@@ -166,6 +116,73 @@ def build_index(gallery: Path | str, model: Path | str, index_dir: Path | str, i
                  else f"the index is unchanged at {before}" if before else "no index was written")
         raise GalleryIndexError(f"{fault}: {state}") from None
     return report
+
+
+def _update(source, model, embedder, index_dir: Path, index_type, rebuild: bool, batch_size: int, workers, progress: bool,
+            ray, max_memory, keep: int, report: BuildReport) -> None:
+    """The build under its lock: the diff against the current generation, the embedding of what is
+    new, and the commit of a new generation (none when nothing changed)."""
+    remove_uncommitted(index_dir)
+    old = None if rebuild or current_generation(index_dir) is None else open_index(index_dir)
+    if old is not None:
+        _check_same_build(old, source.root, embedder.metadata)
+    requested = index_type or (old.manifest["index"]["requested"] if old else "auto")
+    if max_memory is None and old is not None:
+        max_memory = old.manifest["index"].get("max_memory")
+    files, skipped = source.list()
+    report.failed += skipped
+    known = _known_rows(old)
+    todo, touched, present = _diff(source, files, known, report)
+    removed_ids = [row[0] for path, row in known.items() if path not in present]
+    report.removed = len(removed_ids) - report.changed
+
+    # fail before embedding for hours when the index cannot fit (failures only make it smaller)
+    plan_index((len(old) if old else 0) - len(removed_ids) + len(todo), embedder.metadata.embedding_size, requested,
+               max_memory)
+    spool = VectorSpool(index_dir / f".spool-{os.getpid()}", embedder.metadata.embedding_size)
+    rows_file, staging = index_dir / f".rows-{os.getpid()}.sqlite", index_dir / f".tmp-vectors-{os.getpid()}"
+    database = None
+    try:
+        database = copy_rows(index_dir, old.generation if old else None, rows_file)
+        with database:  # first, so that a changed file's new row can take its path
+            database.executemany("DELETE FROM images WHERE id = ?", [(i,) for i in removed_ids])
+            database.executemany("UPDATE images SET size = ?, mtime_ns = ? WHERE id = ?",
+                                 [(f.size, f.mtime_ns, known[f.path][0]) for f in touched])
+        if ray is None:
+            embedded = embed_locally(embedder, source, todo, batch_size, workers)
+        else:
+            from .ray_engine import embed_with_ray
+            embedded = embed_with_ray(model, source.root, todo, ray)
+        first_id = _next_id(old, known)
+        next_id = _collect(embedded, first_id, spool, database, known, len(todo), progress, report)
+        count = (len(old) if old else 0) - len(removed_ids) + len(spool)
+        plan = plan_index(count, embedder.metadata.embedding_size, requested, max_memory)
+        old_kind = old.manifest["index"]["kind"] if old else None
+        nothing_to_do = (old is not None and next_id == first_id and not removed_ids and not touched
+                         and plan.kind == old_kind)
+        if nothing_to_do:
+            report.generation, report.count, report.index = old.generation, len(old), old.manifest["index"]
+        else:
+            index, full = updated_index(old, removed_ids, spool, plan, staging)
+            params = {"type": plan.factory, "kind": plan.kind, "requested": requested, "max_memory": max_memory,
+                      "estimated_bytes": plan.bytes, "metric": "inner_product"}
+            if plan.kind == "ivf":
+                params["nprobe"], params["recall_at_10"] = tune_nprobe(index)
+            elif plan.kind == "ivfpq":
+                params["nprobe"], params["recall_at_10"], params["rerank"] = tune_ivfpq(index, full, plan.rerank)
+            database.close()
+            report.count, report.index = index.ntotal, params
+            report.generation = write_generation(index_dir, index, rows_file,
+                                                 _manifest(old, source.root, embedder, params, index.ntotal, next_id),
+                                                 staging if full is not None else None, keep)
+    finally:
+        if database is not None:
+            database.close()
+        rows_file.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        spool.close()
+        if old is not None:
+            old.close()
 
 
 def _collect(embedded, first_id: int, spool: VectorSpool, database, known: dict, total: int, progress: bool,
@@ -180,7 +197,7 @@ def _collect(embedded, first_id: int, spool: VectorSpool, database, known: dict,
             database.executemany("INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
         rows.clear()
 
-    with _progress(progress, total) as advance:
+    with ProgressBar(progress, "embedding", total) as advance:
         for item in embedded:
             if item.vector is None:
                 report.failed.append((item.file.path, item.reason))
@@ -243,32 +260,6 @@ def _diff(source, files: list[GalleryFile], known: dict, report: BuildReport):
     # a changed file's old vector goes: keep only the unchanged (and touched) ones
     keep = present - {f.path for f in todo}
     return todo, touched, keep
-
-
-class _progress:
-    """A rich progress bar with images/s, or nothing."""
-
-    def __init__(self, enabled: bool, total: int):
-        self.enabled, self.total = enabled and total > 0, total
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
-        from rich.text import Text
-
-        class Speed(ProgressColumn):
-            def render(self, task):
-                return Text(f"{task.speed or 0:.1f} images/s")
-
-        self.bar = Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), Speed(), TimeRemainingColumn())
-        self.bar.start()
-        task = self.bar.add_task("embed", total=self.total)
-        return lambda: self.bar.advance(task)
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.bar.stop()
 
 
 def _manifest(old, root: str, embedder, params: dict, count: int, next_id: int) -> dict:

@@ -24,6 +24,17 @@ class Refinement:
     right: tuple[int, ...] = ()  # ids marked as right answers
     wrong: tuple[int, ...] = ()  # ids marked as wrong answers
 
+    @classmethod
+    def from_form(cls, box: str | None = None, labels=(), path_prefix: str | None = None, right=(),
+                  wrong=()) -> Refinement:
+        """The page's and the API's form fields -> a Refinement: the box as text "x0,y0,x1,y1"
+        (empty: the whole picture), ids as integers or text (several per item, separated by
+        commas). ValueError (one line) for a bad box or id."""
+        from metrix.images import parse_box
+
+        return cls(parse_box(box) if box and box.strip() else None, SearchFilter(tuple(labels or ()), path_prefix or ""),
+                   parse_ids(right, "right"), parse_ids(wrong, "wrong"))
+
     def describe(self) -> str:
         """What was applied, for a status line ("" when nothing)."""
         from metrix.images import format_box
@@ -36,6 +47,14 @@ class Refinement:
         if self.right or self.wrong:
             parts.append(f"feedback {len(self.right)} right, {len(self.wrong)} wrong")
         return "; ".join(parts)
+
+
+def parse_ids(values, what: str) -> tuple[int, ...]:
+    """Ids from form fields: each an integer, or text of one id or several separated by commas."""
+    items = [item.strip() for value in values or () for item in str(value).split(",") if item.strip()]
+    if not all(item.isdigit() for item in items):
+        raise ValueError(f"{what}: expected image ids (integers), got {', '.join(items)[:60]!r}")
+    return tuple(int(item) for item in items)
 
 
 def embed_query(embedder, name: str | Path, data: bytes | None = None, box=None) -> np.ndarray:

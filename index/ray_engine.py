@@ -21,10 +21,10 @@ import numpy as np
 
 from metrix.export.runtime import load_embedder
 
+from .errors import GalleryIndexError
 from .gallery import GalleryFile
 from .local_engine import Embedded, decode
 from .source import open_source
-from .store import GalleryIndexError
 
 
 @dataclass

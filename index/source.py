@@ -17,8 +17,8 @@ from pathlib import Path, PurePosixPath
 
 from metrix.datasets.base import IMAGE_EXTENSIONS
 
+from .errors import GalleryIndexError
 from .gallery import GalleryFile, find_images
-from .store import GalleryIndexError
 
 
 def is_url(root: str | Path) -> bool:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from metrix.files import fsync_path, write_atomically
+
 from .errors import GalleryIndexError, IndexIntegrityError
 from .integrity import check_scores, file_entries, manifest_text, read_manifest, verified, verify_files
 
@@ -274,40 +276,18 @@ def write_generation(index_dir: Path, index, rows_database: Path, manifest: dict
                 files.append(file.name)
             vectors_folder.rmdir()
         for file in files:
-            _fsync(tmp / file)
+            fsync_path(tmp / file)
         entries = file_entries(tmp, files)
         (tmp / MANIFEST_FILE).write_text(manifest_text({**manifest, "generation": name, "files": entries}))
-        _fsync(tmp / MANIFEST_FILE)
-        _fsync(tmp)
+        fsync_path(tmp / MANIFEST_FILE)
+        fsync_path(tmp)
         os.replace(tmp, index_dir / name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    write_text_atomically(index_dir / CURRENT, name)
+    write_atomically(index_dir / CURRENT, name)
     remove_old_generations(index_dir, keep)
     return name
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync(path.parent)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _number(generation: str | None) -> int:

@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
 PAIR_KINDS = ("both", "positive-negative", "anchor-negative")
 
 

@@ -5,7 +5,6 @@ import tempfile
 import pytest
 import torch
 
-
 _OWN_CACHE: list[str] = []
 
 

@@ -5,7 +5,7 @@ import sys
 
 import torch
 
-from metrix.distributed import Distributed, GlobalBatch
+from metrix.training.distributed import Distributed, GlobalBatch
 
 from .test_distributed import LOSSES, gradients, setup
 

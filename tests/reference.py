@@ -13,7 +13,10 @@ def reference_relations(embeddings, labels, k, anchor_positives=True):
     e = F.normalize(embeddings, dim=1).tolist()
     labels = labels.tolist()
     n = len(labels)
-    dot = lambda i, j: sum(a * b for a, b in zip(e[i], e[j]))
+
+    def dot(i, j):
+        return sum(a * b for a, b in zip(e[i], e[j]))
+
     triples = []
     for a in range(n):
         negatives = sorted((j for j in range(n) if labels[j] != labels[a]), key=lambda j: -dot(a, j))

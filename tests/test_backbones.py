@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from metrix.backbones import BackboneError, create_backbone, list_backbones
-from metrix.backbones.efficientnet_lite import _package_weights
+from metrix.backbones.efficientnet_lite import package_weights
 from metrix.model import EmbeddingModel
 from metrix.transforms import eval_transform
 
@@ -24,7 +24,7 @@ def test_registry():
 def test_lite_weights_load_strictly_offline(variant, size):
     backbone = create_backbone(f"efficientnet_lite{variant}", pretrained=True)
     assert backbone.preprocessing.image_size == size
-    weights = _package_weights(variant, [len(stage) for stage in backbone.blocks])
+    weights = package_weights(variant, [len(stage) for stage in backbone.blocks])
     state = backbone.state_dict()
     assert torch.equal(state["conv_stem.weight"], weights["conv_stem.weight"])
     assert torch.equal(state["blocks.5.3.conv_pwl.weight"], weights["blocks.5.3.conv_pwl.weight"])
@@ -39,7 +39,7 @@ def test_pretrained_lite0_sees_birds():
     from PIL import Image
 
     net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    net.load_state_dict(_package_weights(0, [len(stage) for stage in net.blocks]))
+    net.load_state_dict(package_weights(0, [len(stage) for stage in net.blocks]))
     transform = eval_transform(create_backbone("efficientnet_lite0", pretrained=False).preprocessing)
     images = sorted(p for d in sorted(CUB.iterdir())[:8] for p in sorted(d.iterdir())[:1])
     batch = torch.stack([transform(Image.open(p).convert("RGB")) for p in images])

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from metrix.datasets import load_image_folder
 from metrix.model import EmbeddingModel, init_head_with_pca
 from metrix.training.config import ConfigError, resolve_config
-from metrix.training.feature_cache import CachedTail, FeatureCache
+from metrix.training.stage_cache import CachedTail, FeatureCache
 
 from .training_helpers import metrix_cli, tiny_dataset
 

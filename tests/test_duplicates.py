@@ -422,8 +422,11 @@ def test_follows_a_rebuilt_index(pictures, floor_model, tmp_path):
 
 
 def test_browser_from_the_search_page_to_the_groups_and_another_threshold(served, pictures, tmp_path):
-    from selenium.common.exceptions import (ElementClickInterceptedException, NoSuchElementException,
-                                            StaleElementReferenceException)
+    from selenium.common.exceptions import (
+        ElementClickInterceptedException,
+        NoSuchElementException,
+        StaleElementReferenceException,
+    )
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import normalized_mutual_info_score
 
-from metrix.evaluation import (
+from metrix.evaluation.metrics import (
     RECALL_KS,
     clustering_nmi,
     evaluate_retrieval,
@@ -19,7 +19,7 @@ from metrix.evaluation import (
 OMNIGLOT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "omniglot_small"
 
 
-def _normalise(x):
+def normalised(x):
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -60,7 +60,7 @@ def _omniglot_case(n_classes=40, per_class=20):
     return emb - emb.mean(axis=0), np.array(labels)
 
 
-def _oracle(query, query_labels, reference=None, reference_labels=None):
+def pml_oracle(query, query_labels, reference=None, reference_labels=None):
     """pytorch-metric-learning on the normalised embeddings (its default k-NN is L2, which on
     unit vectors orders neighbours as the cosine does)."""
     from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
@@ -71,10 +71,10 @@ def _oracle(query, query_labels, reference=None, reference_labels=None):
         device=__import__("torch").device("cpu"),
     )
     if reference is None:
-        q = _normalise(query)
+        q = normalised(query)
         return calc.get_accuracy(q, query_labels, q, query_labels, ref_includes_query=True)
     return calc.get_accuracy(
-        _normalise(query), query_labels, _normalise(reference), reference_labels,
+        normalised(query), query_labels, normalised(reference), reference_labels,
         ref_includes_query=False,
     )
 
@@ -87,14 +87,14 @@ def _assert_matches_oracle(report, oracle):
 
 def _brute_force_recall(query, q_labels, gallery=None, g_labels=None, ks=(1,)):
     """Full similarity matrix and argsort; lone queries (no relevant item) left out."""
-    q = _normalise(query).astype(np.float64)
+    q = normalised(query).astype(np.float64)
     if gallery is None:
         sims = q @ q.T
         np.fill_diagonal(sims, -np.inf)
         g_labels = q_labels
         has_positive = (q_labels[:, None] == q_labels[None, :]).sum(axis=1) > 1
     else:
-        sims = q @ _normalise(gallery).astype(np.float64).T
+        sims = q @ normalised(gallery).astype(np.float64).T
         has_positive = (q_labels[:, None] == g_labels[None, :]).any(axis=1)
     ranked = g_labels[np.argsort(-sims, axis=1, kind="stable")]
     same = ranked == q_labels[:, None]
@@ -109,7 +109,7 @@ def _brute_force_recall(query, q_labels, gallery=None, g_labels=None, ks=(1,)):
 def test_random_embeddings_match_oracle(n, d, seed):
     emb, labels = _random_case(seed, n, d)
     report = evaluate_retrieval(emb, labels, ks=(1, 2, 4, 8), nmi=False, batch_size=97)
-    _assert_matches_oracle(report, _oracle(emb, labels))
+    _assert_matches_oracle(report, pml_oracle(emb, labels))
     assert report.num_queries == n
 
 
@@ -117,7 +117,7 @@ def test_random_embeddings_match_oracle(n, d, seed):
 def test_clustered_embeddings_match_oracle(seed):
     emb, labels = _clustered_case(seed)
     report = evaluate_retrieval(emb, labels, nmi=False, batch_size=50)
-    _assert_matches_oracle(report, _oracle(emb, labels))
+    _assert_matches_oracle(report, pml_oracle(emb, labels))
     assert report.recall_at[1] > 50  # the structure is really there
 
 
@@ -128,7 +128,7 @@ def test_one_huge_class_matches_oracle():
     emb = rng.standard_normal((600, 16)).astype(np.float32)
     emb[labels == 0] += 0.5  # make the big class a little clustered
     report = evaluate_retrieval(emb, labels, ks=(1, 5), nmi=False, batch_size=64)
-    _assert_matches_oracle(report, _oracle(emb, labels))
+    _assert_matches_oracle(report, pml_oracle(emb, labels))
 
 
 @pytest.mark.skipif(not OMNIGLOT.is_dir(), reason=f"{OMNIGLOT} not present")
@@ -136,7 +136,7 @@ def test_omniglot_pixels_match_oracle():
     emb, labels = _omniglot_case()
     assert emb.shape == (800, 256)
     report = evaluate_retrieval(emb, labels, nmi=False, batch_size=128)
-    _assert_matches_oracle(report, _oracle(emb, labels))
+    _assert_matches_oracle(report, pml_oracle(emb, labels))
     assert report.recall_at == pytest.approx(_brute_force_recall(emb, labels, ks=(1, 2, 4, 8)))
 
 
@@ -149,7 +149,7 @@ def test_query_vs_gallery_matches_oracle(seed):
     q_labels[:5] = 10_000 + np.arange(5)  # five queries with no match in the gallery
     report = evaluate_retrieval(query, q_labels, gallery, g_labels, ks=(1, 10, 20), nmi=False,
                                 batch_size=64)
-    _assert_matches_oracle(report, _oracle(query, q_labels, gallery, g_labels))
+    _assert_matches_oracle(report, pml_oracle(query, q_labels, gallery, g_labels))
     assert report.num_lone_queries == 5
     assert report.num_reference == 600
     assert report.recall_at == pytest.approx(
@@ -205,7 +205,7 @@ def test_query_whose_class_has_no_other_member_is_left_out():
     report = evaluate_retrieval(emb, labels, nmi=False)
     assert report.num_lone_queries == 2
     assert report.num_queries == len(labels)
-    _assert_matches_oracle(report, _oracle(emb, labels))  # the oracle leaves them out too
+    _assert_matches_oracle(report, pml_oracle(emb, labels))  # the oracle leaves them out too
 
 
 def test_all_queries_lone_gives_nan():
@@ -294,7 +294,7 @@ def test_clustering_nmi_matches_oracle():
     emb, labels = _clustered_case(8, noise=1.0)
     calc = AccuracyCalculator(include=("NMI",), device=torch.device("cpu"),
                               kmeans_func=FaissKMeans(niter=20, seed=5))
-    oracle = calc.get_accuracy(_normalise(emb), labels)["NMI"]
+    oracle = calc.get_accuracy(normalised(emb), labels)["NMI"]
     assert evaluate_retrieval(emb, labels, seed=5).nmi / 100 == pytest.approx(oracle, abs=1e-9)
 
 
@@ -310,7 +310,7 @@ def test_utilization_matches_brute_force():
     rng = np.random.default_rng(0)
     test = rng.standard_normal((300, 16)).astype(np.float32)
     train = 3 * rng.standard_normal((500, 16)).astype(np.float32)
-    t, x = _normalise(test).astype(np.float64), _normalise(train).astype(np.float64)
+    t, x = normalised(test).astype(np.float64), normalised(train).astype(np.float64)
     expected = ((t[:, None, :] - x[None, :, :]) ** 2).sum(axis=2).min(axis=1).mean()
     assert utilization(test, train, batch_size=64) == pytest.approx(expected, abs=1e-5)
     assert utilization(train, train) == pytest.approx(0.0, abs=1e-5)

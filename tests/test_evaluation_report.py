@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metrix import evaluation_report
-from metrix.evaluation import evaluate_retrieval
-from metrix.evaluation_report import (
+from metrix.evaluation import report as evaluation_report
+from metrix.evaluation.metrics import evaluate_retrieval
+from metrix.evaluation.report import (
     THUMB,
     TOP,
     ReportError,
@@ -26,7 +26,7 @@ from metrix.evaluation_report import (
 )
 
 from .browser import headless_chromium
-from .test_evaluation import _normalise, _oracle
+from .test_evaluation import normalised, pml_oracle
 from .training_helpers import metrix_cli
 
 GREEN, RED = "rgb(46, 158, 68)", "rgb(214, 39, 40)"
@@ -40,7 +40,7 @@ def _separated_case(seed, n_classes=12, per_class=7, d=16, noise=1.0, depth=16, 
     rng = np.random.default_rng(seed)
     means = rng.standard_normal((n_classes, d))
     labels = rng.permutation(np.repeat(np.arange(n_classes), per_class))
-    emb = _normalise(means[labels] + noise * rng.standard_normal((len(labels), d)))
+    emb = normalised(means[labels] + noise * rng.standard_normal((len(labels), d)))
     keep = np.arange(len(labels))
     while True:
         sims = _similarities(emb[keep])
@@ -74,7 +74,7 @@ def test_per_class_recall_and_per_query_ap_match_oracle_and_brute_force(seed):
     emb, labels = _separated_case(seed)
     report = evaluate_retrieval(emb, labels, ks=(1, 2, 4, 8), nmi=False, batch_size=29, per_query=True,
                                 neighbours=TOP)
-    per_query, oracle = report.per_query, _oracle(emb, labels)
+    per_query, oracle = report.per_query, pml_oracle(emb, labels)
     ranked, r, ap, hit = _brute_force(emb, labels)
     counted = per_query.r > 0
     assert (~counted).sum() == report.num_lone_queries >= 1
@@ -218,7 +218,7 @@ def evaluated(tiny_run, tmp_path_factory):
 
 
 def test_cli_report_is_self_contained_with_the_metrics_of_evaluate(evaluated, tiny_run):
-    from metrix.run_evaluation import embed_run
+    from metrix.evaluation.run import embed_run
 
     path, expected = evaluated
     raw = path.read_text(encoding="utf-8")
@@ -240,7 +240,7 @@ def test_cli_report_is_self_contained_with_the_metrics_of_evaluate(evaluated, ti
     # thumbnails: one per class of each confused pair, the query and its 8 neighbours per worst row
     embedded = embed_run(tiny_run, log=lambda *a: None)
     labels = embedded.query_labels
-    top1 = labels[np.argmax(_similarities(_normalise(embedded.query)), axis=1)]
+    top1 = labels[np.argmax(_similarities(normalised(embedded.query)), axis=1)]
     pairs = {tuple(sorted(p)) for p in zip(labels.tolist(), top1.tolist()) if p[0] != p[1]}
     assert len(page.tables["confused"]) - 1 == min(10, len(pairs)) > 0
     images = [attrs for tag, attrs in page.tags if tag == "img"]

@@ -15,8 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
+from metrix.cli.run_export import export_run
 from metrix.export import onnx_export
-from metrix.export.onnx_export import ExportError, ImageEmbedder, check_parity, export_run
+from metrix.export.onnx_export import ExportError, ImageEmbedder, check_parity
 from metrix.export.runtime import ModelError, ModelMetadata, load_embedder, preprocess, read_metadata
 from metrix.images import open_rgb
 from metrix.training.checkpoint import CheckpointError, build_model, load_checkpoint

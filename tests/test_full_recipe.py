@@ -11,12 +11,12 @@ from PIL import Image
 
 from metrix.datasets import load_image_folder
 from metrix.datasets.base import Sample
-from metrix.decoded_images import DecodedImages
-from metrix.image_dataset import ImageDataset
 from metrix.images import ImageDecodeError
 from metrix.model import BFloat16Features, EmbeddingModel
 from metrix.training.config import explain_choices, resolve_config
-from metrix.training.trainer import _train_eval_indices
+from metrix.training.decoded_images import DecodedImages
+from metrix.training.image_dataset import ImageDataset
+from metrix.training.setup import train_eval_indices
 from metrix.transforms import eval_transform
 
 from .training_helpers import metrix_cli, tiny_dataset, write_config
@@ -81,7 +81,7 @@ def test_training_retrieval_uses_as_many_whole_training_classes_as_validation(tm
     data = load_image_folder(tiny_dataset(tmp_path / "d"))
 
     def _train_eval_samples(samples, num_classes, seed):
-        return [samples[i] for i in _train_eval_indices(samples, num_classes, seed)]
+        return [samples[i] for i in train_eval_indices(samples, num_classes, seed)]
 
     chosen = _train_eval_samples(data.train.samples, len(data.val.classes), seed=0)
     classes = {s.label for s in chosen}

@@ -1,5 +1,5 @@
 """bench/gpu_paper.py, the GPU run of the paper's protocol, smoke-tested on the CPU at a tiny size:
-its torch retrieval metrics against metrix.evaluation (faiss), its crops, and a grid that stops at
+its torch retrieval metrics against metrix.evaluation.metrics (faiss), its crops, and a grid that stops at
 its time limit and resumes to exactly what an uninterrupted run gives."""
 
 import json
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from metrix.evaluation import evaluate_retrieval
+from metrix.evaluation.metrics import evaluate_retrieval
 
 from .training_helpers import tiny_dataset
 
@@ -36,8 +36,8 @@ def test_torch_retrieval_metrics_equal_metrix_evaluation(seed):
 
 def test_random_resized_crops_lie_inside_the_image_and_follow_the_generator():
     for shape in ((227, 300), (40, 30), (16, 200)):
-        first = [gpu_paper._random_resized_crop(shape, torch.Generator().manual_seed(s)) for s in range(50)]
-        again = [gpu_paper._random_resized_crop(shape, torch.Generator().manual_seed(s)) for s in range(50)]
+        first = [gpu_paper.random_resized_crop(shape, torch.Generator().manual_seed(s)) for s in range(50)]
+        again = [gpu_paper.random_resized_crop(shape, torch.Generator().manual_seed(s)) for s in range(50)]
         assert first == again
         for top, left, h, w in first:
             assert 0 <= top and 0 <= left and 0 < h and 0 < w and top + h <= shape[0] and left + w <= shape[1]

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from metrix.datasets import Sample
-from metrix.image_dataset import ImageDataset
 from metrix.images import ImageDecodeError, open_rgb
+from metrix.training.image_dataset import ImageDataset
 
 
 def _jpeg(path, size=(16, 8), color=(200, 30, 30), **kwargs):

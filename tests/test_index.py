@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from metrix.cli.models import default_model, newest_index
 from metrix.export.runtime import load_embedder, load_for_model
 from metrix.index import store
 from metrix.index.build import build_index
-from metrix.index.defaults import default_model, newest_index
 from metrix.index.gallery import find_images
 from metrix.index.store import GalleryIndexError, open_index
 from metrix.index.vectors import flat_index, ivf_index, stored, tune_nprobe
@@ -250,7 +250,7 @@ def test_a_failed_commit_leaves_the_previous_index(gallery, tiny_model, tmp_path
     import faiss
 
     # the generation half written; then complete but not yet current
-    for target, attribute in ((faiss, "write_index"), (store, "write_text_atomically")):
+    for target, attribute in ((faiss, "write_index"), (store, "write_atomically")):
         monkeypatch.setattr(target, attribute, crash)
         with pytest.raises(KeyboardInterrupt):
             build_index(root, tiny_model, index_dir, progress=False)

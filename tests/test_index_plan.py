@@ -10,8 +10,17 @@ import numpy as np
 import pytest
 
 from metrix.index.plan import IndexPlan, index_bytes, nlist_for, parse_memory, plan_index
-from metrix.index.vectors import (FLAT_LIMIT, FullVectors, flat_index, ivf_index, ivf_of, ivfpq_index, recall_at_10,
-                                  tune_ivfpq, tune_nprobe_full)
+from metrix.index.vectors import (
+    FLAT_LIMIT,
+    FullVectors,
+    flat_index,
+    ivf_index,
+    ivf_of,
+    ivfpq_index,
+    recall_at_10,
+    tune_ivfpq,
+    tune_nprobe_full,
+)
 
 N, DIM = 20_000, 64
 

@@ -28,7 +28,7 @@ from metrix.index.build import build_index
 from metrix.index.errors import IndexIntegrityError
 from metrix.index.integrity import check_scores, crc32_of, manifest_text
 from metrix.index.live import LiveIndex
-from metrix.index.store import CURRENT, generations, open_index, write_text_atomically
+from metrix.index.store import CURRENT, generations, open_index, write_atomically
 from metrix.index.vectors import FullVectors
 
 from .service_helpers import make_gallery, post_image, serve_process
@@ -96,7 +96,7 @@ def test_fault_matrix_no_damaged_file_is_ever_searched(ivfpq_index, tmp_path):
                 generation = f"gen-{number:06d}"
                 shutil.copytree(index_dir / GOOD, index_dir / generation)
                 _damage(index_dir / generation / name, fault)
-                write_text_atomically(index_dir / CURRENT, generation)
+                write_atomically(index_dir / CURRENT, generation)
                 tally["tried"] += 1
 
                 searched = metrix_cli("search", query, "--index", index_dir, check=False)

@@ -10,7 +10,7 @@ import pytest
 
 from metrix.index.build import build_index
 from metrix.index.live import LiveIndex
-from metrix.index.store import CURRENT, write_text_atomically
+from metrix.index.store import CURRENT, write_atomically
 
 from .service_helpers import make_gallery
 from .training_helpers import metrix_cli
@@ -51,7 +51,7 @@ def test_a_generation_that_cannot_be_opened_is_refused_once_and_the_old_one_serv
     (broken / "manifest.json").write_text("{}")
     (broken / "index.faiss").write_bytes(b"not faiss")
     (broken / "metadata.sqlite").write_bytes(b"")
-    write_text_atomically(index_dir / CURRENT, broken.name)
+    write_atomically(index_dir / CURRENT, broken.name)
     with caplog.at_level(logging.WARNING, logger="metrix.index"):
         assert not live.refresh() and not live.refresh()
     assert live.snapshot().index.generation == serving

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from metrix.run_evaluation import evaluate_run
+from metrix.evaluation.run import evaluate_run
 from metrix.training.checkpoint import load_checkpoint
 
 from .training_helpers import metrix_cli, tiny_dataset, write_config

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from metrix.datasets import DataError
-from metrix.sampler import PKSampler, RandomBatchSampler, build_sampler
+from metrix.training.sampler import PKSampler, RandomBatchSampler, build_sampler
 
 
 @settings(max_examples=60, deadline=None)

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from metrix.datasets import load_image_folder
-from metrix.embedding import embed_samples
 from metrix.model import EmbeddingModel, PooledBackbone
-from metrix.stage_cache import frozen_stage_outputs
+from metrix.training.embedding import embed_samples
+from metrix.training.stage_cache import frozen_stage_outputs
 
 from .training_helpers import tiny_dataset
 

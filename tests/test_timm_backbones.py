@@ -14,17 +14,15 @@ import numpy as np
 import pytest
 import timm
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from metrix.backbones import BackboneError, create_backbone
 from metrix.datasets import load_image_folder
-from metrix.embedding import embed_samples
 from metrix.export.runtime import load_embedder
-from metrix.images import open_rgb
 from metrix.losses import build_loss
 from metrix.mixup import Metrix
 from metrix.model import EmbeddingModel, PooledBackbone
+from metrix.training.embedding import embed_samples
 
 from .service_helpers import post_image, serve_process
 from .training_helpers import metrix_cli, tiny_dataset, write_config

@@ -11,13 +11,13 @@ from safetensors.torch import load_file
 
 from metrix.datasets import DataError, load_unlabelled
 from metrix.export.runtime import load_embedder
-from metrix.image_dataset import ImageDataset
-from metrix.pseudo_labels import cluster_labels
-from metrix.sampler import DistinctRepeats, PKSampler
 from metrix.training.config import UNLABELLED_DEFAULT, ConfigError, resolve_config
-from metrix.training.feature_cache import FeatureCache
+from metrix.training.image_dataset import ImageDataset
+from metrix.training.pseudo_labels import cluster_labels
+from metrix.training.sampler import DistinctRepeats, PKSampler
+from metrix.training.stage_cache import FeatureCache
+from metrix.training.view_agreement import view_agreement
 from metrix.transforms import train_transform
-from metrix.view_agreement import view_agreement
 
 from .pictures import blocks
 from .training_helpers import metrix_cli, tiny_dataset

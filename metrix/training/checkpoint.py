@@ -15,6 +15,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..files import fsync_path, write_atomically
+
 MODEL_FILE, CONFIG_FILE, TRAINER_STATE_FILE = "model.safetensors", "config.json", "trainer_state.pt"
 
 
@@ -47,16 +49,17 @@ def save_checkpoint(run_dir: Path, epoch: int, model_state: dict, config: dict, 
         shutil.rmtree(tmp)
     tmp.mkdir()
     save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()}, tmp / MODEL_FILE)
-    _write_synced(tmp / CONFIG_FILE, json.dumps(config, indent=2, default=str).encode())
+    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str))
     torch.save(trainer_state, tmp / TRAINER_STATE_FILE)
-    _fsync(tmp / TRAINER_STATE_FILE)
-    _fsync(tmp / MODEL_FILE)
+    for name in (CONFIG_FILE, TRAINER_STATE_FILE, MODEL_FILE):
+        fsync_path(tmp / name)
     if final.exists():  # the same epoch again, after a resume from an earlier one
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _write_pointer(run_dir / "latest", final.name)
+    fsync_path(folder)
+    write_atomically(run_dir / "latest", final.name)
     if is_best:
-        _write_pointer(run_dir / "best", final.name)
+        write_atomically(run_dir / "best", final.name)
     _prune(run_dir, keep_last)
     return final
 
@@ -126,22 +129,6 @@ def _describe_choice(name: str, reason: str, config: dict) -> str:
     return f"using checkpoint {name}" + (f" ({', '.join(details)})" if details else "")
 
 
-def _write_pointer(path: Path, target: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    _write_synced(tmp, target.encode())
-    os.replace(tmp, path)
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
 
 
 def _prune(run_dir: Path, keep_last: int) -> None:

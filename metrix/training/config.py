@@ -4,9 +4,10 @@ overriding the one before. The resolved config is saved in every run and checkpo
 from __future__ import annotations
 
 import json
-import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+
+import tomllib
 
 from ..datasets.base import DEFAULT_VAL_FRACTION
 
@@ -75,7 +76,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 2
     channels_last: bool = True
-    decode_once: bool = False  # keep the training images decoded in memory (metrix.decoded_images)
+    decode_once: bool = False  # keep the training images decoded in memory (metrix.training.decoded_images)
     precision: str = "fp32"  # fp32 | bf16 (autocast of the backbone's forward; the head and loss stay fp32)
     train_retrieval: bool = False  # also measure retrieval on as many training classes as validation has
     # Also measure the test classes every epoch (logged as test_*), for reporting the official code's
@@ -103,7 +104,7 @@ class TrainConfig:
     def validate(self) -> None:
         from ..losses import LOSSES
         from ..mixup import MIXUP_MODES, PAIR_CHOICES
-        from ..sampler import SAMPLERS
+        from .sampler import SAMPLERS
 
         if (self.data is not None) + (self.dataset is not None) > 1:
             raise ConfigError("give either --data DIR (an image folder) or --dataset NAME, not both")

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .datasets.base import Sample
+from ..datasets.base import Sample
 from .stage_cache import frozen_stage_outputs
 
 #: The two views' augmentation seeds: fixed, so every epoch and every run sees the same views.

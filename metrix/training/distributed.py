@@ -34,7 +34,7 @@ class Distributed:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if use_cuda:
             if local_rank >= torch.cuda.device_count():
-                from .training.config import ConfigError
+                from .config import ConfigError
 
                 raise ConfigError(f"torchrun started process {local_rank} on a machine with {torch.cuda.device_count()} GPU(s): "
                                    "start at most one process per GPU (nccl refuses two on one GPU), or set \"device\": \"cpu\" in --config")

@@ -14,9 +14,9 @@ import numpy as np
 from PIL import Image
 from torchvision import transforms as T
 
-from .datasets.base import Sample
-from .images import ImageDecodeError, decode_rgb
-from .transforms import INTERPOLATION
+from ..datasets.base import Sample
+from ..images import ImageDecodeError, decode_rgb
+from ..transforms import INTERPOLATION
 
 
 class DecodedImages:

@@ -10,26 +10,29 @@ buffers, the preprocessing, the transform and its seeds, and each image's path, 
 A changed image or weight gives a new name, never a stale read. Files are written to a temporary
 name and renamed, so a killed run leaves no half-written cache. Location: $METRIX_CACHE/stages
 (default ~/.cache/metrix/stages); delete the folder to reclaim the space.
+
+Training on the cache (the cpu recipe): FeatureCache holds the outputs for V augmented views of
+every training image (float16, in memory) and gives each epoch one view of each image, drawn from
+(seed, epoch); CachedTail runs the remaining stages and the head on them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from .cache import cache_root
-from .datasets.base import Sample
+from ..cache import cache_root
+from ..datasets.base import Sample
+from ..files import staged
+from ..transforms import eval_transform, train_transform
 from .image_dataset import ImageDataset
-from .transforms import eval_transform, train_transform
 
 FORMAT = "metrix-stage-cache/1"
 
@@ -99,12 +102,44 @@ def _key(backbone, start: int, samples: Sequence[Sample], seeds: Sequence[int | 
 
 
 def _save_atomically(outputs: Tensor, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
-        temporary = Path(handle.name)
-    try:
-        torch.save(outputs, temporary)
-        os.chmod(temporary, 0o644)  # mkstemp makes it private
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with staged(path) as tmp:
+        torch.save(outputs, tmp)
+
+
+class FeatureCache:
+    def __init__(self, features: Tensor, labels: Tensor):
+        self.features, self.labels = features, labels  # [N, V, C, H, W] float16, [N]
+
+    @property
+    def views(self) -> int:
+        return self.features.shape[1]
+
+    @classmethod
+    def build(cls, model, samples: list[Sample], label_map: dict[int, int], start: int, views: int, seed: int,
+              **options) -> "FeatureCache":
+        """Outputs of backbone stages [0, start) for `views` augmented views of each sample;
+        `options` go to frozen_stage_outputs."""
+        features = frozen_stage_outputs(model.backbone, start, samples, view_seeds(views, seed), **options)
+        return cls(features, torch.tensor([label_map[s.label] for s in samples]))
+
+    def batch(self, indices: list[int], epoch_seed: int) -> tuple[Tensor, Tensor]:
+        """The epoch's view of each image; index + j * N (metrix.training.sampler.DistinctRepeats) is the
+        j-th view after it, so an image repeated in a batch comes as distinct views (j < V)."""
+        indices = torch.as_tensor(indices)
+        index, repeat = indices % len(self.labels), indices // len(self.labels)
+        view = torch.randint(self.views, (len(self.labels),), generator=torch.Generator().manual_seed(epoch_seed))
+        return self.features[index, (view[index] + repeat) % self.views].float(), self.labels[index]
+
+
+class CachedTail(nn.Module):
+    """A SplitModel over cached inputs: `features` runs the backbone from stage `start` on."""
+
+    def __init__(self, model, start: int):
+        super().__init__()
+        self.model, self.start = model, start
+
+    def features(self, cached: Tensor) -> Tensor:
+        return self.model.backbone.features_from(cached, self.start)
+
+    def head(self, features: Tensor) -> Tensor:
+        return self.model.head(features)

@@ -139,28 +139,8 @@ def _chunk_scores(relevant: np.ndarray, r: np.ndarray, ks) -> tuple[np.ndarray, 
     return hits, ap_at_r, r_precision
 
 
-def evaluate_retrieval(
-    query_emb,
-    query_labels,
-    gallery_emb=None,
-    gallery_labels=None,
-    ks=(1, 2, 4, 8),
-    nmi: bool = True,
-    batch_size: int = 4096,
-    seed: int = 0,
-    per_query: bool = False,
-    neighbours: int = 0,
-) -> RetrievalReport:
-    """Recall@K, MAP@R, R-precision (and NMI) of queries against a gallery, or against each other.
-
-    query_emb [N, D] and query_labels [N]; gallery_emb [M, D] and gallery_labels [M] or both None
-    (then each query is searched among the other N - 1 queries). Labels may be ints or strings.
-    Raises ValueError on mismatched lengths or dimensions, NaN embeddings, or a K larger than the
-    number of items a query is searched in.
-    per_query: also return the per-query values (report.per_query); neighbours: how many of each
-    query's first results (reference indices) to keep there. A neighbours above max(ks) widens
-    the search, which can only change which of exactly tied items come first.
-    """
+def _checked(query_emb, query_labels, gallery_emb, gallery_labels, ks, batch_size: int, neighbours: int):
+    """The inputs of evaluate_retrieval as arrays, or a ValueError saying what is wrong with them."""
     query = _as_embeddings(query_emb, "query_emb")
     q_labels = _as_labels(query_labels, "query_labels")
     _check_lengths(query, q_labels, "query_emb", "query_labels")
@@ -194,6 +174,35 @@ def evaluate_retrieval(
         raise ValueError(
             f"neighbours = {neighbours} is not in 0..{num_reference}, the items each query is searched in"
         )
+    return query, q_labels, gallery, g_labels, ks
+
+
+def evaluate_retrieval(
+    query_emb,
+    query_labels,
+    gallery_emb=None,
+    gallery_labels=None,
+    ks=(1, 2, 4, 8),
+    nmi: bool = True,
+    batch_size: int = 4096,
+    seed: int = 0,
+    per_query: bool = False,
+    neighbours: int = 0,
+) -> RetrievalReport:
+    """Recall@K, MAP@R, R-precision (and NMI) of queries against a gallery, or against each other.
+
+    query_emb [N, D] and query_labels [N]; gallery_emb [M, D] and gallery_labels [M] or both None
+    (then each query is searched among the other N - 1 queries). Labels may be ints or strings.
+    Raises ValueError on mismatched lengths or dimensions, NaN embeddings, or a K larger than the
+    number of items a query is searched in.
+    per_query: also return the per-query values (report.per_query); neighbours: how many of each
+    query's first results (reference indices) to keep there. A neighbours above max(ks) widens
+    the search, which can only change which of exactly tied items come first.
+    """
+    query, q_labels, gallery, g_labels, ks = _checked(query_emb, query_labels, gallery_emb, gallery_labels, ks,
+                                                      batch_size, neighbours)
+    exclude_self = gallery_emb is None
+    num_reference = len(gallery) - int(exclude_self)
 
     # Integer label codes shared by queries and gallery; R = same-label reference items.
     codes = np.unique(np.concatenate([q_labels, g_labels]), return_inverse=True)[1].ravel()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .store import CURRENT, GalleryIndexError
+from ..index.store import CURRENT, GalleryIndexError
 
 RUNS, INDEXES, MODELS = Path("runs"), Path("indexes"), Path("models")
 #: The backbone a gallery is indexed with when nothing was trained: its weights install offline.
@@ -23,7 +23,7 @@ def default_model(runs: Path = RUNS) -> Path:
 
 
 def default_index_dir(gallery: Path | str) -> Path:
-    from .source import default_name
+    from ..index.source import default_name
 
     return INDEXES / default_name(gallery)
 

@@ -16,13 +16,13 @@ SYNTHETIC_SETTINGS = {"image_size": 96, "cached_views": 3}
 
 def run_demo(data: Path | None = None, out: Path | None = None, log=print) -> tuple[Path, Path]:
     """Train, export, index and measure; returns (run directory, index directory)."""
-    from .export.onnx_export import export_run
-    from .index.build import build_index
-    from .run_evaluation import evaluate_run
-    from .training.checkpoint import load_checkpoint
-    from .training.config import TrainConfig, resolve_config
-    from .training.data import load_training_data
-    from .training.trainer import train
+    from ..evaluation.run import evaluate_run
+    from ..index.build import build_index
+    from ..training.checkpoint import load_checkpoint
+    from ..training.config import TrainConfig, resolve_config
+    from ..training.data import load_training_data
+    from ..training.trainer import train
+    from .run_export import export_run
 
     out = Path(out or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
     # The demo shows the method the tool is named for; the CPU recipe's own default is no mixing.

@@ -2,7 +2,7 @@
 
 The metrics next to the untrained floor, R@1 per class, the class pairs most often confused and
 the worst queries with their top-8 neighbours. Everything comes from one search of the test split,
-the one `metrix evaluate` does (its per-query values, metrix.evaluation.PerQuery); report_data
+the one `metrix evaluate` does (its per-query values, metrix.evaluation.metrics.PerQuery); report_data
 computes the page's content, render_html writes it (thumbnails as base64 JPEG, the chart as SVG).
 """
 
@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from .images import ImageDecodeError, decode_rgb
-from .run_evaluation import embed_run, evaluate_run, retrieval_metrics, summarise
+from ..files import write_atomically
+from ..images import ImageDecodeError, decode_rgb
+from .run import embed_run, evaluate_run, retrieval_metrics, summarise
 
 TOP = 8  # neighbours shown per worst query
 WORST = 10
@@ -208,15 +209,9 @@ def _chart(per_class: list[tuple[str, float, int]], overall: float) -> str:
 
 def write_report(path: Path, html: str) -> None:
     """Write beside the target, then rename: an existing report is replaced only by a complete one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(html)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomically(path, html)
     except OSError as error:
-        tmp.unlink(missing_ok=True)
         raise ReportError(f"cannot write the report {path}: {error.strerror or error}") from None
 
 

@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .backbones import create_backbone
-from .datasets.base import DataError, RetrievalData
-from .embedding import embed_samples
-from .evaluation import RECALL_KS, RetrievalReport, evaluate_retrieval, utilization
-from .model import PooledBackbone
-from .training.checkpoint import build_model, load_checkpoint
-from .training.config import TrainConfig
-from .training.data import load_training_data
+from ..backbones import create_backbone
+from ..datasets.base import DataError, RetrievalData
+from ..model import PooledBackbone
+from ..training.checkpoint import build_model, load_checkpoint
+from ..training.config import TrainConfig
+from ..training.data import load_training_data
+from ..training.embedding import embed_samples
+from .metrics import RECALL_KS, RetrievalReport, evaluate_retrieval, utilization
 
 
 @dataclass

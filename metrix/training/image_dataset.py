@@ -4,7 +4,7 @@ by name, and replaced by another image of the same class, so one bad file never 
 With `seed` set, each sample's random augmentation is drawn from (seed, index): the same image
 gets the same crop whichever process or loader worker reads it. An index of N or more (N
 samples) is sample index % N with a crop of its own: a sampler's repeat of an image
-(metrix.sampler.DistinctRepeats). With `images` (DecodedImages of the same samples) pixels come
+(metrix.training.sampler.DistinctRepeats). With `images` (DecodedImages of the same samples) pixels come
 from memory instead of the files. An image that is its own class (training without labels) is
 replaced by the next decodable image of any class."""
 
@@ -17,9 +17,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from .datasets.base import Sample
+from ..datasets.base import Sample
+from ..images import ImageDecodeError, open_rgb
 from .decoded_images import DecodedImages
-from .images import ImageDecodeError, open_rgb
 
 
 class ImageDataset(Dataset):

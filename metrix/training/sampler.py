@@ -13,8 +13,7 @@ import random
 from collections import defaultdict, deque
 from collections.abc import Iterator, Sequence
 
-from .datasets.base import DataError
-
+from ..datasets.base import DataError
 
 SAMPLERS = ("balanced", "random")
 

@@ -8,11 +8,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .datasets.base import Sample
+from ..datasets.base import Sample
+from ..transforms import eval_transform
 from .decoded_images import DecodedImages
 from .image_dataset import ImageDataset
 from .stage_cache import frozen_stage_outputs
-from .transforms import eval_transform
 
 
 @torch.no_grad()
@@ -23,7 +23,7 @@ def embed_samples(
     """Returns (embeddings [N, D] float32, labels [N]); unreadable images are replaced by another
     image of their class (see ImageDataset), so rows stay aligned with `samples`. With
     frozen_stages > 0 the outputs of the model's first, frozen stages come from the stage cache
-    (metrix.stage_cache) and only the rest of the model runs. `images`: the samples' pixels,
+    (metrix.training.stage_cache) and only the rest of the model runs. `images`: the samples' pixels,
     already decoded."""
     was_training = model.training
     model.eval()
