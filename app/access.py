@@ -85,13 +85,18 @@ def load_access(auth: str | None = None, auth_file: Path | None = None, token: s
             lines = Path(auth_file).read_text().splitlines()
         except OSError as error:
             raise AccessError(f"{auth_file}: cannot read the login file ({error.strerror})") from None
-        users += [parse_user(line, f"{auth_file} line {n}") for n, line in enumerate(lines, 1)
-                  if line.strip() and not line.lstrip().startswith("#")]
+        users += [
+            parse_user(line, f"{auth_file} line {n}")
+            for n, line in enumerate(lines, 1)
+            if line.strip() and not line.lstrip().startswith("#")
+        ]
         if not users:
             raise AccessError(f"{auth_file}: no USER:PASSWORD line")
     token = token or os.environ.get("METRIX_API_TOKEN")
     if token is not None and len(token) < 16:
-        raise AccessError("--token: use at least 16 characters (e.g. `python -c 'import secrets; print(secrets.token_urlsafe())'`)")
+        raise AccessError(
+            "--token: use at least 16 characters (e.g. `python -c 'import secrets; print(secrets.token_urlsafe())'`)"
+        )
     return Access(users=users, token=token)
 
 

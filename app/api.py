@@ -55,8 +55,17 @@ def image_url(request_base: str, access: Access, image_id: int, thumbnail: int |
 
 
 def hit_json(hit: Hit, rank: int, url: str) -> dict:
-    return {"rank": rank, "id": hit.id, "path": hit.path, "score": hit.score, "label": hit.label,
-            "width": hit.width, "height": hit.height, "bytes": hit.size, "url": url}
+    return {
+        "rank": rank,
+        "id": hit.id,
+        "path": hit.path,
+        "score": hit.score,
+        "label": hit.label,
+        "width": hit.width,
+        "height": hit.height,
+        "bytes": hit.size,
+        "url": url,
+    }
 
 
 @dataclass(frozen=True)
@@ -78,8 +87,11 @@ router = APIRouter(prefix="/api", tags=["search"])
 def refused(request: Request) -> JSONResponse | None:
     if service(request).access.allows(request.headers.get("authorization")):
         return None
-    return error(401, "this server needs `Authorization: Bearer <token>` (or the page's login as HTTP Basic)",
-                 **{"WWW-Authenticate": "Bearer"})
+    return error(
+        401,
+        "this server needs `Authorization: Bearer <token>` (or the page's login as HTTP Basic)",
+        **{"WWW-Authenticate": "Bearer"},
+    )
 
 
 async def upload(request: Request, image: UploadFile) -> tuple[str, bytes | JSONResponse]:
@@ -100,13 +112,24 @@ def failed(name: str, failure: Exception) -> JSONResponse:
 
 
 @router.post("/search", summary="The gallery images most similar to an uploaded image (or a region of it)")
-async def search(request: Request, image: UploadFile = File(description="the query image (JPEG, PNG, WebP, ...)"),
-                 k: int = Form(DEFAULT_K, ge=1, le=MAX_K, description="how many results"),
-                 box: str | None = Form(None, description="search this region only: x0,y0,x1,y1 in pixels of the image as displayed"),
-                 label: list[str] | None = Form(None, description="only images with this label (top-level folder); repeat the field for several"),
-                 path_prefix: str | None = Form(None, description="only images whose gallery path starts with this"),
-                 right: list[str] | None = Form(None, description="relevance feedback: ids marked right (repeat, or comma-separated)"),
-                 wrong: list[str] | None = Form(None, description="relevance feedback: ids marked wrong (repeat, or comma-separated)")):
+async def search(
+    request: Request,
+    image: UploadFile = File(description="the query image (JPEG, PNG, WebP, ...)"),
+    k: int = Form(DEFAULT_K, ge=1, le=MAX_K, description="how many results"),
+    box: str | None = Form(
+        None, description="search this region only: x0,y0,x1,y1 in pixels of the image as displayed"
+    ),
+    label: list[str] | None = Form(
+        None, description="only images with this label (top-level folder); repeat the field for several"
+    ),
+    path_prefix: str | None = Form(None, description="only images whose gallery path starts with this"),
+    right: list[str] | None = Form(
+        None, description="relevance feedback: ids marked right (repeat, or comma-separated)"
+    ),
+    wrong: list[str] | None = Form(
+        None, description="relevance feedback: ids marked wrong (repeat, or comma-separated)"
+    ),
+):
     name, data = await upload(request, image)
     if isinstance(data, JSONResponse):
         return data
@@ -116,21 +139,35 @@ async def search(request: Request, image: UploadFile = File(description="the que
     except (ImageDecodeError, GalleryIndexError, ValueError) as failure:
         return failed(name, failure)
     base = str(request.base_url)
-    return {"generation": result.generation, "images": result.images, "k": k,
-            "took_ms": round(result.seconds * 1000, 2), "applied": refinement.describe(),
-            "results": [hit_json(hit, rank, image_url(base, service(request).access, hit.id)) for rank, hit in enumerate(result.hits, 1)],
-            "left_out": [{"path": path, "reason": reason} for path, reason in result.left_out],
-            **({"hint": REBUILD_HINT} if result.left_out else {})}
+    return {
+        "generation": result.generation,
+        "images": result.images,
+        "k": k,
+        "took_ms": round(result.seconds * 1000, 2),
+        "applied": refinement.describe(),
+        "results": [
+            hit_json(hit, rank, image_url(base, service(request).access, hit.id))
+            for rank, hit in enumerate(result.hits, 1)
+        ],
+        "left_out": [{"path": path, "reason": reason} for path, reason in result.left_out],
+        **({"hint": REBUILD_HINT} if result.left_out else {}),
+    }
+
 
 @router.post("/explain", summary="Where an uploaded image and a gallery image agree: a heat map over each")
-async def explain(request: Request, image: UploadFile = File(description="the query image"),
-                  id: int = Form(description="the gallery image's id (from a search)"),
-                  box: str | None = Form(None, description="the query's region, as in /api/search")):
+async def explain(
+    request: Request,
+    image: UploadFile = File(description="the query image"),
+    id: int = Form(description="the gallery image's id (from a search)"),
+    box: str | None = Form(None, description="the query's region, as in /api/search"),
+):
     name, data = await upload(request, image)
     if isinstance(data, JSONResponse):
         return data
     try:
-        found = await run_in_threadpool(explain_match, service(request).live, name, data, parse_box(box) if box else None, id)
+        found = await run_in_threadpool(
+            explain_match, service(request).live, name, data, parse_box(box) if box else None, id
+        )
     except LookupError as failure:
         return error(404, str(failure.args[0]))
     except ModelError as failure:
@@ -140,11 +177,17 @@ async def explain(request: Request, image: UploadFile = File(description="the qu
     hit, explanation = found
     return {"id": hit.id, "path": hit.path, "label": hit.label, **explanation.to_json()}
 
+
 @router.get("/labels", summary="The labels (top-level folders) of the index, with their image counts")
 def labels(request: Request):
     if (denied := refused(request)) is not None:
         return denied
-    return {"labels": [{"label": label, "images": count} for label, count in service(request).live.snapshot().index.labels()]}
+    return {
+        "labels": [
+            {"label": label, "images": count} for label, count in service(request).live.snapshot().index.labels()
+        ]
+    }
+
 
 @router.get("/info", summary="What is being served")
 def info(request: Request):
@@ -152,19 +195,32 @@ def info(request: Request):
         return denied
     index = service(request).live.snapshot().index
     manifest = index.manifest
-    return {"version": __version__, "index": str(index.dir), "generation": index.generation, "images": len(index),
-            "gallery_root": manifest["gallery_root"], "updated": manifest["updated"],
-            "index_type": manifest["index"], "model": manifest["model"]}
+    return {
+        "version": __version__,
+        "index": str(index.dir),
+        "generation": index.generation,
+        "images": len(index),
+        "gallery_root": manifest["gallery_root"],
+        "updated": manifest["updated"],
+        "index_type": manifest["index"],
+        "model": manifest["model"],
+    }
+
 
 @router.get("/health", summary="Liveness")
 def health(request: Request):
     index = service(request).live.snapshot().index
     return {"status": "ok", "generation": index.generation, "images": len(index)}
 
+
 @router.get("/images/{image_id}", summary="An indexed image", response_class=Response)
-def indexed_image(request: Request, image_id: int,
-                  thumbnail: int | None = Query(None, ge=16, le=MAX_THUMBNAIL, description="longest side, px"),
-                  expires: str | None = None, sig: str | None = None):
+def indexed_image(
+    request: Request,
+    image_id: int,
+    thumbnail: int | None = Query(None, ge=16, le=MAX_THUMBNAIL, description="longest side, px"),
+    expires: str | None = None,
+    sig: str | None = None,
+):
     access = service(request).access
     if access.enabled and not access.signed(image_id, expires, sig) and refused(request) is not None:
         return error(401, f"image {image_id}: the link has expired or is not valid; search again")

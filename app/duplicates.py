@@ -60,28 +60,47 @@ def duplicates_router(live: LiveIndex, access: Access) -> APIRouter:
     def page(request: Request, threshold: str | None = THRESHOLD):
         if not allowed(request):
             scheme = 'Basic realm="metrix"' if access.users else "Bearer"
-            return PlainTextResponse("this page needs the server's login (HTTP Basic) or its API token", 401,
-                                     headers={"WWW-Authenticate": scheme})
+            return PlainTextResponse(
+                "this page needs the server's login (HTTP Basic) or its API token",
+                401,
+                headers={"WWW-Authenticate": scheme},
+            )
         try:
             result = results.get(threshold)
         except ValueError as failure:
             return PlainTextResponse(str(failure), 400)
         base = str(request.base_url)
-        return HTMLResponse(render_page(result, lambda image: image_url(base, access, image["id"], THUMBNAIL),
-                                        lambda image: image_url(base, access, image["id"]), form=True))
+        return HTMLResponse(
+            render_page(
+                result,
+                lambda image: image_url(base, access, image["id"], THUMBNAIL),
+                lambda image: image_url(base, access, image["id"]),
+                form=True,
+            )
+        )
 
     @router.get("/api/duplicates", summary="Near-duplicate groups of the gallery, as JSON")
     def groups(request: Request, threshold: str | None = THRESHOLD):
         if not allowed(request):
-            return error(401, "this server needs `Authorization: Bearer <token>` (or the page's login as HTTP Basic)",
-                         **{"WWW-Authenticate": "Bearer"})
+            return error(
+                401,
+                "this server needs `Authorization: Bearer <token>` (or the page's login as HTTP Basic)",
+                **{"WWW-Authenticate": "Bearer"},
+            )
         try:
             result = results.get(threshold)
         except ValueError as failure:
             return error(400, str(failure))
         base = str(request.base_url)
-        return {**result, "groups": [{**group, "images": [{**image, "url": image_url(base, access, image["id"])}
-                                                          for image in group["images"]]}
-                                     for group in result["groups"]]}
+        return {
+            **result,
+            "groups": [
+                {
+                    **group,
+                    "images": [{**image, "url": image_url(base, access, image["id"])} for image in group["images"]],
+                }
+                for group in result["groups"]
+            ],
+        }
 
     return router

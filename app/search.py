@@ -30,20 +30,29 @@ class Result:
         if applied := self.refinement.describe():
             line += f" ({applied}.)"
         if self.left_out:
-            line += (f" {len(self.left_out)} more left out: moved, deleted or changed since indexing "
-                     f"(e.g. {self.left_out[0][0]}); {REBUILD_HINT}.")
+            line += (
+                f" {len(self.left_out)} more left out: moved, deleted or changed since indexing "
+                f"(e.g. {self.left_out[0][0]}); {REBUILD_HINT}."
+            )
         return line
 
 
-def run_query(live: LiveIndex, name: str | Path, k: int, data: bytes | None = None,
-              refinement: Refinement = Refinement()) -> Result:
+def run_query(
+    live: LiveIndex, name: str | Path, k: int, data: bytes | None = None, refinement: Refinement = Refinement()
+) -> Result:
     """Raises metrix.images.ImageDecodeError for an upload that is not a usable image (or box),
     GalleryIndexError for a feedback mark that is not in the index."""
     start = time.perf_counter()
     snapshot = live.snapshot()
     answer = search_image(snapshot.index, snapshot.embedder, name, k, data, refinement)
-    return Result(snapshot.index.generation, len(snapshot.index), answer.hits, answer.left_out,
-                  time.perf_counter() - start, refinement)
+    return Result(
+        snapshot.index.generation,
+        len(snapshot.index),
+        answer.hits,
+        answer.left_out,
+        time.perf_counter() - start,
+        refinement,
+    )
 
 
 def explain_match(live: LiveIndex, name: str | Path, data: bytes | None, box, image_id: int):

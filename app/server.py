@@ -33,10 +33,18 @@ DELETE_CACHE = (60, 600)
 SHUTDOWN_GRACE = 10
 
 
-def make_app(live: LiveIndex, access: Access, concurrency: int = 2, default_k: int = DEFAULT_K,
-             delete_cache: tuple[int, int] = DELETE_CACHE) -> FastAPI:
-    api = FastAPI(title="Metrix image search", version=__version__,
-                  description="Search a gallery index by image. The page is at `/`; this is its JSON API.")
+def make_app(
+    live: LiveIndex,
+    access: Access,
+    concurrency: int = 2,
+    default_k: int = DEFAULT_K,
+    delete_cache: tuple[int, int] = DELETE_CACHE,
+) -> FastAPI:
+    api = FastAPI(
+        title="Metrix image search",
+        version=__version__,
+        description="Search a gallery index by image. The page is at `/`; this is its JSON API.",
+    )
 
     @api.middleware("http")
     async def refuse_large_uploads(request: Request, call_next):
@@ -56,17 +64,33 @@ def make_app(live: LiveIndex, access: Access, concurrency: int = 2, default_k: i
     api.include_router(duplicates_router(live, access))
     page = build_app(live, access, default_k, delete_cache)
     page.queue(default_concurrency_limit=concurrency, max_size=256)
-    return gr.mount_gradio_app(api, page, path="/", auth=access.users or None, show_error=False,
-                               max_file_size=MAX_UPLOAD_BYTES, footer_links=["api"])
+    return gr.mount_gradio_app(
+        api,
+        page,
+        path="/",
+        auth=access.users or None,
+        show_error=False,
+        max_file_size=MAX_UPLOAD_BYTES,
+        footer_links=["api"],
+    )
 
 
 class Server:
-    def __init__(self, live: LiveIndex, access: Access | None = None, host: str = "127.0.0.1", port: int = 7860,
-                 **app_options):
+    def __init__(
+        self, live: LiveIndex, access: Access | None = None, host: str = "127.0.0.1", port: int = 7860, **app_options
+    ):
         self.live, self.host, self.port = live, host, port
         app = make_app(live, access or Access(), **app_options)
-        self._server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                                     timeout_keep_alive=30, timeout_graceful_shutdown=SHUTDOWN_GRACE))
+        self._server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=host,
+                port=port,
+                log_level="warning",
+                timeout_keep_alive=30,
+                timeout_graceful_shutdown=SHUTDOWN_GRACE,
+            )
+        )
         self._thread: threading.Thread | None = None
 
     @property

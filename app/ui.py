@@ -43,7 +43,7 @@ BOX_COLOUR = "#ff2d55"
 PATH_EFFECTS = {
     "floor": "Untrained, it measured MAP@R 37.1 on cub100 and 21.0 on omniglot_small; training on your images raises that.",
     "without labels": "Trained without labels, it measured MAP@R 41.0 on cub100 and 30.8 on omniglot_small "
-                      "(untrained: 37.1 and 21.0).",
+    "(untrained: 37.1 and 21.0).",
     "with labels": "Trained with labels, it measured MAP@R 42.4 on cub100 and 35.4 on omniglot_small (untrained: 37.1 and 21.0).",
 }
 
@@ -54,15 +54,23 @@ def caption(hit: Hit) -> str:
 
 def header(index: GalleryIndex) -> str:
     manifest, model = index.manifest, index.manifest["model"]
-    kind = manifest["index"]["type"] + (f" (nprobe {manifest['index']['nprobe']}, recall@10 "
-                                        f"{manifest['index']['recall_at_10']:.3f})" if "nprobe" in manifest["index"] else "")
-    return (f"## Metrix image search\n"
-            f"**{len(index):,} images** from `{manifest['gallery_root']}` · model **{model['backbone']}** "
-            f"({model['loss']}, mixup {model['mixup']}, {model['embedding_size']}-d, weights "
-            f"`{model['weights_sha256'][:12]}`) · index {kind} ({index.generation}) · built {manifest['updated']}"
-            f" · [near-duplicates](duplicates)"
-            + (f"\n\nModel: {model['provenance']}. {PATH_EFFECTS[model['training_path']]}"
-               if "training_path" in model else ""))
+    kind = manifest["index"]["type"] + (
+        f" (nprobe {manifest['index']['nprobe']}, recall@10 {manifest['index']['recall_at_10']:.3f})"
+        if "nprobe" in manifest["index"]
+        else ""
+    )
+    return (
+        f"## Metrix image search\n"
+        f"**{len(index):,} images** from `{manifest['gallery_root']}` · model **{model['backbone']}** "
+        f"({model['loss']}, mixup {model['mixup']}, {model['embedding_size']}-d, weights "
+        f"`{model['weights_sha256'][:12]}`) · index {kind} ({index.generation}) · built {manifest['updated']}"
+        f" · [near-duplicates](duplicates)"
+        + (
+            f"\n\nModel: {model['provenance']}. {PATH_EFFECTS[model['training_path']]}"
+            if "training_path" in model
+            else ""
+        )
+    )
 
 
 def label_choices(index: GalleryIndex) -> list[tuple[str, str]]:
@@ -70,8 +78,16 @@ def label_choices(index: GalleryIndex) -> list[tuple[str, str]]:
 
 
 def details(hit: dict) -> str:
-    return "\n".join([f"**{hit['path']}**", "", f"- similarity: {hit['score']:.4f}", f"- label: {hit['label'] or '-'}",
-                      f"- size: {hit['width']} x {hit['height']} px", f"- id: {hit['id']}"])
+    return "\n".join(
+        [
+            f"**{hit['path']}**",
+            "",
+            f"- similarity: {hit['score']:.4f}",
+            f"- label: {hit['label'] or '-'}",
+            f"- size: {hit['width']} x {hit['height']} px",
+            f"- id: {hit['id']}",
+        ]
+    )
 
 
 def request_base(request: gr.Request | None) -> str:
@@ -107,21 +123,25 @@ def heatmaps(hit: dict, explanation) -> str:
     query, result = explanation.overlays(HEATMAP)
     low, high = explanation.scale
     figure = 'style="flex: 1; margin: 0"'
-    return (f'<div class="why"><div style="display: flex; gap: 8px">'
-            f'<figure {figure}><img src="{data_url(query)}" alt="query heat map" class="why-query" style="width: 100%">'
-            f"<figcaption>the query: where it looks like this result</figcaption></figure>"
-            f'<figure {figure}><img src="{data_url(result)}" alt="result heat map" class="why-result" style="width: 100%">'
-            f"<figcaption>{html.escape(hit['path'])}: where it looks like the query</figcaption></figure></div>"
-            f"<p>Why this match: each location's cosine with the other picture's embedding, "
-            f"from {low:.2f} (dark blue) to {high:.2f} (yellow); the two pictures' cosine is {explanation.score:.3f}.</p></div>")
+    return (
+        f'<div class="why"><div style="display: flex; gap: 8px">'
+        f'<figure {figure}><img src="{data_url(query)}" alt="query heat map" class="why-query" style="width: 100%">'
+        f"<figcaption>the query: where it looks like this result</figcaption></figure>"
+        f'<figure {figure}><img src="{data_url(result)}" alt="result heat map" class="why-result" style="width: 100%">'
+        f"<figcaption>{html.escape(hit['path'])}: where it looks like the query</figcaption></figure></div>"
+        f"<p>Why this match: each location's cosine with the other picture's embedding, "
+        f"from {low:.2f} (dark blue) to {high:.2f} (yellow); the two pictures' cosine is {explanation.score:.3f}.</p></div>"
+    )
 
 
 def feedback_boxes(hits: list[dict], marks: dict):
     """The right / wrong checkboxes for the results shown, ticked where already marked."""
     choices = [(f"{rank}. {hit['path']}", str(hit["id"])) for rank, hit in enumerate(hits, 1)]
     shown = {str(hit["id"]) for hit in hits}
-    return (gr.CheckboxGroup(choices=choices, value=[i for i, m in marks.items() if m == "right" and i in shown]),
-            gr.CheckboxGroup(choices=choices, value=[i for i, m in marks.items() if m == "wrong" and i in shown]))
+    return (
+        gr.CheckboxGroup(choices=choices, value=[i for i, m in marks.items() if m == "right" and i in shown]),
+        gr.CheckboxGroup(choices=choices, value=[i for i, m in marks.items() if m == "wrong" and i in shown]),
+    )
 
 
 class Page:
@@ -135,9 +155,13 @@ class Page:
         if not query:
             return [], PROMPT, []
         try:
-            refinement = Refinement.from_form(box_text, ["" if label == ROOT else label for label in labels or ()], prefix,
-                                                 [i for i, m in marks.items() if m == "right"],
-                                                 [i for i, m in marks.items() if m == "wrong"])
+            refinement = Refinement.from_form(
+                box_text,
+                ["" if label == ROOT else label for label in labels or ()],
+                prefix,
+                [i for i, m in marks.items() if m == "right"],
+                [i for i, m in marks.items() if m == "wrong"],
+            )
             result = run_query(self.live, query["name"], int(k), query["data"], refinement)
         except ImageDecodeError as error:
             return [], f"That query cannot be searched: {error.reason}.", []
@@ -158,7 +182,14 @@ class Page:
         try:
             query = new_query(Path(path).name, Path(path).read_bytes())
         except ImageDecodeError as error:
-            return [], f"That upload cannot be searched: {error.reason}. Try a JPEG, PNG or WebP photo.", [], None, {}, None
+            return (
+                [],
+                f"That upload cannot be searched: {error.reason}. Try a JPEG, PNG or WebP photo.",
+                [],
+                None,
+                {},
+                None,
+            )
         return (*self.search(query, "", k, labels, prefix, {}, request), query, {}, None)
 
     def show_query(self, query: dict | None, hits: list[dict], marks: dict):
@@ -169,7 +200,9 @@ class Page:
         items, status, hits = self.search(query, box_text, k, labels, prefix, marks, request)
         return items, status, hits, *feedback_boxes(hits, marks)
 
-    def click_region(self, query: dict | None, corner, k, labels, prefix, marks, event: gr.SelectData, request: gr.Request):
+    def click_region(
+        self, query: dict | None, corner, k, labels, prefix, marks, event: gr.SelectData, request: gr.Request
+    ):
         """First click: a corner; second click: the opposite corner, and the region is searched."""
         unchanged = (gr.skip(),) * 5
         if not query or not event.index:
@@ -177,26 +210,51 @@ class Page:
         scale = query["size"][0] / query["preview"].width
         point = (round(event.index[0] * scale), round(event.index[1] * scale))
         if corner is None:
-            return (drawn(query, None, point), gr.skip(), point, gr.skip(), "Now click the opposite corner of the region.",
-                    *unchanged[2:])
+            return (
+                drawn(query, None, point),
+                gr.skip(),
+                point,
+                gr.skip(),
+                "Now click the opposite corner of the region.",
+                *unchanged[2:],
+            )
         # both clicked pixels belong to the region: x1, y1 are exclusive
-        box = (min(corner[0], point[0]), min(corner[1], point[1]),
-               min(max(corner[0], point[0]) + 1, query["size"][0]), min(max(corner[1], point[1]) + 1, query["size"][1]))
+        box = (
+            min(corner[0], point[0]),
+            min(corner[1], point[1]),
+            min(max(corner[0], point[0]) + 1, query["size"][0]),
+            min(max(corner[1], point[1]) + 1, query["size"][1]),
+        )
         box_text = format_box(box)
-        return (drawn(query, box, None), box_text, None, *self.rerun(query, box_text, k, labels, prefix, marks, request))
+        return (
+            drawn(query, box, None),
+            box_text,
+            None,
+            *self.rerun(query, box_text, k, labels, prefix, marks, request),
+        )
 
     def typed_box(self, query, box_text, k, labels, prefix, marks, request: gr.Request):
         try:
             box = parse_box(box_text) if box_text and box_text.strip() else None
         except ValueError as error:
             return gr.skip(), [], f"{error}.", [], *feedback_boxes([], {})
-        return (drawn(query, box, None) if query else None, *self.rerun(query, box_text, k, labels, prefix, marks, request))
+        return (
+            drawn(query, box, None) if query else None,
+            *self.rerun(query, box_text, k, labels, prefix, marks, request),
+        )
 
     def apply_feedback(self, query, box_text, k, labels, prefix, marks: dict, right, wrong, hits, request: gr.Request):
         """Marks of the results shown replace theirs; marks of earlier rounds stay."""
         both = set(right or ()) & set(wrong or ())
         if both:
-            return (marks, gr.skip(), "A result cannot be both right and wrong; untick one.", gr.skip(), gr.skip(), gr.skip())
+            return (
+                marks,
+                gr.skip(),
+                "A result cannot be both right and wrong; untick one.",
+                gr.skip(),
+                gr.skip(),
+                gr.skip(),
+            )
         marks = {i: m for i, m in marks.items() if i not in {str(hit["id"]) for hit in hits}}
         marks.update({i: "right" for i in right or ()} | {i: "wrong" for i in wrong or ()})
         items, status, new_hits = self.search(query, box_text, k, labels, prefix, marks, request)
@@ -242,8 +300,9 @@ class Page:
         return header(index), gr.Dropdown(choices=label_choices(index))
 
 
-def build_app(live: LiveIndex, access: Access, default_k: int = DEFAULT_K,
-              delete_cache: tuple[int, int] | None = None) -> gr.Blocks:
+def build_app(
+    live: LiveIndex, access: Access, default_k: int = DEFAULT_K, delete_cache: tuple[int, int] | None = None
+) -> gr.Blocks:
 
     page = Page(live, access)
     with gr.Blocks(title="Metrix image search", delete_cache=delete_cache) as app:
@@ -257,19 +316,35 @@ def build_app(live: LiveIndex, access: Access, default_k: int = DEFAULT_K,
                 # unreadable upload into a bare "Error"; our decoder says what is wrong. (An instance
                 # override, because subclassing a Gradio component writes a .pyi beside this file.)
                 query.preprocess = lambda payload: None if payload is None else payload.path
-                region = gr.Image(label="Region: click two opposite corners to search that part only",
-                                  interactive=False, height=240, elem_id="region", buttons=[])
+                region = gr.Image(
+                    label="Region: click two opposite corners to search that part only",
+                    interactive=False,
+                    height=240,
+                    elem_id="region",
+                    buttons=[],
+                )
                 with gr.Row():
                     box = gr.Textbox(label="Region x0,y0,x1,y1 (px; empty: the whole picture)", elem_id="box", scale=3)
                     whole = gr.Button("Whole picture", scale=1, size="sm")
                 k = gr.Slider(1, MAX_K, value=default_k, step=1, label="Results (k)")
-                labels = gr.Dropdown(label="Only these labels", choices=label_choices(live.snapshot().index),
-                                     multiselect=True, value=[], elem_id="labels")
+                labels = gr.Dropdown(
+                    label="Only these labels",
+                    choices=label_choices(live.snapshot().index),
+                    multiselect=True,
+                    value=[],
+                    elem_id="labels",
+                )
                 prefix = gr.Textbox("", label="Only paths starting with (Enter to apply)", elem_id="prefix")
                 status = gr.Markdown(PROMPT, elem_id="status")
             with gr.Column(scale=2):
-                results = gr.Gallery(label="Most similar", columns=4, height="auto", object_fit="contain",
-                                     allow_preview=False, elem_id="results")
+                results = gr.Gallery(
+                    label="Most similar",
+                    columns=4,
+                    height="auto",
+                    object_fit="contain",
+                    allow_preview=False,
+                    elem_id="results",
+                )
                 with gr.Row():
                     right = gr.CheckboxGroup(label="Right", elem_id="right")
                     wrong = gr.CheckboxGroup(label="Wrong", elem_id="wrong")
@@ -290,21 +365,36 @@ def build_app(live: LiveIndex, access: Access, default_k: int = DEFAULT_K,
         current = [query_state, box, *filters, marks_state]
         boxes = [right, wrong]
         # upload, not change: "Search with this image" sets the query's picture too, and must not search twice
-        query.upload(page.upload, [query, *filters], [*searched, query_state, marks_state, corner_state], api_name="search") \
-            .then(page.show_query, [query_state, hits_state, marks_state], [region, box, *boxes], api_name=False)
+        query.upload(
+            page.upload, [query, *filters], [*searched, query_state, marks_state, corner_state], api_name="search"
+        ).then(page.show_query, [query_state, hits_state, marks_state], [region, box, *boxes], api_name=False)
         for event in (k.release, labels.input, prefix.submit):
             event(page.rerun, current, [*searched, *boxes], api_name=False)
-        region.select(page.click_region, [query_state, corner_state, *filters, marks_state],
-                      [region, box, corner_state, *searched, *boxes], api_name=False)
+        region.select(
+            page.click_region,
+            [query_state, corner_state, *filters, marks_state],
+            [region, box, corner_state, *searched, *boxes],
+            api_name=False,
+        )
         box.submit(page.typed_box, current, [region, *searched, *boxes], api_name=False)
-        whole.click(lambda q: (drawn(q, None, None) if q else None, "", None), [query_state], [region, box, corner_state],
-                    api_name=False) \
-            .then(page.rerun, current, [*searched, *boxes], api_name=False)
-        feedback.click(page.apply_feedback, [*current, right, wrong, hits_state], [marks_state, *searched, *boxes], api_name=False)
-        forget.click(page.clear_feedback, [query_state, box, *filters], [marks_state, *searched, *boxes], api_name=False)
+        whole.click(
+            lambda q: (drawn(q, None, None) if q else None, "", None),
+            [query_state],
+            [region, box, corner_state],
+            api_name=False,
+        ).then(page.rerun, current, [*searched, *boxes], api_name=False)
+        feedback.click(
+            page.apply_feedback, [*current, right, wrong, hits_state], [marks_state, *searched, *boxes], api_name=False
+        )
+        forget.click(
+            page.clear_feedback, [query_state, box, *filters], [marks_state, *searched, *boxes], api_name=False
+        )
         results.select(page.select, [hits_state, query_state, box], [large, why, info, selected_state], api_name=False)
-        again.click(page.search_with, [selected_state, *filters], [query, query_state, marks_state, corner_state, *searched],
-                    api_name=False) \
-            .then(page.show_query, [query_state, hits_state, marks_state], [region, box, *boxes], api_name=False)
+        again.click(
+            page.search_with,
+            [selected_state, *filters],
+            [query, query_state, marks_state, corner_state, *searched],
+            api_name=False,
+        ).then(page.show_query, [query_state, hits_state, marks_state], [region, box, *boxes], api_name=False)
         app.load(page.on_load, None, [title, labels], api_name=False)
     return app

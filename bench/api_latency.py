@@ -69,7 +69,9 @@ def grow_to(index_dir: Path, gallery: Path, sources: list[Path], size: int) -> N
         link = links / f"{n:06d}.jpg"
         os.link(source, link)
         stat = link.stat()
-        rows.append((first + n, link.relative_to(gallery).as_posix(), stat.st_size, stat.st_mtime_ns, "-", "links", 320, 240))
+        rows.append(
+            (first + n, link.relative_to(gallery).as_posix(), stat.st_size, stat.st_mtime_ns, "-", "links", 320, 240)
+        )
     database.executemany("INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
     database.commit()
     database.close()
@@ -118,8 +120,11 @@ def main() -> None:
     del live
 
     port = 7900 + os.getpid() % 1000
-    server = subprocess.Popen([sys.executable, "-m", "metrix", "serve", "--index", str(index_dir), "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "metrix", "serve", "--index", str(index_dir), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}/api/search"
     try:
         for _ in range(600):
@@ -153,17 +158,32 @@ def main() -> None:
         server.terminate()
         server.wait(30)
 
-    rows = {"in process": percentiles(in_process), "HTTP, 1 client": percentiles(one), "HTTP, 8 clients": percentiles(eight)}
+    rows = {
+        "in process": percentiles(in_process),
+        "HTTP, 1 client": percentiles(one),
+        "HTTP, 8 clients": percentiles(eight),
+    }
     rows["HTTP, 8 clients"]["queries_per_s"] = len(eight) / wall
-    report = {"machine": platform.processor() or platform.machine(), "cpu": cpu_name(), "cores": os.cpu_count(),
-              "index_images": SIZE, "model": str(args.model), "rows": rows,
-              "http_added_p50_ms": rows["HTTP, 1 client"]["p50_ms"] - rows["in process"]["p50_ms"]}
+    report = {
+        "machine": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "index_images": SIZE,
+        "model": str(args.model),
+        "rows": rows,
+        "http_added_p50_ms": rows["HTTP, 1 client"]["p50_ms"] - rows["in process"]["p50_ms"],
+    }
     print("| path | p50 ms | p99 ms | queries |")
     print("|---|---|---|---|")
     for name, row in rows.items():
-        print(f"| {name} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['n']}" +
-              (f" ({row['queries_per_s']:.0f}/s)" if "queries_per_s" in row else "") + " |")
-    print(f"HTTP adds {report['http_added_p50_ms']:.2f} ms to the in-process p50 (one client); {report['cpu']}, {SIZE:,} images")
+        print(
+            f"| {name} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['n']}"
+            + (f" ({row['queries_per_s']:.0f}/s)" if "queries_per_s" in row else "")
+            + " |"
+        )
+    print(
+        f"HTTP adds {report['http_added_p50_ms']:.2f} ms to the in-process p50 (one client); {report['cpu']}, {SIZE:,} images"
+    )
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 

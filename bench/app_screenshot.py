@@ -41,8 +41,16 @@ def main() -> None:
     server = Server(LiveIndex(args.index), port=port, default_k=args.k).start()
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--window-size=1300,1050"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1300,1050",
+    ):
         options.add_argument(flag)
     browser = webdriver.Chrome(options=options, service=webdriver.ChromeService(shutil.which("chromedriver")))
     try:
@@ -60,8 +68,11 @@ def main() -> None:
         browser.find_elements(By.CSS_SELECTOR, "#results .thumbnail-item")[1].click()
         wait.until(lambda b: "similarity:" in b.find_element(By.TAG_NAME, "body").text)
         if args.why_out:
-            wait.until(lambda b: b.execute_script(
-                "return [...document.querySelectorAll('#why img')].filter(i => i.complete && i.naturalWidth).length === 2"))
+            wait.until(
+                lambda b: b.execute_script(
+                    "return [...document.querySelectorAll('#why img')].filter(i => i.complete && i.naturalWidth).length === 2"
+                )
+            )
             browser.execute_script("document.getElementById('selected').scrollIntoView()")
             browser.save_screenshot(str(args.why_out))
         browser.execute_script("window.scrollTo(0, 0)")

@@ -46,8 +46,9 @@ def speed(name: str, batch: int, repeats: int) -> dict:
         export_seconds = time.perf_counter() - started
         size_mb = (Path(tmp) / "model.onnx").stat().st_size / 1e6
         embedder = load_embedder(Path(tmp) / "model.onnx")
-        images = np.random.default_rng(0).integers(0, 256, (batch, metadata.image_size, metadata.image_size, 3),
-                                                     dtype=np.uint8)
+        images = np.random.default_rng(0).integers(
+            0, 256, (batch, metadata.image_size, metadata.image_size, 3), dtype=np.uint8
+        )
         embedder.embed(images)
         times = []
         for _ in range(repeats):
@@ -56,10 +57,14 @@ def speed(name: str, batch: int, repeats: int) -> dict:
             times.append(time.perf_counter() - started)
     backbone = create_backbone(full, pretrained=False)
     return {
-        "backbone": full, "weights": "pretrained (offline)" if pretrained else "random (speed only)",
+        "backbone": full,
+        "weights": "pretrained (offline)" if pretrained else "random (speed only)",
         "params_m": round(sum(p.numel() for p in backbone.parameters()) / 1e6, 1),
-        "image_size": metadata.image_size, "embedding": metadata.embedding_size, "onnx_mb": round(size_mb, 1),
-        "images_per_s": round(batch / statistics.median(times), 2), "export_s": round(export_seconds, 1),
+        "image_size": metadata.image_size,
+        "embedding": metadata.embedding_size,
+        "onnx_mb": round(size_mb, 1),
+        "images_per_s": round(batch / statistics.median(times), 2),
+        "export_s": round(export_seconds, 1),
         "parity": [str(p) for p in parity],
     }
 
@@ -80,10 +85,16 @@ def floor(name: str, data_root: str) -> dict:
     embeddings, labels = embed_samples(model, data.test.samples, batch_size=64, num_workers=2, channels_last=True)
     seconds = time.perf_counter() - started
     report = evaluate_retrieval(embeddings, labels, ks=(1, 2, 4, 8), nmi=False)
-    return {"backbone": name, "data": Path(data_root).name, "split": f"test: {len(labels)} images, "
-            f"{len(set(labels.tolist()))} classes", "image_size": model.preprocessing.image_size,
-            "recall_at_1": round(report.recall_at[1], 2), "map_at_r": round(report.map_at_r, 2),
-            "images_per_s_torch": round(len(labels) / seconds, 1), "threads": torch.get_num_threads()}
+    return {
+        "backbone": name,
+        "data": Path(data_root).name,
+        "split": f"test: {len(labels)} images, {len(set(labels.tolist()))} classes",
+        "image_size": model.preprocessing.image_size,
+        "recall_at_1": round(report.recall_at[1], 2),
+        "map_at_r": round(report.map_at_r, 2),
+        "images_per_s_torch": round(len(labels) / seconds, 1),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main() -> None:

@@ -50,16 +50,18 @@ def main() -> None:
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     start = time.perf_counter()
-    report = evaluate_retrieval(
-        emb, labels, ks=RECALL_KS["sop"], nmi=not args.no_nmi, batch_size=args.batch_size
-    )
+    report = evaluate_retrieval(emb, labels, ks=RECALL_KS["sop"], nmi=not args.no_nmi, batch_size=args.batch_size)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
 
-    print(f"embeddings {args.n} x {args.dim}, {len(np.unique(labels))} classes, "
-          f"threads {args.threads}, batch_size {args.batch_size}, nmi {not args.no_nmi}")
-    print(f"recall@K {report.recall_at}  MAP@R {report.map_at_r:.3f}  "
-          f"R-precision {report.r_precision:.3f}  NMI {report.nmi}")
+    print(
+        f"embeddings {args.n} x {args.dim}, {len(np.unique(labels))} classes, "
+        f"threads {args.threads}, batch_size {args.batch_size}, nmi {not args.no_nmi}"
+    )
+    print(
+        f"recall@K {report.recall_at}  MAP@R {report.map_at_r:.3f}  "
+        f"R-precision {report.r_precision:.3f}  NMI {report.nmi}"
+    )
     print(f"peak RSS {peak:.0f} MB (before evaluating: {rss_before:.0f} MB)")
     print(f"wall time {seconds:.1f} s")
     if peak > 4096:

@@ -62,10 +62,15 @@ def main() -> None:
         fp32_path, int8_path = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
         save_checked(to_onnx(eager, metadata), fp32_path, fp32_path)
         parity = check_parity(eager, fp32_path, images)
-        quantize_int8(fp32_path, int8_path, verification_images([s.path for s in data.train.samples], metadata,
-                                                                CALIBRATION_IMAGES))
-        engines = {"onnxruntime fp32": load_embedder(fp32_path, args.threads).embed,
-                   "onnxruntime int8": load_embedder(int8_path, args.threads).embed}
+        quantize_int8(
+            fp32_path,
+            int8_path,
+            verification_images([s.path for s in data.train.samples], metadata, CALIBRATION_IMAGES),
+        )
+        engines = {
+            "onnxruntime fp32": load_embedder(fp32_path, args.threads).embed,
+            "onnxruntime int8": load_embedder(int8_path, args.threads).embed,
+        }
         channels_last = ImageEmbedder(build_model(ckpt).to(memory_format=torch.channels_last)).eval()
         for name, module in (("pytorch eager", eager), ("pytorch eager channels_last", channels_last)):
             engines[name] = _torch_engine(module)
@@ -76,23 +81,29 @@ def main() -> None:
                 embed(images[:1])  # warm the engine after the others ran
                 start = time.perf_counter()
                 for i in range(len(images)):
-                    embed(images[i:i + 1])
+                    embed(images[i : i + 1])
                 timings[name][1].append((time.perf_counter() - start) / len(images))
                 start = time.perf_counter()
                 embed(images)
                 timings[name][32].append((time.perf_counter() - start) / len(images))
-        query = _single_query(load_embedder(fp32_path, args.threads), test_paths[::max(1, len(test_paths) // 50)], args.rounds)
+        query = _single_query(
+            load_embedder(fp32_path, args.threads), test_paths[:: max(1, len(test_paths) // 50)], args.rounds
+        )
 
-    rows = {name: {f"ms_per_image_b{b}": 1000 * statistics.median(t) for b, t in by_batch.items()}
-            for name, by_batch in timings.items()}
+    rows = {
+        name: {f"ms_per_image_b{b}": 1000 * statistics.median(t) for b, t in by_batch.items()}
+        for name, by_batch in timings.items()
+    }
     eager_name = min(("pytorch eager", "pytorch eager channels_last"), key=lambda n: rows[n]["ms_per_image_b1"])
     result = {
-        "command": "bench/export_speed.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
+        "command": "bench/export_speed.py "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
         "machine": f"{cpu_name()}, {os.cpu_count()} cores; {args.threads} threads",
         "versions": {"torch": torch.__version__, "onnxruntime": ort.__version__},
         "model": f"{metadata.backbone} at {metadata.image_size} px -> {metadata.embedding_size}-d ({args.run})",
         "parity": [str(p) for p in parity],
-        "engines": rows, "eager_baseline": eager_name,
+        "engines": rows,
+        "eager_baseline": eager_name,
         "onnx_fp32_speedup_b1": rows[eager_name]["ms_per_image_b1"] / rows["onnxruntime fp32"]["ms_per_image_b1"],
         "onnx_fp32_speedup_b32": rows[eager_name]["ms_per_image_b32"] / rows["onnxruntime fp32"]["ms_per_image_b32"],
         "single_query_ms": query,
@@ -106,6 +117,7 @@ def _torch_engine(module):
     def embed(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return module(torch.from_numpy(batch))[0].numpy()
+
     return embed
 
 
@@ -120,22 +132,31 @@ def _single_query(embedder, paths: list[Path], rounds: int) -> dict:
             embedder.embed(batch)
             decode.append(prepared - start)
             total.append(time.perf_counter() - start)
-    return {"decode_resize_ms": 1000 * statistics.median(decode), "total_ms": 1000 * statistics.median(total),
-            "files": len(paths)}
+    return {
+        "decode_resize_ms": 1000 * statistics.median(decode),
+        "total_ms": 1000 * statistics.median(total),
+        "files": len(paths),
+    }
 
 
 def markdown(result: dict) -> str:
-    lines = [f"{result['model']}; {result['machine']}", "",
-             "| engine | ms/image, batch 1 | images/s, batch 1 | ms/image, batch 32 | images/s, batch 32 |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"{result['model']}; {result['machine']}",
+        "",
+        "| engine | ms/image, batch 1 | images/s, batch 1 | ms/image, batch 32 | images/s, batch 32 |",
+        "|---|---|---|---|---|",
+    ]
     for name, row in result["engines"].items():
         b1, b32 = row["ms_per_image_b1"], row["ms_per_image_b32"]
         lines.append(f"| {name} | {b1:.2f} | {1000 / b1:.0f} | {b32:.2f} | {1000 / b32:.0f} |")
     q = result["single_query_ms"]
-    lines += ["", f"onnxruntime fp32 vs {result['eager_baseline']}: {result['onnx_fp32_speedup_b1']:.2f}x at batch 1, "
-              f"{result['onnx_fp32_speedup_b32']:.2f}x at batch 32",
-              f"single query (JPEG decode + resize + crop + embed, fp32): {q['total_ms']:.1f} ms, of which decode "
-              f"and resize {q['decode_resize_ms']:.1f} ms ({q['files']} files)"]
+    lines += [
+        "",
+        f"onnxruntime fp32 vs {result['eager_baseline']}: {result['onnx_fp32_speedup_b1']:.2f}x at batch 1, "
+        f"{result['onnx_fp32_speedup_b32']:.2f}x at batch 32",
+        f"single query (JPEG decode + resize + crop + embed, fp32): {q['total_ms']:.1f} ms, of which decode "
+        f"and resize {q['decode_resize_ms']:.1f} ms ({q['files']} files)",
+    ]
     return "\n".join(lines)
 
 

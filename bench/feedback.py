@@ -69,8 +69,11 @@ def scores_of(order: np.ndarray, labels: np.ndarray, hidden: np.ndarray) -> dict
     within = np.arange(order.shape[1])[None, :] < r[:, None]
     hits = np.cumsum(relevant & within, axis=1)
     ap = ((hits / np.arange(1, order.shape[1] + 1)) * (relevant & within)).sum(axis=1) / np.maximum(r, 1)
-    return {"map_at_r": 100 * float(ap[counted].mean()), "recall_at_8": 100 * float(relevant[counted, :SHOWN].any(axis=1).mean()),
-            "queries": int(counted.sum())}
+    return {
+        "map_at_r": 100 * float(ap[counted].mean()),
+        "recall_at_8": 100 * float(relevant[counted, :SHOWN].any(axis=1).mean()),
+        "queries": int(counted.sum()),
+    }
 
 
 def simulate(embeddings: np.ndarray, labels: np.ndarray, beta: float, gamma: float, rounds: int = 2) -> list[dict]:
@@ -83,15 +86,28 @@ def simulate(embeddings: np.ndarray, labels: np.ndarray, beta: float, gamma: flo
     for round_number in range(rounds + 1):
         order = ranking(queries, embeddings, self_only)
         residual_order = ranking(queries, embeddings, self_only | judged)
-        out.append({"full": scores_of(order, labels, self_only), "residual": scores_of(residual_order, labels, self_only | judged)})
+        out.append(
+            {
+                "full": scores_of(order, labels, self_only),
+                "residual": scores_of(residual_order, labels, self_only | judged),
+            }
+        )
         if round_number == rounds:
             break
         shown = order[:, :SHOWN]  # what the page shows: marks of earlier rounds stay, the new ones are judged
         judged[np.arange(n)[:, None], shown] = True
-        queries = np.stack([
-            rocchio(embeddings[q], embeddings[judged[q] & (labels == labels[q])],
-                    embeddings[judged[q] & (labels != labels[q])], beta=beta, gamma=gamma)
-            for q in range(n)])
+        queries = np.stack(
+            [
+                rocchio(
+                    embeddings[q],
+                    embeddings[judged[q] & (labels == labels[q])],
+                    embeddings[judged[q] & (labels != labels[q])],
+                    beta=beta,
+                    gamma=gamma,
+                )
+                for q in range(n)
+            ]
+        )
     return out
 
 
@@ -111,13 +127,22 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
-    results = {"command": "bench/feedback.py " + " ".join(f"--model {m}" for m in args.model) + f" --data {args.data}",
-               "machine": cpu_name(), "shown": SHOWN, "tolerance": TOLERANCE, "models": {}}
+    results = {
+        "command": "bench/feedback.py " + " ".join(f"--model {m}" for m in args.model) + f" --data {args.data}",
+        "machine": cpu_name(),
+        "shown": SHOWN,
+        "tolerance": TOLERANCE,
+        "models": {},
+    }
     test = {}
     for model in args.model:
         embedder = load_embedder(model)
-        entry = {"model": str(model), "backbone": embedder.metadata.backbone, "loss": embedder.metadata.loss,
-                 "image_size": embedder.metadata.image_size}
+        entry = {
+            "model": str(model),
+            "backbone": embedder.metadata.backbone,
+            "loss": embedder.metadata.loss,
+            "image_size": embedder.metadata.image_size,
+        }
         data = {}
         for split, classes in SPLITS.items():
             paths, labels = split_files(args.data, classes)
@@ -126,7 +151,8 @@ def main() -> None:
             entry[f"{split}_images"], entry[f"{split}_embed_s"] = len(paths), time.perf_counter() - started
         entry["validation_grid_map_at_r_round1"] = {
             f"{beta},{gamma}": simulate(*data["validation"], beta, gamma, rounds=1)[1]["full"]["map_at_r"]
-            for beta, gamma in itertools.product(BETAS, GAMMAS)}
+            for beta, gamma in itertools.product(BETAS, GAMMAS)
+        }
         test[str(model)] = data["test"]
         results["models"][str(model)] = entry
     beta, gamma = choose([entry["validation_grid_map_at_r_round1"] for entry in results["models"].values()])
@@ -141,8 +167,10 @@ def main() -> None:
         assert abs(rounds[0]["full"]["recall_at_8"] - reference.recall_at[8]) < 0.01, (rounds[0], reference)
         print(model)
         for number, row in enumerate(rounds):
-            print(f"  round {number}: full MAP@R {row['full']['map_at_r']:.2f} R@8 {row['full']['recall_at_8']:.2f}; "
-                  f"residual MAP@R {row['residual']['map_at_r']:.2f} R@8 {row['residual']['recall_at_8']:.2f}")
+            print(
+                f"  round {number}: full MAP@R {row['full']['map_at_r']:.2f} R@8 {row['full']['recall_at_8']:.2f}; "
+                f"residual MAP@R {row['residual']['map_at_r']:.2f} R@8 {row['residual']['recall_at_8']:.2f}"
+            )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1))

@@ -40,7 +40,7 @@ def vectors(count: int, dim: int, seed: int = 0) -> np.ndarray:
         n = min(65536, count - start)
         points = centres[rng.integers(0, 1000, n)] + 0.5 * rng.normal(size=(n, 64)).astype(np.float32)
         block = points @ lift + 0.05 * rng.normal(size=(n, dim)).astype(np.float32)
-        out[start:start + n] = block / np.linalg.norm(block, axis=1, keepdims=True)
+        out[start : start + n] = block / np.linalg.norm(block, axis=1, keepdims=True)
     return out
 
 
@@ -48,7 +48,10 @@ def metadata(count: int, folder: Path) -> sqlite3.Connection:
     database = sqlite3.connect(folder / "metadata.sqlite")
     database.executescript(SCHEMA)
     per_label = count // LABELS
-    rows = ((i, f"label{i // per_label:04d}/{i:08d}.jpg", 0, 0, "", f"label{i // per_label:04d}", 1, 1) for i in range(count))
+    rows = (
+        (i, f"label{i // per_label:04d}/{i:08d}.jpg", 0, 0, "", f"label{i // per_label:04d}", 1, 1)
+        for i in range(count)
+    )
     database.executemany("INSERT INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
     database.commit()
     return database
@@ -75,25 +78,32 @@ def main() -> None:
     ivf = ivf_index(data)
     ivf.add_with_ids(data, ids)
     ivf.nprobe, recall = tune_nprobe(ivf)
-    queries = data[np.random.default_rng(1).permutation(args.count)[:args.queries]]
+    queries = data[np.random.default_rng(1).permutation(args.count)[: args.queries]]
     queries = queries + 0.02 * np.random.default_rng(2).normal(size=queries.shape).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         database = metadata(args.count, Path(tmp))
         per_label = args.count // LABELS
-        filters = {share: SearchFilter(tuple(f"label{i:04d}" for i in range(max(1, round(share * LABELS)))))
-                   for share in SHARES}
+        filters = {
+            share: SearchFilter(tuple(f"label{i:04d}" for i in range(max(1, round(share * LABELS)))))
+            for share in SHARES
+        }
         subsets = {share: matching_ids(database, f) for share, f in filters.items()}
-        cases = {f"{name} unfiltered": (lambda q, index=index: index.search(q[None], args.k)) for name, index in
-                 (("flat", flat), (f"ivf (nprobe {ivf.nprobe})", ivf))}
+        cases = {
+            f"{name} unfiltered": (lambda q, index=index: index.search(q[None], args.k))
+            for name, index in (("flat", flat), (f"ivf (nprobe {ivf.nprobe})", ivf))
+        }
         for share, subset in subsets.items():
             for name, index in (("flat", flat), ("ivf", ivf)):
-                cases[f"{name} filtered to {100 * share:g}%"] = \
-                    lambda q, index=index, subset=subset: search_subset(index, None, q[None], args.k, subset)
-        sql = {"SQLite ids of 1 label": SearchFilter(("label0007",)),
-               "SQLite ids of 100 labels": filters[0.1],
-               "SQLite ids of a path prefix (1 label)": SearchFilter(path_prefix="label0007/")}
+                cases[f"{name} filtered to {100 * share:g}%"] = lambda q, index=index, subset=subset: search_subset(
+                    index, None, q[None], args.k, subset
+                )
+        sql = {
+            "SQLite ids of 1 label": SearchFilter(("label0007",)),
+            "SQLite ids of 100 labels": filters[0.1],
+            "SQLite ids of a path prefix (1 label)": SearchFilter(path_prefix="label0007/"),
+        }
         times = {name: [] for name in [*cases, *sql]}
         for _ in range(args.rounds):
             for name, run in cases.items():
@@ -107,9 +117,14 @@ def main() -> None:
                 times[name].append(time.perf_counter() - started)
                 assert len(found) in (per_label, 100 * per_label)
     rows = {name: p50_ms(t) for name, t in times.items()}
-    result = {"command": "bench/filter_speed.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "out"),
-              "machine": f"{cpu_name()}, 2 cores", "count": args.count, "dim": args.dim,
-              "ivf": {"nlist": ivf.nlist, "nprobe": ivf.nprobe, "recall_at_10": recall}, "p50_ms": rows}
+    result = {
+        "command": "bench/filter_speed.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "out"),
+        "machine": f"{cpu_name()}, 2 cores",
+        "count": args.count,
+        "dim": args.dim,
+        "ivf": {"nlist": ivf.nlist, "nprobe": ivf.nprobe, "recall_at_10": recall},
+        "p50_ms": rows,
+    }
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
     for name, value in rows.items():

@@ -75,8 +75,11 @@ def main() -> None:
             head = staticmethod(model.head)
 
         split_models["compiled"] = Compiled()
-    cases = {f"{precision} {mode}": (split_models[precision], Metrix(build_loss("ms"), mode=mode, seed=0))
-             for precision in split_models for mode in ("none", "feature")}
+    cases = {
+        f"{precision} {mode}": (split_models[precision], Metrix(build_loss("ms"), mode=mode, seed=0))
+        for precision in split_models
+        for mode in ("none", "feature")
+    }
 
     def step(split, metrix):
         out = metrix(split, images, labels)
@@ -101,21 +104,32 @@ def main() -> None:
     pre = model.preprocessing.with_size(size)
     transform = train_transform(pre)
     decoded = DecodedImages.decode(samples, pre.resize_size, pre.interpolation, threads=1)
-    datasets = {"files": ImageDataset(samples, transform, seed=0),
-                "decoded once": ImageDataset(samples, transform, seed=0, images=decoded)}
-    data_ms = {name: 1000 * statistics.median(_time(lambda: [d[i] for i in range(batch)]) for _ in range(3))
-               for name, d in datasets.items()}
+    datasets = {
+        "files": ImageDataset(samples, transform, seed=0),
+        "decoded once": ImageDataset(samples, transform, seed=0, images=decoded),
+    }
+    data_ms = {
+        name: 1000 * statistics.median(_time(lambda: [d[i] for i in range(batch)]) for _ in range(3))
+        for name, d in datasets.items()
+    }
 
     floor = peak * 1e9 / train_flops
     machine = cpu_name()
     result = {
-        "machine": machine, "threads": torch.get_num_threads(), "torch": torch.__version__, "image_size": size,
-        "batch": batch, "gemm_gflops": peak, "train_gflop_per_image": train_flops / 1e9,
-        "compute_floor_images_per_s": floor, "step_ms": step_ms,
+        "machine": machine,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "image_size": size,
+        "batch": batch,
+        "gemm_gflops": peak,
+        "train_gflop_per_image": train_flops / 1e9,
+        "compute_floor_images_per_s": floor,
+        "step_ms": step_ms,
         "images_per_s": {name: batch * 1000 / ms for name, ms in step_ms.items()},
         "feature_over_none": {p: step_ms[f"{p} feature"] / step_ms[f"{p} none"] for p in split_models},
         "bf16_over_fp32": {m: step_ms[f"bf16 {m}"] / step_ms[f"fp32 {m}"] for m in ("none", "feature")},
-        "compile_seconds": compile_seconds, "data_ms_per_batch": data_ms,
+        "compile_seconds": compile_seconds,
+        "data_ms_per_batch": data_ms,
     }
     print(f"{machine}, {torch.get_num_threads()} threads, {size} px, batch {batch}")
     print(f"fp32 GEMM {peak:.0f} GFLOP/s; training {train_flops / 1e9:.3f} GFLOP/image -> floor {floor:.0f} images/s")

@@ -39,8 +39,10 @@ def main() -> None:
     parser.add_argument("results", nargs="+", type=Path, help="grid folders holding results.json")
     parser.add_argument("--baseline", default="none", help="the mixing the others are compared with")
     args = parser.parse_args()
-    print("| set, settings | loss | mixing | seeds | test R@1 | test MAP@R | R@1 errors vs none | R@1, MAP@R vs none "
-          "| val MAP@R |\n|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| set, settings | loss | mixing | seeds | test R@1 | test MAP@R | R@1 errors vs none | R@1, MAP@R vs none "
+        "| val MAP@R |\n|---|---|---|---|---|---|---|---|---|"
+    )
     for folder in args.results:
         rows = json.loads((folder / "results.json").read_text())
         groups: dict[tuple, list] = {}
@@ -48,7 +50,9 @@ def main() -> None:
             if name != "floor":
                 groups.setdefault((row.get("tag", ""), row["loss"], row["mixup"]), []).append(row)
         base_of = {(tag, loss): runs for (tag, loss, mixup), runs in groups.items() if mixup == args.baseline}
-        for (tag, loss, mixup), runs in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1], g[0][2] != args.baseline)):
+        for (tag, loss, mixup), runs in sorted(
+            groups.items(), key=lambda g: (g[0][0], g[0][1], g[0][2] != args.baseline)
+        ):
             settings = ", ".join(f"{k}={v}" for k, v in runs[0].get("settings", {}).items()) or "recipe"
             r1, mapr = [r["recall_at_1"] for r in runs], [r["map_at_r"] for r in runs]
             base = base_of.get((tag, loss)) or base_of.get(("", loss))
@@ -57,8 +61,10 @@ def main() -> None:
                 b1, bm = [r["recall_at_1"] for r in base], [r["map_at_r"] for r in base]
                 errors = f"{100 * ((100 - statistics.mean(r1)) / (100 - statistics.mean(b1)) - 1):+.1f}%"
                 compare = f"{verdict(b1, r1)}, {verdict(bm, mapr)}"
-            print(f"| {folder.name.split('-', 1)[-1]}, {settings} | {loss} | {mixup} | {len(runs)} | {cell(r1)} | {cell(mapr)} "
-                  f"| {errors} | {compare} | {cell([r['val_map_at_r'] for r in runs])} |")
+            print(
+                f"| {folder.name.split('-', 1)[-1]}, {settings} | {loss} | {mixup} | {len(runs)} | {cell(r1)} | {cell(mapr)} "
+                f"| {errors} | {compare} | {cell([r['val_map_at_r'] for r in runs])} |"
+            )
 
 
 if __name__ == "__main__":

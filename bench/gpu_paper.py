@@ -55,6 +55,7 @@ RECALL_KS = (1, 2, 4, 8)
 
 # ---- data -------------------------------------------------------------------------------------
 
+
 def pack(data: Path, out: Path, quality: int | None) -> None:
     """Every image of an ImageFolder as JPEG bytes, with labels and class names, in one torch file:
     JPEG files as they are, other files (or all, with a quality) encoded as RGB JPEG. cub100 as it
@@ -98,8 +99,12 @@ class GpuImages:
         return torch.stack(crops)
 
     def eval_tensor(self, indices: list[int], size: int, resize: int) -> torch.Tensor:
-        return torch.stack([v2.functional.center_crop(v2.functional.resize(self.images[i], [resize], antialias=True),
-                                                      [size, size]) for i in indices])
+        return torch.stack(
+            [
+                v2.functional.center_crop(v2.functional.resize(self.images[i], [resize], antialias=True), [size, size])
+                for i in indices
+            ]
+        )
 
 
 def random_resized_crop(shape, generator: torch.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
@@ -139,6 +144,7 @@ def split_classes(labels: list[int], val_fraction: float) -> dict[str, list[int]
 
 # ---- evaluation -------------------------------------------------------------------------------
 
+
 @torch.no_grad()
 def retrieval_metrics(embeddings: torch.Tensor, labels: torch.Tensor, ks=RECALL_KS) -> dict:
     """Each embedding a query against all the others: Recall@K and MAP@R (R = the query's class
@@ -157,8 +163,7 @@ def retrieval_metrics(embeddings: torch.Tensor, labels: torch.Tensor, ks=RECALL_
     precision_at = hits.cumsum(dim=1) / rank
     ap_at_r = (precision_at * hits * within_r).sum(dim=1) / relevant_count.clamp_min(1)
     queried = relevant_count > 0
-    return {**{f"recall_at_{k}": v for k, v in recall.items()},
-            "map_at_r": 100 * ap_at_r[queried].mean().item()}
+    return {**{f"recall_at_{k}": v for k, v in recall.items()}, "map_at_r": 100 * ap_at_r[queried].mean().item()}
 
 
 @torch.no_grad()
@@ -174,10 +179,13 @@ def embed(model, inputs: torch.Tensor, normalise, batch_size: int = 256) -> torc
 
 # ---- training ---------------------------------------------------------------------------------
 
+
 def run_config(loss: str, mixup: str, seed: int, variant: str, backbone: str, settings: dict) -> TrainConfig:
     """The paper recipe (with the official code's mixing for variant metrix-code) and `settings`."""
     mixing = OFFICIAL_MIXING if variant == "metrix-code" else {}
-    return resolve_config(recipe="paper", loss=loss, mixup=mixup, seed=seed, backbone=backbone, **{**mixing, **settings})
+    return resolve_config(
+        recipe="paper", loss=loss, mixup=mixup, seed=seed, backbone=backbone, **{**mixing, **settings}
+    )
 
 
 def build_model(config: TrainConfig, weights: Path | None, device: torch.device) -> EmbeddingModel:
@@ -201,12 +209,22 @@ def load_torchvision_resnet(model: EmbeddingModel, path: Path) -> None:
     for key, value in state.items():
         prefix = next((p for p in stem if key.startswith(p)), None)
         if not key.startswith("fc."):
-            renamed[stem[prefix] + key[len(prefix):] if prefix else key] = value
+            renamed[stem[prefix] + key[len(prefix) :] if prefix else key] = value
     model.backbone.load_state_dict(renamed, strict=True)
 
 
-def train_run(name: str, config: TrainConfig, images: GpuImages, split: dict, labels: torch.Tensor,
-              weights: Path | None, state_file: Path, deadline: float, min_epochs: int, log) -> dict | None:
+def train_run(
+    name: str,
+    config: TrainConfig,
+    images: GpuImages,
+    split: dict,
+    labels: torch.Tensor,
+    weights: Path | None,
+    state_file: Path,
+    deadline: float,
+    min_epochs: int,
+    log,
+) -> dict | None:
     """Train (or resume) one run epoch by epoch until it ends (returns its row) or until the next
     epoch would pass the deadline (saves and returns None); at least `min_epochs` epochs train."""
     device = labels.device
@@ -217,11 +235,19 @@ def train_run(name: str, config: TrainConfig, images: GpuImages, split: dict, la
     head = list(model.embedding_head.parameters())
     backbone_params = [p for p in model.backbone.parameters()]
     optimizer_class = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[config.optimizer]
-    optimizer = optimizer_class([{"params": backbone_params}, {"params": head}, *objective.loss.parameter_groups(config.lr)],
-                                lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = optimizer_class(
+        [{"params": backbone_params}, {"params": head}, *objective.loss.parameter_groups(config.lr)],
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+    )
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.lr_step_epochs, config.lr_gamma)
-    sampler = build_sampler(config.sampler, [label_map[c] for c in train_labels.tolist()], config.batch_size,
-                            config.samples_per_class, seed=config.seed)
+    sampler = build_sampler(
+        config.sampler,
+        [label_map[c] for c in train_labels.tolist()],
+        config.batch_size,
+        config.samples_per_class,
+        seed=config.seed,
+    )
     pre = model.preprocessing
     mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1) * 255
@@ -282,16 +308,27 @@ def train_run(name: str, config: TrainConfig, images: GpuImages, split: dict, la
         seconds += epoch_seconds
         record["seconds"] = epoch_seconds
         records.append(record)
-        log(f"{name} epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f}, val MAP@R {record['val_map_at_r']:.2f}, "
-            f"test R@1 {record['test_recall_at_1']:.2f} (reported only), {epoch_seconds:.1f} s")
+        log(
+            f"{name} epoch {epoch + 1}/{config.epochs}: loss {record['loss']:.4f}, val MAP@R {record['val_map_at_r']:.2f}, "
+            f"test R@1 {record['test_recall_at_1']:.2f} (reported only), {epoch_seconds:.1f} s"
+        )
     state_file.unlink(missing_ok=True)
     return summary_row(records, config, seconds)
 
 
 def _save_state(path: Path, model, optimizer, scheduler, records, epoch: int, seconds: float) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "records": records, "epoch": epoch, "seconds": seconds}, tmp)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "records": records,
+            "epoch": epoch,
+            "seconds": seconds,
+        },
+        tmp,
+    )
     tmp.replace(path)
 
 
@@ -301,11 +338,19 @@ def summary_row(records: list[dict], config: TrainConfig, seconds: float) -> dic
     chosen = max(records, key=lambda r: (r["val_map_at_r"], -r["epoch"]))
     on_test = best_on_test(records)
     return {
-        "tag": "", "recipe": "gpu-paper", "loss": config.loss, "mixup": config.mixup, "seed": config.seed,
-        "train_seconds": seconds, "machine": _device_name(),
-        "best_epoch": chosen["epoch"], "val_recall_at_1": chosen["val_recall_at_1"], "val_map_at_r": chosen["val_map_at_r"],
+        "tag": "",
+        "recipe": "gpu-paper",
+        "loss": config.loss,
+        "mixup": config.mixup,
+        "seed": config.seed,
+        "train_seconds": seconds,
+        "machine": _device_name(),
+        "best_epoch": chosen["epoch"],
+        "val_recall_at_1": chosen["val_recall_at_1"],
+        "val_map_at_r": chosen["val_map_at_r"],
         **{k: chosen[f"test_{k}"] for k in (*(f"recall_at_{k}" for k in RECALL_KS), "map_at_r")},
-        "best_test_epoch": on_test["epoch"], "best_test_recall_at_1": on_test["test_recall_at_1"],
+        "best_test_epoch": on_test["epoch"],
+        "best_test_recall_at_1": on_test["test_recall_at_1"],
         "best_test_map_at_r": on_test["test_map_at_r"],
         "curve": [{k: r[k] for k in CURVE_KEYS if k in r} for r in records],
     }
@@ -323,8 +368,11 @@ def run(args) -> None:
     split = split_classes(packed["labels"], args.val_fraction)
     start = time.monotonic()
     images = GpuImages(packed["jpegs"], device)
-    print(f"decoded {len(packed['jpegs'])} images on {device} in {time.monotonic() - start:.1f} s; "
-          f"{len(split['train'])} train / {len(split['val'])} val / {len(split['test'])} test", flush=True)
+    print(
+        f"decoded {len(packed['jpegs'])} images on {device} in {time.monotonic() - start:.1f} s; "
+        f"{len(split['train'])} train / {len(split['val'])} val / {len(split['test'])} test",
+        flush=True,
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     results_file = args.out / "results.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
@@ -337,15 +385,28 @@ def run(args) -> None:
             if name in results:
                 continue
             config = run_config(loss, mixup, seed, args.variant, args.backbone, settings)
-            row = train_run(name, config, images, split, labels, args.weights, args.out / f"{name}.state.pt",
-                            deadline, min_epochs, log=lambda text: print(text, flush=True))
+            row = train_run(
+                name,
+                config,
+                images,
+                split,
+                labels,
+                args.weights,
+                args.out / f"{name}.state.pt",
+                deadline,
+                min_epochs,
+                log=lambda text: print(text, flush=True),
+            )
             if row is None:
                 return
             min_epochs = 0
             results[name] = {**row, "variant": args.variant, "settings": settings, "pack": str(args.pack)}
             results_file.write_text(json.dumps(results, indent=1))
-            print(f"{name}: test R@1 {row['recall_at_1']:.2f} at the validation epoch {row['best_epoch']}, "
-                  f"{row['best_test_recall_at_1']:.2f} at the best test epoch {row['best_test_epoch']}", flush=True)
+            print(
+                f"{name}: test R@1 {row['recall_at_1']:.2f} at the validation epoch {row['best_epoch']}, "
+                f"{row['best_test_recall_at_1']:.2f} at the best test epoch {row['best_test_epoch']}",
+                flush=True,
+            )
     print("all runs done")
 
 
@@ -364,8 +425,13 @@ def main() -> None:
     running.add_argument("--variant", choices=("metrix-code", "paper"), default="metrix-code")
     running.add_argument("--backbone", default="resnet50")
     running.add_argument("--weights", type=Path, help="torchvision's resnet50 ImageNet state dict (.pth)")
-    running.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                         help="paper-recipe settings to change (JSON values), e.g. epochs=30 (a smoke test: image_size=32)")
+    running.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="paper-recipe settings to change (JSON values), e.g. epochs=30 (a smoke test: image_size=32)",
+    )
     running.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction)
     running.add_argument("--minutes", type=float, default=8.5, help="stop (to resume later) before this many minutes")
     args = parser.parse_args()

@@ -49,8 +49,12 @@ def main() -> None:
     rows = []
     for count in args.counts:
         for kind in args.kinds:
-            done = subprocess.run([sys.executable, __file__, "--case", f"{kind}:{count}", "--dim", str(args.dim)],
-                                  capture_output=True, text=True, check=True)
+            done = subprocess.run(
+                [sys.executable, __file__, "--case", f"{kind}:{count}", "--dim", str(args.dim)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(_row(rows[-1]), flush=True)
     result = {"command": " ".join(["bench/index_memory.py", *sys.argv[1:]]), "machine": _machine(), "cases": rows}
@@ -94,19 +98,32 @@ def run_case(kind: str, count: int, dim: int) -> dict:
         faiss.write_index(index, str(Path(tmp) / "index.faiss"))
         index_file = (Path(tmp) / "index.faiss").stat().st_size
         full_file = (Path(tmp) / "full" / "vectors.npy").stat().st_size if full is not None else 0
-        queries = next(spool.chunks())[1][:200] + 0.1 / np.sqrt(dim) * rng.standard_normal((200, dim)).astype(np.float32)
+        queries = next(spool.chunks())[1][:200] + 0.1 / np.sqrt(dim) * rng.standard_normal((200, dim)).astype(
+            np.float32
+        )
         times = []
         for query in _unit(queries):
             start = time.perf_counter()
             search_reranked(index, full, query[None], 10, rerank) if full is not None else index.search(query[None], 10)
             times.append(time.perf_counter() - start)
         peak.stop()
-        return {"kind": kind, "count": count, "dim": dim, "factory": plan.factory, "estimated_bytes": plan.bytes,
-                "index_file_bytes": index_file, "full_vectors_file_bytes": full_file,
-                "spooled_anon_peak_mb": spooled / 2**20, "anon_peak_mb": peak.value / 2**20,
-                "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                "build_seconds": build_seconds, "nprobe": nprobe, "rerank": rerank, "recall_at_10": recall,
-                "p50_ms": 1000 * float(np.median(times))}
+        return {
+            "kind": kind,
+            "count": count,
+            "dim": dim,
+            "factory": plan.factory,
+            "estimated_bytes": plan.bytes,
+            "index_file_bytes": index_file,
+            "full_vectors_file_bytes": full_file,
+            "spooled_anon_peak_mb": spooled / 2**20,
+            "anon_peak_mb": peak.value / 2**20,
+            "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "build_seconds": build_seconds,
+            "nprobe": nprobe,
+            "rerank": rerank,
+            "recall_at_10": recall,
+            "p50_ms": 1000 * float(np.median(times)),
+        }
 
 
 class _AnonPeak:
@@ -134,22 +151,32 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def _machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "?")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "?",
+    )
     return f"{cpu}, {os.cpu_count()} cores"
 
 
 def _row(case: dict) -> str:
-    return (f"| {case['count']:,} | {case['kind']} | `{case['factory']}` | {case['estimated_bytes'] / 1e6:.0f} | "
-            f"{case['index_file_bytes'] / 1e6:.0f} | {case['full_vectors_file_bytes'] / 1e6:.0f} | "
-            f"{case['anon_peak_mb']:.0f} | {case['ru_maxrss_mb']:.0f} | {case['build_seconds']:.1f} | "
-            f"{case['nprobe']} | {case.get('rerank') or '-'} | {case['recall_at_10']:.3f} | {case['p50_ms']:.2f} |")
+    return (
+        f"| {case['count']:,} | {case['kind']} | `{case['factory']}` | {case['estimated_bytes'] / 1e6:.0f} | "
+        f"{case['index_file_bytes'] / 1e6:.0f} | {case['full_vectors_file_bytes'] / 1e6:.0f} | "
+        f"{case['anon_peak_mb']:.0f} | {case['ru_maxrss_mb']:.0f} | {case['build_seconds']:.1f} | "
+        f"{case['nprobe']} | {case.get('rerank') or '-'} | {case['recall_at_10']:.3f} | {case['p50_ms']:.2f} |"
+    )
 
 
 def markdown(result: dict) -> str:
-    head = ("| vectors | kind | faiss index | estimated RAM, MB | index file, MB | full vectors file, MB | "
-            "peak heap (RssAnon), MB | ru_maxrss, MB | build s | nprobe | re-rank | recall@10 | p50 ms |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    head = (
+        "| vectors | kind | faiss index | estimated RAM, MB | index file, MB | full vectors file, MB | "
+        "peak heap (RssAnon), MB | ru_maxrss, MB | build s | nprobe | re-rank | recall@10 | p50 ms |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    )
     return "\n".join([f"{result['machine']}; `{result['command']}`", "", head, *map(_row, result["cases"])])
 
 

@@ -53,8 +53,14 @@ def main() -> None:
 
 
 def _machine(threads: int) -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "?")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "?",
+    )
     return f"{cpu}, {os.cpu_count()} cores, {threads} onnxruntime threads"
 
 
@@ -78,12 +84,22 @@ def _build(gallery: Path, model: Path, index_dir: Path, threads: int) -> dict:
     embedder.embed(sample[:64])
     start = time.perf_counter()
     for i in range(0, len(sample), 64):
-        embedder.embed(sample[i:i + 64])
+        embedder.embed(sample[i : i + 64])
     pure = len(sample) / (time.perf_counter() - start)
 
     report = build_index(gallery, model, index_dir, progress=False, threads=threads)
-    command = [sys.executable, "-m", "metrix", "build-index", str(gallery), "--model", str(model), "--out",
-               str(index_dir), "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "metrix",
+        "build-index",
+        str(gallery),
+        "--model",
+        str(model),
+        "--out",
+        str(index_dir),
+        "--no-progress",
+    ]
     start = time.perf_counter()
     subprocess.run(command, check=True, capture_output=True)
     noop_process = time.perf_counter() - start
@@ -91,10 +107,16 @@ def _build(gallery: Path, model: Path, index_dir: Path, threads: int) -> dict:
     again = build_index(gallery, model, index_dir, progress=False, threads=threads)
     noop = time.perf_counter() - start
     assert again.added == again.changed == again.removed == 0
-    return {"images": report.count, "image_size": embedder.metadata.image_size,
-            "onnxruntime_images_per_s": pure, "build_images_per_s": report.embedded_per_s,
-            "build_vs_onnxruntime": report.embedded_per_s / pure, "build_seconds": report.seconds,
-            "noop_rerun_seconds": noop, "noop_rerun_command_seconds": noop_process}
+    return {
+        "images": report.count,
+        "image_size": embedder.metadata.image_size,
+        "onnxruntime_images_per_s": pure,
+        "build_images_per_s": report.embedded_per_s,
+        "build_vs_onnxruntime": report.embedded_per_s / pure,
+        "build_seconds": report.seconds,
+        "noop_rerun_seconds": noop,
+        "noop_rerun_command_seconds": noop_process,
+    }
 
 
 def _clustered(n: int, dim: int = 512, clusters: int = 1000, spread: float = 0.5, seed: int = 0) -> np.ndarray:
@@ -134,23 +156,33 @@ def _search(n: int, queries: int) -> dict:
             latencies.append(time.perf_counter() - start)
             found.append(got[0])
         recall = np.mean([len(set(t) & set(f)) / 10 for t, f in zip(truth, found)])
-        rows[name] = {"p50_ms": 1000 * float(np.percentile(latencies, 50)),
-                      "p99_ms": 1000 * float(np.percentile(latencies, 99)), "recall_at_10": float(recall)}
+        rows[name] = {
+            "p50_ms": 1000 * float(np.percentile(latencies, 50)),
+            "p99_ms": 1000 * float(np.percentile(latencies, 99)),
+            "recall_at_10": float(recall),
+        }
     return {"vectors": n, "ivf_build_and_tune_seconds": ivf_build, "ivf_recall_at_build": build_recall, "rows": rows}
 
 
 def markdown(result: dict) -> str:
     b = result["build"]
-    lines = [result["machine"], "",
-             f"Build of {b['images']} images at {b['image_size']} px: {b['build_images_per_s']:.1f} images/s embedding "
-             f"(decode + resize + embed) vs {b['onnxruntime_images_per_s']:.1f} images/s for onnxruntime alone on "
-             f"preprocessed images: {100 * b['build_vs_onnxruntime']:.0f}%; {b['build_seconds']:.0f} s in all.",
-             f"Re-run with nothing to do: {b['noop_rerun_seconds']:.2f} s in process, "
-             f"{b['noop_rerun_command_seconds']:.2f} s as a command (start-up included).", "",
-             "| vectors | index | p50 ms | p99 ms | recall@10 vs exact |", "|---|---|---|---|---|"]
+    lines = [
+        result["machine"],
+        "",
+        f"Build of {b['images']} images at {b['image_size']} px: {b['build_images_per_s']:.1f} images/s embedding "
+        f"(decode + resize + embed) vs {b['onnxruntime_images_per_s']:.1f} images/s for onnxruntime alone on "
+        f"preprocessed images: {100 * b['build_vs_onnxruntime']:.0f}%; {b['build_seconds']:.0f} s in all.",
+        f"Re-run with nothing to do: {b['noop_rerun_seconds']:.2f} s in process, "
+        f"{b['noop_rerun_command_seconds']:.2f} s as a command (start-up included).",
+        "",
+        "| vectors | index | p50 ms | p99 ms | recall@10 vs exact |",
+        "|---|---|---|---|---|",
+    ]
     for point in result["search"]:
         for name, row in point["rows"].items():
-            lines.append(f"| {point['vectors']:,} | {name} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['recall_at_10']:.3f} |")
+            lines.append(
+                f"| {point['vectors']:,} | {name} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['recall_at_10']:.3f} |"
+            )
     return "\n".join(lines)
 
 

@@ -102,10 +102,14 @@ def main():
             samples[key].append(time_once(fn, x, y, args.inner))
     median = {key: statistics.median(v) for key, v in samples.items()}
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.machine())
-    print(f"# {BATCH} x {DIM}, {CLASSES_IN_BATCH} classes x {BATCH // CLASSES_IN_BATCH}; torch {torch.__version__}, "
-          f"{args.threads} threads, {cpu}; median of {args.repeats} x {args.inner} forward+backward\n")
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        platform.machine(),
+    )
+    print(
+        f"# {BATCH} x {DIM}, {CLASSES_IN_BATCH} classes x {BATCH // CLASSES_IN_BATCH}; torch {torch.__version__}, "
+        f"{args.threads} threads, {cpu}; median of {args.repeats} x {args.inner} forward+backward\n"
+    )
     print("| loss | implementation | ms / step | vs PML clean | vs ours clean |")
     print("|---|---|---|---|---|")
     rows = []

@@ -37,8 +37,12 @@ def starting_model(config: TrainConfig, cache: FeatureCache, start: int, preproc
     model.backbone.preprocessing = preprocessing
     model.eval()
     with torch.no_grad():
-        pooled = torch.cat([pool(model.backbone.run_stages(cache.features[i : i + 64, 0].float(), start))
-                            for i in range(0, len(cache.labels), 64)])
+        pooled = torch.cat(
+            [
+                pool(model.backbone.run_stages(cache.features[i : i + 64, 0].float(), start))
+                for i in range(0, len(cache.labels), 64)
+            ]
+        )
     init_head_with_pca(model.embedding_head, pooled)
     return model
 
@@ -53,8 +57,15 @@ def gradient_stats(model, forward, batches, start, config, num_classes, mode, ne
     params = [p for p in model.parameters() if p.requires_grad]
     weight = config.mixup_weight
     loss = build_loss(config.loss, num_classes=num_classes, embedding_size=config.embedding_size)
-    metrix = Metrix(loss, mode=mode, alpha=config.mixup_alpha, weight=weight, negatives_per_anchor=negatives, seed=0,
-                    pair_choice=config.pair_choice)
+    metrix = Metrix(
+        loss,
+        mode=mode,
+        alpha=config.mixup_alpha,
+        weight=weight,
+        negatives_per_anchor=negatives,
+        seed=0,
+        pair_choice=config.pair_choice,
+    )
     ratios, cosines = [], []
     for x, y in batches:
         out = metrix(forward, x.contiguous(memory_format=torch.channels_last), y)
@@ -62,7 +73,11 @@ def gradient_stats(model, forward, batches, start, config, num_classes, mode, ne
         mixed = weight * torch.cat([g.flatten() for g in torch.autograd.grad(out.mixed, params)])
         ratios.append(float(mixed.norm() / clean.norm()))
         cosines.append(float(torch.nn.functional.cosine_similarity(clean, mixed, dim=0)))
-    return {"ratio": statistics.mean(ratios), "cosine": statistics.mean(cosines), "cosine_sd": statistics.stdev(cosines)}
+    return {
+        "ratio": statistics.mean(ratios),
+        "cosine": statistics.mean(cosines),
+        "cosine_sd": statistics.stdev(cosines),
+    }
 
 
 def main() -> None:
@@ -79,8 +94,7 @@ def main() -> None:
     config = TrainConfig.from_dict(checkpoint.config["train_config"])
     data = load_training_data(config, log=lambda *a: None)
     label_map = {c: i for i, c in enumerate(data.train.classes)}
-    sampler = build_sampler(config.sampler, data.train.labels, config.batch_size,
-                            config.samples_per_class, seed=123)
+    sampler = build_sampler(config.sampler, data.train.labels, config.batch_size, config.samples_per_class, seed=123)
     if config.cached_views:
         start = config.frozen_stages(len(trained.backbone.stages()))
         cache = FeatureCache.build(trained, data.train.samples, label_map, start, config.cached_views, config.seed)
@@ -94,19 +108,26 @@ def main() -> None:
         if latest.path.name != checkpoint.path.name:
             models[f"last ({latest.path.name})"] = build_model(latest)
         crops = ImageDataset(data.train.samples, train_transform(trained.preprocessing), label_map, seed=123)
-        batches = [next(iter(DataLoader(crops, batch_sampler=[indices]))) for _, indices in zip(range(args.batches), sampler)]
+        batches = [
+            next(iter(DataLoader(crops, batch_sampler=[indices]))) for _, indices in zip(range(args.batches), sampler)
+        ]
         forward = dict(models)
     models = {name: m.to(memory_format=torch.channels_last) for name, m in models.items()}
 
-    print(f"{config.loss} on {config.data or data.name}, {args.batches} {config.sampler} batches, w = {config.mixup_weight}")
+    print(
+        f"{config.loss} on {config.data or data.name}, {args.batches} {config.sampler} batches, w = {config.mixup_weight}"
+    )
     print("| model | mixing | negatives per anchor | w x mixed / clean gradient norm | cosine (sd) |")
     print("|---|---|---|---|---|")
     for name, model in models.items():
         for mode in args.modes:
             for negatives in negatives_options:
                 stats = gradient_stats(model, forward[name], batches, start, config, len(label_map), mode, negatives)
-                print(f"| {name} | {mode} | {negatives} | {stats['ratio']:.2f} | {stats['cosine']:.2f} "
-                      f"({stats['cosine_sd']:.2f}) |", flush=True)
+                print(
+                    f"| {name} | {mode} | {negatives} | {stats['ratio']:.2f} | {stats['cosine']:.2f} "
+                    f"({stats['cosine_sd']:.2f}) |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -35,15 +35,19 @@ def main() -> None:
             if row.get("loss") == args.loss and row.get("curve"):
                 title = folder.name.split("-", 1)[-1] + (f", {row['tag']}" if row.get("tag") else "")
                 panels.setdefault(title, {}).setdefault(row["mixup"], []).append(row["curve"])
-    print(f"| set | mixing | seeds | {args.metric} training classes, epoch 1 -> last | validation classes, epoch 1 -> last "
-          "| gain, training minus validation |\n|---|---|---|---|---|---|")
+    print(
+        f"| set | mixing | seeds | {args.metric} training classes, epoch 1 -> last | validation classes, epoch 1 -> last "
+        "| gain, training minus validation |\n|---|---|---|---|---|---|"
+    )
     for title, by_mixup in panels.items():
         for mixup, curves in sorted(by_mixup.items()):
             first = {s: np.mean([c[0][f"{s}_{args.metric}"] for c in curves]) for s in ("train", "val")}
             last = {s: np.mean([c[-1][f"{s}_{args.metric}"] for c in curves]) for s in ("train", "val")}
             gap = (last["train"] - first["train"]) - (last["val"] - first["val"])
-            print(f"| {title} | {mixup} | {len(curves)} | {first['train']:.1f} -> {last['train']:.1f} "
-                  f"| {first['val']:.1f} -> {last['val']:.1f} | {gap:+.1f} |")
+            print(
+                f"| {title} | {mixup} | {len(curves)} | {first['train']:.1f} -> {last['train']:.1f} "
+                f"| {first['val']:.1f} -> {last['val']:.1f} | {gap:+.1f} |"
+            )
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
     for ax, (title, by_mixup) in zip(axes[0], panels.items()):
         for color, (mixup, curves) in zip(("C0", "C3", "C2", "C1"), sorted(by_mixup.items())):

@@ -23,8 +23,10 @@ from pathlib import Path
 
 from full_recipe_summary import cell, verdict
 
-PROTOCOLS = (("validation epoch (ours)", "recall_at_1", "map_at_r"),
-             ("best test epoch (official)", "best_test_recall_at_1", "best_test_map_at_r"))
+PROTOCOLS = (
+    ("validation epoch (ours)", "recall_at_1", "map_at_r"),
+    ("best test epoch (official)", "best_test_recall_at_1", "best_test_map_at_r"),
+)
 
 
 def error_change(base: list[float], mixed: list[float]) -> str:
@@ -56,12 +58,15 @@ def regime_rows(folder: Path, baseline: str) -> list[str]:
         for protocol, r1_key, map_key in PROTOCOLS:
             b1, m1 = [r[r1_key] for r in base], [r[r1_key] for r in runs]
             bm, mm = [r[map_key] for r in base], [r[map_key] for r in runs]
-            lift = [statistics.mean(r["best_test_recall_at_1"] - r["recall_at_1"] for r in group) for group in (base, runs)]
+            lift = [
+                statistics.mean(r["best_test_recall_at_1"] - r["recall_at_1"] for r in group) for group in (base, runs)
+            ]
             jitter = [statistics.mean(epoch_jitter(r) for r in group) for group in (base, runs)]
             lines.append(
                 f"| {regime}{', ' + tag if tag else ''} | {loss} | {mixup} | {len(seeds)} | {protocol} | {cell(b1)} | {cell(m1)} "
                 f"| {error_change(b1, m1)} | {verdict(b1, m1)} | {cell(bm)} | {cell(mm)} | {verdict(bm, mm)} "
-                f"| {lift[0]:+.2f} / {lift[1]:+.2f} | {jitter[0]:.2f} / {jitter[1]:.2f} |")
+                f"| {lift[0]:+.2f} / {lift[1]:+.2f} | {jitter[0]:.2f} / {jitter[1]:.2f} |"
+            )
     return lines
 
 
@@ -70,9 +75,11 @@ def main() -> None:
     parser.add_argument("results", nargs="+", type=Path, help="grid folders holding results.json")
     parser.add_argument("--baseline", default="none", help="the mixing the others are compared with")
     args = parser.parse_args()
-    print("| regime | loss | mixing | seeds | epoch chosen by | R@1 none | R@1 mixing | R@1 errors | R@1 verdict "
-          "| MAP@R none | MAP@R mixing | MAP@R verdict | test choice adds to R@1 (none / mixing) "
-          "| test R@1 epoch-to-epoch sd (none / mixing) |")
+    print(
+        "| regime | loss | mixing | seeds | epoch chosen by | R@1 none | R@1 mixing | R@1 errors | R@1 verdict "
+        "| MAP@R none | MAP@R mixing | MAP@R verdict | test choice adds to R@1 (none / mixing) "
+        "| test R@1 epoch-to-epoch sd (none / mixing) |"
+    )
     print("|---" * 14 + "|")
     for folder in args.results:
         if (folder / "results.json").is_file():

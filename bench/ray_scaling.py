@@ -38,36 +38,71 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory() as tmp:
         gallery = Path(tmp) / "gallery"
-        for source in sorted(p for p in args.images.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:args.count]:
+        for source in sorted(p for p in args.images.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[
+            : args.count
+        ]:
             link = gallery / source.relative_to(args.images)
             link.parent.mkdir(parents=True, exist_ok=True)
-            os.link(source, link) if source.stat().st_dev == Path(tmp).stat().st_dev else link.write_bytes(source.read_bytes())
+            os.link(source, link) if source.stat().st_dev == Path(tmp).stat().st_dev else link.write_bytes(
+                source.read_bytes()
+            )
         started = time.perf_counter()
         ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False, configure_logging=False)
         ray_start = time.perf_counter() - started
-        cases = {"local": None, "ray, 1 actor": RayOptions(workers=1, cpus_per_worker=cores),
-                 "ray, 2 actors": RayOptions(workers=2, cpus_per_worker=max(1, cores // 2))}
+        cases = {
+            "local": None,
+            "ray, 1 actor": RayOptions(workers=1, cpus_per_worker=cores),
+            "ray, 2 actors": RayOptions(workers=2, cpus_per_worker=max(1, cores // 2)),
+        }
         seconds = {name: [] for name in cases}
         for _ in range(args.repeats):
             for name, options in cases.items():
-                report = build_index(gallery, args.model, Path(tmp) / name.replace(" ", "").replace(",", "-"), rebuild=True,
-                                     progress=False, threads=cores, ray=options)
+                report = build_index(
+                    gallery,
+                    args.model,
+                    Path(tmp) / name.replace(" ", "").replace(",", "-"),
+                    rebuild=True,
+                    progress=False,
+                    threads=cores,
+                    ray=options,
+                )
                 seconds[name].append(report.seconds)
                 count = report.count
         ray.shutdown()
     base = statistics.median(seconds["local"])
-    rows = [{"engine": name, "images": count, "seconds": statistics.median(s), "images_per_s": count / statistics.median(s),
-             "vs_local": base / statistics.median(s), "all_seconds": s} for name, s in seconds.items()]
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "?")
-    result = {"command": " ".join(["bench/ray_scaling.py", *sys.argv[1:]]), "machine": f"{cpu}, {cores} cores",
-              "ray_start_seconds": ray_start, "cases": rows}
+    rows = [
+        {
+            "engine": name,
+            "images": count,
+            "seconds": statistics.median(s),
+            "images_per_s": count / statistics.median(s),
+            "vs_local": base / statistics.median(s),
+            "all_seconds": s,
+        }
+        for name, s in seconds.items()
+    ]
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "?",
+    )
+    result = {
+        "command": " ".join(["bench/ray_scaling.py", *sys.argv[1:]]),
+        "machine": f"{cpu}, {cores} cores",
+        "ray_start_seconds": ray_start,
+        "cases": rows,
+    }
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
     print(f"{result['machine']}; Ray started in {ray_start:.1f} s\n")
     print("| engine | images | build s (median) | images/s | speed vs local |\n|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['engine']} | {row['images']} | {row['seconds']:.1f} | {row['images_per_s']:.1f} | {row['vs_local']:.2f}x |")
+        print(
+            f"| {row['engine']} | {row['images']} | {row['seconds']:.1f} | {row['images_per_s']:.1f} | {row['vs_local']:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -33,10 +33,30 @@ from pathlib import Path
 METRICS = ("recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8", "map_at_r")
 #: Per-epoch values kept in results.json (the run directories are not committed): enough to plot
 #: training against validation retrieval, the over-fitting gap.
-CURVE_KEYS = ("epoch", "loss", "clean", "mixed", "images_per_s", "seconds", "val_recall_at_1", "val_map_at_r",
-              "train_recall_at_1", "train_map_at_r", "test_recall_at_1", "test_map_at_r")
-GRID = ("ms:none", "ms:feature", "contrastive:none", "contrastive:feature", "pa:none", "pa:feature", "ms:embed",
-        "pml-ms:none")
+CURVE_KEYS = (
+    "epoch",
+    "loss",
+    "clean",
+    "mixed",
+    "images_per_s",
+    "seconds",
+    "val_recall_at_1",
+    "val_map_at_r",
+    "train_recall_at_1",
+    "train_map_at_r",
+    "test_recall_at_1",
+    "test_map_at_r",
+)
+GRID = (
+    "ms:none",
+    "ms:feature",
+    "contrastive:none",
+    "contrastive:feature",
+    "pa:none",
+    "pa:feature",
+    "ms:embed",
+    "pml-ms:none",
+)
 
 
 def metrix(*args) -> str:
@@ -55,8 +75,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe settings to change")
     parser.add_argument("--tag", default="", help="name prefix of runs made with --set")
-    parser.add_argument("--reevaluate", action="store_true",
-                        help="evaluate every finished run (and the floor) again, then train what is missing")
+    parser.add_argument(
+        "--reevaluate",
+        action="store_true",
+        help="evaluate every finished run (and the floor) again, then train what is missing",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results_file = args.out / "results.json"
@@ -88,17 +111,44 @@ def main() -> None:
                 metrix("train", "--resume", run, "--no-progress")
             else:
                 shutil.rmtree(run, ignore_errors=True)
-                metrix("train", "--data", args.data, "--config", config, "--loss", loss, "--mixup", mixup,
-                       "--seed", seed, "--out", run, "--no-progress")
+                metrix(
+                    "train",
+                    "--data",
+                    args.data,
+                    "--config",
+                    config,
+                    "--loss",
+                    loss,
+                    "--mixup",
+                    mixup,
+                    "--seed",
+                    seed,
+                    "--out",
+                    run,
+                    "--no-progress",
+                )
             seconds = time.perf_counter() - start
             report = evaluate(run, results)
             best = chosen_epochs(run)
-            results[name] = {"tag": args.tag, "recipe": args.recipe, "settings": settings, "loss": loss,
-                             "mixup": mixup, "seed": seed, "train_seconds": seconds, "resumed": resumed, "cpu": cpu_model(), **best,
-                             **report}
+            results[name] = {
+                "tag": args.tag,
+                "recipe": args.recipe,
+                "settings": settings,
+                "loss": loss,
+                "mixup": mixup,
+                "seed": seed,
+                "train_seconds": seconds,
+                "resumed": resumed,
+                "cpu": cpu_model(),
+                **best,
+                **report,
+            }
             results_file.write_text(json.dumps(results, indent=1))
-            print(f"{name}: R@1 {report['recall_at_1']:.2f} MAP@R {report['map_at_r']:.2f} "
-                  f"(best epoch {best['best_epoch']}: val MAP@R {best['val_map_at_r']:.2f}; {seconds:.0f} s)", flush=True)
+            print(
+                f"{name}: R@1 {report['recall_at_1']:.2f} MAP@R {report['map_at_r']:.2f} "
+                f"(best epoch {best['best_epoch']}: val MAP@R {best['val_map_at_r']:.2f}; {seconds:.0f} s)",
+                flush=True,
+            )
     table = markdown_table(results)
     (args.out / "results.md").write_text(table + "\n")
     print(table)
@@ -118,7 +168,14 @@ def evaluate(run: Path, results: dict) -> dict:
     if "floor" in results:
         return json.loads(metrix(*command))
     both = json.loads(metrix(*command, "--floor"))
-    results["floor"] = {"tag": "", "loss": "-", "mixup": "untrained floor", "seed": 0, "train_seconds": 0, **both["floor"]}
+    results["floor"] = {
+        "tag": "",
+        "loss": "-",
+        "mixup": "untrained floor",
+        "seed": 0,
+        "train_seconds": 0,
+        **both["floor"],
+    }
     return both["trained"]
 
 
@@ -130,12 +187,19 @@ def chosen_epochs(run: Path) -> dict:
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     best = max(records, key=lambda r: r["val_map_at_r"])
     curve = [{k: r[k] for k in CURVE_KEYS if k in r} for r in records]
-    chosen = {"best_epoch": best["epoch"], "val_recall_at_1": best["val_recall_at_1"],
-              "val_map_at_r": best["val_map_at_r"], "curve": curve}
+    chosen = {
+        "best_epoch": best["epoch"],
+        "val_recall_at_1": best["val_recall_at_1"],
+        "val_map_at_r": best["val_map_at_r"],
+        "curve": curve,
+    }
     if all("test_recall_at_1" in r for r in records):
         on_test = best_on_test(records)
-        chosen.update(best_test_epoch=on_test["epoch"], best_test_recall_at_1=on_test["test_recall_at_1"],
-                      best_test_map_at_r=on_test["test_map_at_r"])
+        chosen.update(
+            best_test_epoch=on_test["epoch"],
+            best_test_recall_at_1=on_test["test_recall_at_1"],
+            best_test_map_at_r=on_test["test_map_at_r"],
+        )
     return chosen
 
 
@@ -151,7 +215,9 @@ def markdown_table(results: dict) -> str:
     header = ["settings", "loss", "mixing", "seeds", *METRICS, "train s/run"]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     order = {spec: i for i, spec in enumerate(("-:untrained floor", *GRID, "ms:input"))}
-    for (tag, loss, mixup), rows in sorted(groups.items(), key=lambda g: (g[0][0], order.get(f"{g[0][1]}:{g[0][2]}", 99))):
+    for (tag, loss, mixup), rows in sorted(
+        groups.items(), key=lambda g: (g[0][0], order.get(f"{g[0][1]}:{g[0][2]}", 99))
+    ):
         cells = []
         for metric in METRICS:
             values = [r[metric] for r in rows]
@@ -161,8 +227,11 @@ def markdown_table(results: dict) -> str:
         described = ", ".join(f"{k}={v}" for k, v in rows[0].get("settings", {}).items()) or "recipe"
         if rows[0].get("machine"):  # trained elsewhere (input mixing on a GPU): its time is not comparable
             described += f", trained on {rows[0]['machine']}"
-        lines.append(f"| {described if loss != '-' else '-'} | {loss} | {mixup} | {len(rows)} | "
-                     + " | ".join(cells) + f" | {seconds:.0f} |")
+        lines.append(
+            f"| {described if loss != '-' else '-'} | {loss} | {mixup} | {len(rows)} | "
+            + " | ".join(cells)
+            + f" | {seconds:.0f} |"
+        )
     return "\n".join(lines)
 
 

@@ -33,8 +33,9 @@ def embed_test_split(run: Path):
     model = build_model(checkpoint)
     config = TrainConfig.from_dict(checkpoint.config["train_config"])
     data = load_training_data(config, log=lambda *a: None)
-    embeddings, labels = embed_samples(model, data.test.samples, frozen_stages=config.frozen_stages(
-        len(model.backbone.stages())), channels_last=True)
+    embeddings, labels = embed_samples(
+        model, data.test.samples, frozen_stages=config.frozen_stages(len(model.backbone.stages())), channels_last=True
+    )
     mixing = "no mixing" if config.mixup == "none" else f"Metrix {config.mixup}"
     return data.test.samples, embeddings, labels, f"{config.loss}, {mixing} (seed {config.seed})"
 

@@ -67,8 +67,12 @@ def measure(count: int, dim: int, folder: Path) -> dict:
     path = folder / f"flat-{count}.faiss"
     faiss.write_index(index, str(path))
     del index
-    row = {"vectors": count, "dim": dim, "bytes": path.stat().st_size,
-           "read_index_s": timed(lambda: faiss.read_index(str(path)))}
+    row = {
+        "vectors": count,
+        "dim": dim,
+        "bytes": path.stat().st_size,
+        "read_index_s": timed(lambda: faiss.read_index(str(path))),
+    }
     for name in ("crc32", "sha256", "blake2b", "sha1"):
         row[f"{name}_s"] = timed(lambda name=name: digest(path, name))
     if drop_caches():
@@ -92,13 +96,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.out.parent if args.out else None) as folder:
         rows = [measure(count, args.dim, Path(folder)) for count in args.counts]
     result = {"cpu": cpu_name(), "threads": faiss.omp_get_max_threads(), "rows": rows}
-    print("| vectors | file | faiss read_index | CRC32 | SHA-256 | BLAKE2b | SHA-1 | CRC32 / read | cold read_index | cold CRC32 |")
+    print(
+        "| vectors | file | faiss read_index | CRC32 | SHA-256 | BLAKE2b | SHA-1 | CRC32 / read | cold read_index | cold CRC32 |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        cold = (f"{r['cold_read_index_s']:.2f} s | {r['cold_crc32_s']:.2f} s" if "cold_crc32_s" in r else "- | -")
-        print(f"| {r['vectors']:,} | {r['bytes'] / 1e6:,.0f} MB | {r['read_index_s']:.2f} s | {r['crc32_s']:.2f} s | "
-              f"{r['sha256_s']:.2f} s | {r['blake2b_s']:.2f} s | {r['sha1_s']:.2f} s | "
-              f"{r['crc32_s'] / r['read_index_s']:.2f} | {cold} |")
+        cold = f"{r['cold_read_index_s']:.2f} s | {r['cold_crc32_s']:.2f} s" if "cold_crc32_s" in r else "- | -"
+        print(
+            f"| {r['vectors']:,} | {r['bytes'] / 1e6:,.0f} MB | {r['read_index_s']:.2f} s | {r['crc32_s']:.2f} s | "
+            f"{r['sha256_s']:.2f} s | {r['blake2b_s']:.2f} s | {r['sha1_s']:.2f} s | "
+            f"{r['crc32_s'] / r['read_index_s']:.2f} | {cold} |"
+        )
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
 

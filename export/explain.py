@@ -38,15 +38,21 @@ class Explanation:
 
     def overlays(self, size: int = 256) -> tuple[Image.Image, Image.Image]:
         low, high = self.scale
-        return (overlay(self.query_input, self.query_map, low, high, size),
-                overlay(self.result_input, self.result_map, low, high, size))
+        return (
+            overlay(self.query_input, self.query_map, low, high, size),
+            overlay(self.result_input, self.result_map, low, high, size),
+        )
 
     def to_json(self) -> dict:
         query, result = self.overlays()
-        return {"score": self.score, "grid": list(self.query_map.shape),
-                "query_heatmap": np.round(self.query_map.astype(float), 4).tolist(),
-                "result_heatmap": np.round(self.result_map.astype(float), 4).tolist(),
-                "query_overlay": data_url(query), "result_overlay": data_url(result)}
+        return {
+            "score": self.score,
+            "grid": list(self.query_map.shape),
+            "query_heatmap": np.round(self.query_map.astype(float), 4).tolist(),
+            "result_heatmap": np.round(self.result_map.astype(float), 4).tolist(),
+            "query_overlay": data_url(query),
+            "result_overlay": data_url(result),
+        }
 
 
 def explain(embedder, query_input: np.ndarray, result_input: np.ndarray) -> Explanation:
@@ -74,8 +80,12 @@ def overlay(picture: np.ndarray, heat: np.ndarray, low: float, high: float, size
 def side_by_side(explanation: Explanation, size: int = 256) -> Image.Image:
     """query | query's heat | result's heat | result: one picture for the command line."""
     query, result = explanation.overlays(size)
-    tiles = [Image.fromarray(explanation.query_input).resize((size, size)), query, result,
-             Image.fromarray(explanation.result_input).resize((size, size))]
+    tiles = [
+        Image.fromarray(explanation.query_input).resize((size, size)),
+        query,
+        result,
+        Image.fromarray(explanation.result_input).resize((size, size)),
+    ]
     canvas = Image.new("RGB", (4 * size + 3 * 8, size), "white")
     for i, tile in enumerate(tiles):
         canvas.paste(tile, (i * (size + 8), 0))

@@ -79,13 +79,22 @@ def to_onnx(module: ImageEmbedder, metadata: ModelMetadata):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            module, (example,), dynamo=True, opset_version=OPSET, input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME, CELLS_NAME], dynamic_shapes={"images": {0: batch}}, external_data=False, verbose=False,
+            module,
+            (example,),
+            dynamo=True,
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME, CELLS_NAME],
+            dynamic_shapes={"images": {0: batch}},
+            external_data=False,
+            verbose=False,
         )
     proto = program.model_proto
     proto.producer_name, proto.producer_version = "metrix", __version__
-    proto.doc_string = f"Metrix image embedder: {metadata.input_layout} [B, {metadata.image_size}, " \
-                       f"{metadata.image_size}, 3] -> L2-normalised float32 [B, {metadata.embedding_size}]"
+    proto.doc_string = (
+        f"Metrix image embedder: {metadata.input_layout} [B, {metadata.image_size}, "
+        f"{metadata.image_size}, 3] -> L2-normalised float32 [B, {metadata.embedding_size}]"
+    )
     _attach(proto, metadata)
     return proto
 
@@ -153,8 +162,14 @@ def save_checked(proto, path: Path, name: Path) -> None:
         raise ExportError(f"{name}: onnx.checker rejects the exported graph ({str(error).splitlines()[0]})") from None
 
 
-def export_backbone(name: str, output: Path, image_size: int | None = None, pretrained: bool = True,
-                    weights: str | None = None, sample_paths: list[Path] = ()) -> tuple[ModelMetadata, list[Parity]]:
+def export_backbone(
+    name: str,
+    output: Path,
+    image_size: int | None = None,
+    pretrained: bool = True,
+    weights: str | None = None,
+    sample_paths: list[Path] = (),
+) -> tuple[ModelMetadata, list[Parity]]:
     """A backbone with no training (its pooled features, L2-normalised: the floor), exported and
     verified like a trained run."""
     from metrix.backbones import create_backbone
@@ -167,23 +182,35 @@ def export_backbone(name: str, output: Path, image_size: int | None = None, pret
         digest.update(key.encode())
         digest.update(tensor.detach().contiguous().numpy().tobytes())
     metadata = ModelMetadata(
-        image_size=pre.image_size, resize_size=pre.resize_size, interpolation=pre.interpolation,
-        embedding_size=model.embedding_size, backbone=name, loss="none", mixup="none", labels="",
-        training_data="none (pretrained)" if pretrained or weights else "none (random weights)", train_classes=0,
-        weights_sha256=digest.hexdigest(), metrix_version=__version__,
-        exporter=f"torch.onnx dynamo (torch {torch.__version__})", opset=OPSET,
+        image_size=pre.image_size,
+        resize_size=pre.resize_size,
+        interpolation=pre.interpolation,
+        embedding_size=model.embedding_size,
+        backbone=name,
+        loss="none",
+        mixup="none",
+        labels="",
+        training_data="none (pretrained)" if pretrained or weights else "none (random weights)",
+        train_classes=0,
+        weights_sha256=digest.hexdigest(),
+        metrix_version=__version__,
+        exporter=f"torch.onnx dynamo (torch {torch.__version__})",
+        opset=OPSET,
     )
     return export_verified(ImageEmbedder(model).eval(), metadata, output, list(sample_paths))
 
 
-def export_verified(module: ImageEmbedder, metadata: ModelMetadata, output: Path,
-                    sample_paths: list[Path]) -> tuple[ModelMetadata, list[Parity]]:
+def export_verified(
+    module: ImageEmbedder, metadata: ModelMetadata, output: Path, sample_paths: list[Path]
+) -> tuple[ModelMetadata, list[Parity]]:
     """Trace, check and verify `module`; the file appears at `output` only if all passed."""
     with staged(output) as tmp:
         save_checked(to_onnx(module, metadata), tmp, output)
         parity = check_parity(module, tmp, verification_images(sample_paths, metadata))
         failed = [p for p in parity if not p.ok]
         if failed:
-            raise ExportError(f"{output}: onnxruntime disagrees with PyTorch ({'; '.join(map(str, failed))}; "
-                              f"need cosine >= {MIN_COSINE} and |diff| <= {MAX_ABS_DIFF})")
+            raise ExportError(
+                f"{output}: onnxruntime disagrees with PyTorch ({'; '.join(map(str, failed))}; "
+                f"need cosine >= {MIN_COSINE} and |diff| <= {MAX_ABS_DIFF})"
+            )
     return metadata, parity

@@ -21,7 +21,7 @@ def quantize_int8(fp32_model: Path, output: Path, calibration: np.ndarray) -> No
 
     class Batches(CalibrationDataReader):
         def __init__(self):
-            self.batches = iter(calibration[i:i + 16] for i in range(0, len(calibration), 16))
+            self.batches = iter(calibration[i : i + 16] for i in range(0, len(calibration), 16))
 
         def get_next(self):
             batch = next(self.batches, None)
@@ -31,8 +31,15 @@ def quantize_int8(fp32_model: Path, output: Path, calibration: np.ndarray) -> No
         prepared = Path(tmp) / "prepared.onnx"
         # Symbolic shape inference cannot follow the dynamo graph's shapes; onnx's own inference does.
         quant_pre_process(str(fp32_model), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(output), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        quantize_static(
+            str(prepared),
+            str(output),
+            Batches(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
 
 
 def recall_at_1(query, query_labels, gallery=None, gallery_labels=None) -> float:
@@ -53,19 +60,30 @@ def quantize_run(fp32_model: Path, data, output: Path | None = None, max_r1_drop
     output = output or fp32_model.with_name(f"{fp32_model.stem}.int8.onnx")
     metadata = read_metadata(fp32_model)
     with staged(output) as tmp:
-        quantize_int8(fp32_model, tmp, verification_images([s.path for s in data.train.samples], metadata, CALIBRATION_IMAGES))
+        quantize_int8(
+            fp32_model, tmp, verification_images([s.path for s in data.train.samples], metadata, CALIBRATION_IMAGES)
+        )
         set_metadata(tmp, metadata, quantization="int8")
-        report = {"model": str(output), "data": f"{data.name} data at {data.root}", "split": "test", "num_queries": len(data.test)}
+        report = {
+            "model": str(output),
+            "data": f"{data.name} data at {data.root}",
+            "split": "test",
+            "num_queries": len(data.test),
+        }
         for name, path in (("fp32", fp32_model), ("int8", tmp)):
             embedder = load_embedder(path)
             query = embed_files(embedder, [s.path for s in data.test.samples])
-            gallery = embed_files(embedder, [s.path for s in data.gallery.samples]) if data.gallery is not None else None
-            report[f"recall_at_1_{name}"] = recall_at_1(query, np.array(data.test.labels), gallery,
-                                                        None if gallery is None else np.array(data.gallery.labels))
+            gallery = (
+                embed_files(embedder, [s.path for s in data.gallery.samples]) if data.gallery is not None else None
+            )
+            report[f"recall_at_1_{name}"] = recall_at_1(
+                query, np.array(data.test.labels), gallery, None if gallery is None else np.array(data.gallery.labels)
+            )
         report["recall_at_1_change"] = report["recall_at_1_int8"] - report["recall_at_1_fp32"]
         if -report["recall_at_1_change"] > max_r1_drop:
             raise ExportError(
                 f"{output}: int8 loses {-report['recall_at_1_change']:.2f} R@1 on the {data.name} test split "
                 f"(fp32 {report['recall_at_1_fp32']:.2f}, int8 {report['recall_at_1_int8']:.2f}; limit {max_r1_drop}); "
-                "not written, the fp32 model stands")
+                "not written, the fp32 model stands"
+            )
     return report

@@ -74,8 +74,10 @@ class ModelMetadata:
 
     @property
     def resize_policy(self) -> str:
-        return (f"resize the short side to {self.resize_size} px ({self.interpolation}), "
-                f"centre-crop {self.image_size}x{self.image_size}")
+        return (
+            f"resize the short side to {self.resize_size} px ({self.interpolation}), "
+            f"centre-crop {self.image_size}x{self.image_size}"
+        )
 
     def to_props(self) -> dict[str, str]:
         return {f"metrix.{key}": json.dumps(value) for key, value in asdict(self).items()}
@@ -87,7 +89,9 @@ class ModelMetadata:
             raise ModelError(f"{source}: not a Metrix model (no metrix.* metadata); export it with `metrix export`")
         fmt = json.loads(values.get("format", '""'))
         if fmt != FORMAT:
-            raise ModelError(f"{source}: model format {fmt!r} is not {FORMAT!r}; re-export it with this version of metrix")
+            raise ModelError(
+                f"{source}: model format {fmt!r} is not {FORMAT!r}; re-export it with this version of metrix"
+            )
         known = {f.name for f in fields(cls)}
         try:
             return cls(**{key: json.loads(value) for key, value in values.items() if key in known})
@@ -110,8 +114,9 @@ def preprocess(image: Image.Image, metadata: ModelMetadata) -> np.ndarray:
     return np.asarray(image.crop((left, top, left + crop, top + crop)).convert("RGB"), dtype=np.uint8)
 
 
-def load_for_model(path: Path | str, metadata: ModelMetadata, data: bytes | None = None,
-                   box=None) -> tuple[np.ndarray, tuple[int, int]]:
+def load_for_model(
+    path: Path | str, metadata: ModelMetadata, data: bytes | None = None, box=None
+) -> tuple[np.ndarray, tuple[int, int]]:
     """An image file (or only its region `box`, metrix.images.Box) -> (the model's uint8 input,
     (width, height) of the original image). Raises metrix.images.ImageDecodeError naming the file."""
     from metrix.images import decode_rgb
@@ -164,7 +169,9 @@ class Embedder:
     def embed_with_cells(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 [B, S, S, 3] -> (embeddings [B, D], cell embeddings [B, h, w, D]), both L2-normalised."""
         if not self.has_cells:
-            raise ModelError(f"{self.path}: exported before models had a cells output; re-export it with `metrix export`")
+            raise ModelError(
+                f"{self.path}: exported before models had a cells output; re-export it with `metrix export`"
+            )
         embeddings, cells = self.session.run([OUTPUT_NAME, CELLS_NAME], {INPUT_NAME: batch})
         return embeddings, cells
 
@@ -180,7 +187,9 @@ def read_metadata(path: Path | str) -> ModelMetadata:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as error:  # onnx raises DecodeError, OSError, ... for a bad file
-        raise ModelError(f"{path}: cannot read the ONNX model ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
+        raise ModelError(
+            f"{path}: cannot read the ONNX model ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+        ) from None
     return ModelMetadata.from_props({p.key: p.value for p in model.metadata_props}, path)
 
 
@@ -209,12 +218,12 @@ def embed_files(embedder: Embedder, paths: list[Path], batch_size: int = 32) -> 
     def load(chunk):
         return np.stack([load_for_model(path, embedder.metadata)[0] for path in chunk])
 
-    chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
+    chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
     out = np.empty((len(paths), embedder.metadata.embedding_size), np.float32)
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(load, chunks[0]) if chunks else None
         for i, _ in enumerate(chunks):
             batch = pending.result()
             pending = pool.submit(load, chunks[i + 1]) if i + 1 < len(chunks) else None
-            out[i * batch_size:i * batch_size + len(batch)] = embedder.embed(batch)
+            out[i * batch_size : i * batch_size + len(batch)] = embedder.embed(batch)
     return out

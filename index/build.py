@@ -61,8 +61,11 @@ class BuildReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {**{k: v for k, v in self.__dict__.items() if k != "failed"}, "index_dir": str(self.index_dir),
-                "failed": [{"path": p, "reason": r} for p, r in self.failed]}
+        return {
+            **{k: v for k, v in self.__dict__.items() if k != "failed"},
+            "index_dir": str(self.index_dir),
+            "failed": [{"path": p, "reason": r} for p, r in self.failed],
+        }
 
 
 class _Lock:
@@ -83,10 +86,20 @@ class _Lock:
         self.file.close()
 
 
-def build_index(gallery: Path | str, model: Path | str, index_dir: Path | str, index_type: str | None = None,
-                rebuild: bool = False, batch_size: int = DEFAULT_BATCH, workers: int | None = None,
-                progress: bool = True, threads: int | None = None, ray: "RayOptions | None" = None,
-                max_memory: int | None = None, keep: int = DEFAULT_KEEP) -> BuildReport:
+def build_index(
+    gallery: Path | str,
+    model: Path | str,
+    index_dir: Path | str,
+    index_type: str | None = None,
+    rebuild: bool = False,
+    batch_size: int = DEFAULT_BATCH,
+    workers: int | None = None,
+    progress: bool = True,
+    threads: int | None = None,
+    ray: "RayOptions | None" = None,
+    max_memory: int | None = None,
+    keep: int = DEFAULT_KEEP,
+) -> BuildReport:
     """Index GALLERY (a folder or an object-store URL) into INDEX_DIR. With `ray`, the new files
     are embedded on a Ray cluster (index/ray_engine.py), else in this process; either way the
     vectors are spooled to disk and the same generation is committed. `index_type` and
@@ -103,8 +116,21 @@ def build_index(gallery: Path | str, model: Path | str, index_dir: Path | str, i
     try:
         index_dir.mkdir(parents=True, exist_ok=True)
         with _Lock(index_dir):
-            _update(source, model, embedder, index_dir, index_type, rebuild, batch_size, workers, progress, ray,
-                    max_memory, keep, report)
+            _update(
+                source,
+                model,
+                embedder,
+                index_dir,
+                index_type,
+                rebuild,
+                batch_size,
+                workers,
+                progress,
+                ray,
+                max_memory,
+                keep,
+                report,
+            )
             report.seconds = time.perf_counter() - started
             write_atomically(index_dir / REPORT_FILE, json.dumps(report.to_dict(), indent=1, ensure_ascii=False))
     except (OSError, RuntimeError, sqlite3.Error) as error:
@@ -112,14 +138,32 @@ def build_index(gallery: Path | str, model: Path | str, index_dir: Path | str, i
         if fault is None:
             raise
         now = current_generation(index_dir) if index_dir.is_dir() else None
-        state = (f"the index was updated to {now}, but its build report was not written" if now != before
-                 else f"the index is unchanged at {before}" if before else "no index was written")
+        state = (
+            f"the index was updated to {now}, but its build report was not written"
+            if now != before
+            else f"the index is unchanged at {before}"
+            if before
+            else "no index was written"
+        )
         raise GalleryIndexError(f"{fault}: {state}") from None
     return report
 
 
-def _update(source, model, embedder, index_dir: Path, index_type, rebuild: bool, batch_size: int, workers, progress: bool,
-            ray, max_memory, keep: int, report: BuildReport) -> None:
+def _update(
+    source,
+    model,
+    embedder,
+    index_dir: Path,
+    index_type,
+    rebuild: bool,
+    batch_size: int,
+    workers,
+    progress: bool,
+    ray,
+    max_memory,
+    keep: int,
+    report: BuildReport,
+) -> None:
     """The build under its lock: the diff against the current generation, the embedding of what is
     new, and the commit of a new generation (none when nothing changed)."""
     remove_uncommitted(index_dir)
@@ -137,8 +181,9 @@ def _update(source, model, embedder, index_dir: Path, index_type, rebuild: bool,
     report.removed = len(removed_ids) - report.changed
 
     # fail before embedding for hours when the index cannot fit (failures only make it smaller)
-    plan_index((len(old) if old else 0) - len(removed_ids) + len(todo), embedder.metadata.embedding_size, requested,
-               max_memory)
+    plan_index(
+        (len(old) if old else 0) - len(removed_ids) + len(todo), embedder.metadata.embedding_size, requested, max_memory
+    )
     spool = VectorSpool(index_dir / f".spool-{os.getpid()}", embedder.metadata.embedding_size)
     rows_file, staging = index_dir / f".rows-{os.getpid()}.sqlite", index_dir / f".tmp-vectors-{os.getpid()}"
     database = None
@@ -146,35 +191,50 @@ def _update(source, model, embedder, index_dir: Path, index_type, rebuild: bool,
         database = copy_rows(index_dir, old.generation if old else None, rows_file)
         with database:  # first, so that a changed file's new row can take its path
             database.executemany("DELETE FROM images WHERE id = ?", [(i,) for i in removed_ids])
-            database.executemany("UPDATE images SET size = ?, mtime_ns = ? WHERE id = ?",
-                                 [(f.size, f.mtime_ns, known[f.path][0]) for f in touched])
+            database.executemany(
+                "UPDATE images SET size = ?, mtime_ns = ? WHERE id = ?",
+                [(f.size, f.mtime_ns, known[f.path][0]) for f in touched],
+            )
         if ray is None:
             embedded = embed_locally(embedder, source, todo, batch_size, workers)
         else:
             from .ray_engine import embed_with_ray
+
             embedded = embed_with_ray(model, source.root, todo, ray)
         first_id = _next_id(old, known)
         next_id = _collect(embedded, first_id, spool, database, known, len(todo), progress, report)
         count = (len(old) if old else 0) - len(removed_ids) + len(spool)
         plan = plan_index(count, embedder.metadata.embedding_size, requested, max_memory)
         old_kind = old.manifest["index"]["kind"] if old else None
-        nothing_to_do = (old is not None and next_id == first_id and not removed_ids and not touched
-                         and plan.kind == old_kind)
+        nothing_to_do = (
+            old is not None and next_id == first_id and not removed_ids and not touched and plan.kind == old_kind
+        )
         if nothing_to_do:
             report.generation, report.count, report.index = old.generation, len(old), old.manifest["index"]
         else:
             index, full = updated_index(old, removed_ids, spool, plan, staging)
-            params = {"type": plan.factory, "kind": plan.kind, "requested": requested, "max_memory": max_memory,
-                      "estimated_bytes": plan.bytes, "metric": "inner_product"}
+            params = {
+                "type": plan.factory,
+                "kind": plan.kind,
+                "requested": requested,
+                "max_memory": max_memory,
+                "estimated_bytes": plan.bytes,
+                "metric": "inner_product",
+            }
             if plan.kind == "ivf":
                 params["nprobe"], params["recall_at_10"] = tune_nprobe(index)
             elif plan.kind == "ivfpq":
                 params["nprobe"], params["recall_at_10"], params["rerank"] = tune_ivfpq(index, full, plan.rerank)
             database.close()
             report.count, report.index = index.ntotal, params
-            report.generation = write_generation(index_dir, index, rows_file,
-                                                 _manifest(old, source.root, embedder, params, index.ntotal, next_id),
-                                                 staging if full is not None else None, keep)
+            report.generation = write_generation(
+                index_dir,
+                index,
+                rows_file,
+                _manifest(old, source.root, embedder, params, index.ntotal, next_id),
+                staging if full is not None else None,
+                keep,
+            )
     finally:
         if database is not None:
             database.close()
@@ -185,8 +245,9 @@ def _update(source, model, embedder, index_dir: Path, index_type, rebuild: bool,
             old.close()
 
 
-def _collect(embedded, first_id: int, spool: VectorSpool, database, known: dict, total: int, progress: bool,
-             report: BuildReport) -> int:
+def _collect(
+    embedded, first_id: int, spool: VectorSpool, database, known: dict, total: int, progress: bool, report: BuildReport
+) -> int:
     """Give each embedded file the next id (in the engine's order, which is path order), spool its
     vector and write its row to `database` as it comes; failures go to the report. Returns the
     next free id."""
@@ -204,7 +265,9 @@ def _collect(embedded, first_id: int, spool: VectorSpool, database, known: dict,
             else:
                 spool.append(next_id, item.vector)
                 file = item.file
-                rows.append((next_id, file.path, file.size, file.mtime_ns, item.sha256, file.label, item.width, item.height))
+                rows.append(
+                    (next_id, file.path, file.size, file.mtime_ns, item.sha256, file.label, item.width, item.height)
+                )
                 report.added += file.path not in known
                 next_id += 1
                 if len(rows) == 1000:
@@ -218,8 +281,9 @@ def _collect(embedded, first_id: int, spool: VectorSpool, database, known: dict,
 
 def _check_same_build(old, root: str, metadata) -> None:
     if old.manifest["gallery_root"] != root:
-        raise GalleryIndexError(f"{old.dir}: indexes {old.manifest['gallery_root']}, not {root}; "
-                                "give another --out or --rebuild")
+        raise GalleryIndexError(
+            f"{old.dir}: indexes {old.manifest['gallery_root']}, not {root}; give another --out or --rebuild"
+        )
     old.check_model(metadata)
 
 
@@ -270,10 +334,20 @@ def _manifest(old, root: str, embedder, params: dict, count: int, next_id: int) 
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     meta = embedder.metadata
     return {
-        "format": FORMAT, "gallery_root": root, "count": count, "next_id": next_id,
-        "dim": meta.embedding_size, "metric": "inner_product (L2-normalised vectors: cosine)", "index": params,
-        "model": {"path": str(Path(embedder.path).resolve()), **asdict(meta), "provenance": meta.provenance,
-                  "training_path": meta.training_path},
+        "format": FORMAT,
+        "gallery_root": root,
+        "count": count,
+        "next_id": next_id,
+        "dim": meta.embedding_size,
+        "metric": "inner_product (L2-normalised vectors: cosine)",
+        "index": params,
+        "model": {
+            "path": str(Path(embedder.path).resolve()),
+            **asdict(meta),
+            "provenance": meta.provenance,
+            "training_path": meta.training_path,
+        },
         "faiss_version": faiss.__version__,
-        "created": old.manifest["created"] if old else now, "updated": now,
+        "created": old.manifest["created"] if old else now,
+        "updated": now,
     }

@@ -68,15 +68,34 @@ class Duplicates:
     groups: list[Group]  # largest first, then by first path
 
     def to_json(self) -> dict:
-        return {"generation": self.generation, "images": self.images, "threshold": self.threshold,
-                "search": self.search, "seconds": round(self.seconds, 3),
-                "grouped_images": sum(len(g.images) for g in self.groups),
-                "groups": [{"size": len(g.images), "min_similarity": _round(g.min_similarity),
-                            "weakest_link": _round(g.weakest_link),
-                            "images": [{"id": m.id, "path": m.path, "label": m.label, "width": m.width,
-                                        "height": m.height, "similarity": _round(m.similarity)} for m in g.images],
-                            "links": [{"a": a, "b": b, "similarity": _round(s)} for a, b, s in g.links]}
-                           for g in self.groups]}
+        return {
+            "generation": self.generation,
+            "images": self.images,
+            "threshold": self.threshold,
+            "search": self.search,
+            "seconds": round(self.seconds, 3),
+            "grouped_images": sum(len(g.images) for g in self.groups),
+            "groups": [
+                {
+                    "size": len(g.images),
+                    "min_similarity": _round(g.min_similarity),
+                    "weakest_link": _round(g.weakest_link),
+                    "images": [
+                        {
+                            "id": m.id,
+                            "path": m.path,
+                            "label": m.label,
+                            "width": m.width,
+                            "height": m.height,
+                            "similarity": _round(m.similarity),
+                        }
+                        for m in g.images
+                    ],
+                    "links": [{"a": a, "b": b, "similarity": _round(s)} for a, b, s in g.links],
+                }
+                for g in self.groups
+            ],
+        }
 
 
 def check_threshold(value) -> float:
@@ -84,8 +103,9 @@ def check_threshold(value) -> float:
     try:
         threshold = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"threshold {value!r}: not a number; give a cosine similarity in (0, 1], "
-                         f"e.g. {DEFAULT_THRESHOLD}") from None
+        raise ValueError(
+            f"threshold {value!r}: not a number; give a cosine similarity in (0, 1], e.g. {DEFAULT_THRESHOLD}"
+        ) from None
     if not 0 < threshold <= 1:  # also refuses nan
         raise ValueError(f"threshold {value}: must be in (0, 1] (a cosine similarity), e.g. {DEFAULT_THRESHOLD}")
     return threshold
@@ -105,11 +125,15 @@ def find_duplicates(index: GalleryIndex, threshold: float = DEFAULT_THRESHOLD, b
 def _method(index: GalleryIndex) -> str:
     params = index.manifest["index"]
     if params["kind"] == "ivf":
-        return (f"approximate: IVF range search at nprobe {params['nprobe']} of {index.index.nlist} lists "
-                "(similarities exact)")
+        return (
+            f"approximate: IVF range search at nprobe {params['nprobe']} of {index.index.nlist} lists "
+            "(similarities exact)"
+        )
     if params["kind"] == "ivfpq":
-        return (f"IVF-PQ candidates ({params['rerank']}+ per image, nprobe {params['nprobe']}) confirmed with the "
-                "exact vectors")
+        return (
+            f"IVF-PQ candidates ({params['rerank']}+ per image, nprobe {params['nprobe']}) confirmed with the "
+            "exact vectors"
+        )
     return "exact (flat index)"
 
 
@@ -126,8 +150,8 @@ def _candidate_pairs(index: GalleryIndex, threshold: float, block: int):
     if full is not None:
         depth = index.manifest["index"]["rerank"]
         for start in range(0, len(full), block):
-            queries = np.ascontiguousarray(full.vectors[start:start + block], dtype=np.float32)
-            yield _confirmed(index.index, full, np.asarray(full.ids[start:start + block]), queries, threshold, depth)
+            queries = np.ascontiguousarray(full.vectors[start : start + block], dtype=np.float32)
+            yield _confirmed(index.index, full, np.asarray(full.ids[start : start + block]), queries, threshold, depth)
         return
     for ids, queries in stored_blocks(index.index, block):
         limits, similarity, found = index.index.range_search(np.ascontiguousarray(queries), threshold - EPS)
@@ -201,8 +225,9 @@ def _groups(index: GalleryIndex, a: np.ndarray, b: np.ndarray, similarity: np.nd
     if len(nodes) == 0:
         return []
     pa, pb = np.searchsorted(nodes, a), np.searchsorted(nodes, b)
-    _, component = connected_components(csr_matrix((np.ones(len(a)), (pa, pb)), shape=(len(nodes),) * 2),
-                                        directed=False)
+    _, component = connected_components(
+        csr_matrix((np.ones(len(a)), (pa, pb)), shape=(len(nodes),) * 2), directed=False
+    )
     strongest = np.full(len(nodes), -np.inf, dtype=np.float32)
     np.maximum.at(strongest, pa, similarity)
     np.maximum.at(strongest, pb, similarity)
@@ -211,15 +236,19 @@ def _groups(index: GalleryIndex, a: np.ndarray, b: np.ndarray, similarity: np.nd
     for position, node in enumerate(nodes.tolist()):
         path, label, width, height, *_ = rows[node]
         members.setdefault(int(component[position]), []).append(
-            Member(node, path, label, width, height, float(strongest[position])))
+            Member(node, path, label, width, height, float(strongest[position]))
+        )
     links: dict[int, list[tuple[int, int, float]]] = {}
     for i in np.lexsort((b, a, -similarity)):  # strongest first; ties by id
         links.setdefault(int(component[pa[i]]), []).append((int(a[i]), int(b[i]), float(similarity[i])))
     groups = []
     for number, group in members.items():
         group.sort(key=lambda member: member.path)
-        groups.append(Group(group, _least_similar(index, [m.id for m in group]),
-                            min(s for _, _, s in links[number]), links[number]))
+        groups.append(
+            Group(
+                group, _least_similar(index, [m.id for m in group]), min(s for _, _, s in links[number]), links[number]
+            )
+        )
     groups.sort(key=lambda group: (-len(group.images), group.images[0].path))
     return groups
 
@@ -236,7 +265,7 @@ def _least_similar(index: GalleryIndex, ids: list[int]) -> float | None:
     least = math.inf
     rows = max(1, 2**22 // len(ids))
     for start in range(0, len(ids), rows):
-        similarity = vectors[start:start + rows] @ vectors.T
+        similarity = vectors[start : start + rows] @ vectors.T
         similarity[np.arange(len(similarity)), np.arange(start, start + len(similarity))] = np.inf  # not itself
         least = min(least, float(similarity.min()))
     return least

@@ -17,8 +17,14 @@ import numpy as np
 ALPHA, BETA, GAMMA = 1.0, 8.0, 4.0
 
 
-def rocchio(query: np.ndarray, right: np.ndarray, wrong: np.ndarray,
-            alpha: float = ALPHA, beta: float = BETA, gamma: float = GAMMA) -> np.ndarray:
+def rocchio(
+    query: np.ndarray,
+    right: np.ndarray,
+    wrong: np.ndarray,
+    alpha: float = ALPHA,
+    beta: float = BETA,
+    gamma: float = GAMMA,
+) -> np.ndarray:
     """The moved query [d], L2-normalised; `right` and `wrong` are the marked vectors [n, d]
     (n may be 0). With no marks it is the query itself."""
     moved = alpha * np.asarray(query, dtype=np.float32)

@@ -84,7 +84,7 @@ def _exact_over(full, vectors: np.ndarray, k: int, ids: np.ndarray) -> tuple[np.
     best_scores = np.full((len(vectors), 0), -np.inf, np.float32)
     best_ids = np.full((len(vectors), 0), -1, np.int64)
     for start in range(0, len(ids), BLOCK):
-        block = ids[start:start + BLOCK]
+        block = ids[start : start + BLOCK]
         scores = vectors @ full.lookup(block).T
         scores = np.concatenate([best_scores, scores], axis=1)
         candidates = np.concatenate([best_ids, np.broadcast_to(block, (len(vectors), len(block)))], axis=1)

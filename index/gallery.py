@@ -37,7 +37,9 @@ def find_images(root: Path) -> tuple[list[GalleryFile], list[tuple[str, str]]]:
             skipped.append((_relative(folder, root), f"cannot read the folder ({error.strerror})"))
             return
         if (real.st_dev, real.st_ino) in visited:
-            skipped.append((_relative(folder, root), "symlink loop or second link to a folder already indexed, not followed"))
+            skipped.append(
+                (_relative(folder, root), "symlink loop or second link to a folder already indexed, not followed")
+            )
             return
         visited.add((real.st_dev, real.st_ino))
         try:

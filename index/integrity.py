@@ -77,8 +77,10 @@ def verify_files(folder: Path, manifest: dict) -> None:
         except FileNotFoundError:
             raise IndexIntegrityError(f"{path}: missing from its generation; rebuild the index") from None
         if size != entry["bytes"]:
-            raise IndexIntegrityError(f"{path}: {size:,} bytes, but {entry['bytes']:,} were written: the file is "
-                                      "truncated or damaged; rebuild the index")
+            raise IndexIntegrityError(
+                f"{path}: {size:,} bytes, but {entry['bytes']:,} were written: the file is "
+                "truncated or damaged; rebuild the index"
+            )
         if crc32_of(path) != entry["crc32"]:
             raise IndexIntegrityError(f"{path}: does not match its checksum: the file is damaged; rebuild the index")
 
@@ -89,5 +91,7 @@ def check_scores(scores: np.ndarray, ids: np.ndarray, index_file: Path) -> None:
     real = scores[ids >= 0]
     bad = real[~np.isfinite(real) | (np.abs(real) > MAX_ABS_SCORE)]
     if bad.size:
-        raise IndexIntegrityError(f"{index_file}: a search scored {bad[0]:.6g}, outside the cosine range [-1, 1]: "
-                                  "the index is damaged; rebuild it")
+        raise IndexIntegrityError(
+            f"{index_file}: a search scored {bad[0]:.6g}, outside the cosine range [-1, 1]: "
+            "the index is damaged; rebuild it"
+        )

@@ -39,14 +39,18 @@ def decode(source, file: GalleryFile, metadata) -> tuple[np.ndarray | None, str,
         return None, "", 0, 0, f"cannot read ({error.strerror or error})"
 
 
-def embed_locally(embedder, source, todo: list[GalleryFile], batch_size: int,
-                  workers: int | None = None) -> Iterator[Embedded]:
+def embed_locally(
+    embedder, source, todo: list[GalleryFile], batch_size: int, workers: int | None = None
+) -> Iterator[Embedded]:
     """Successes come in `todo` order (failures may come earlier than their place)."""
     batch: list[tuple] = []
 
     def flush():
         vectors = embedder.embed(np.stack([item[1] for item in batch]))
-        done = [Embedded(file, vector, sha, width, height, "") for (file, _, sha, width, height), vector in zip(batch, vectors)]
+        done = [
+            Embedded(file, vector, sha, width, height, "")
+            for (file, _, sha, width, height), vector in zip(batch, vectors)
+        ]
         batch.clear()
         return done
 
@@ -54,7 +58,9 @@ def embed_locally(embedder, source, todo: list[GalleryFile], batch_size: int,
         pending = deque()
         files = iter(todo)
         while True:
-            while len(pending) < 4 * batch_size and (file := next(files, None)) is not None:  # bounded decodes in flight
+            while (
+                len(pending) < 4 * batch_size and (file := next(files, None)) is not None
+            ):  # bounded decodes in flight
                 pending.append((file, pool.submit(decode, source, file, embedder.metadata)))
             if not pending:
                 break

@@ -100,8 +100,9 @@ def use_opq(dim: int, pq_m: int) -> bool:
     return pq_m * 4 < dim
 
 
-def index_bytes(kind: str, count: int, dim: int, nlist: int = 0, pq_m: int = 0, opq: bool = False,
-                pq_bits: int = PQ_BITS) -> int:
+def index_bytes(
+    kind: str, count: int, dim: int, nlist: int = 0, pq_m: int = 0, opq: bool = False, pq_bits: int = PQ_BITS
+) -> int:
     """Estimated RAM of a loaded index of `count` vectors (see the module docstring)."""
     if kind == "flat":  # vectors, IDMap2's id array and its reverse hash map
         return count * (dim * 4 + ID_BYTES + HASH_ENTRY_BYTES)
@@ -133,23 +134,36 @@ def plan_index(count: int, dim: int, requested: str = "auto", max_memory: int | 
     ivf = IndexPlan("ivf", nlist=nlist, bytes=index_bytes("ivf", count, dim, nlist))
     if requested == "flat" or (requested == "auto" and count <= FLAT_LIMIT and flat.bytes <= budget):
         if flat.bytes > budget:
-            raise too_small(f"a flat index of {shape} needs {human(flat.bytes)}; "
-                            f"raise the budget or use --index-type ivfpq")
+            raise too_small(
+                f"a flat index of {shape} needs {human(flat.bytes)}; raise the budget or use --index-type ivfpq"
+            )
         return flat
     if count == 0:
         raise ValueError(f"--index-type {requested}: an IVF index needs vectors to train on; the gallery has none yet")
     if requested == "ivf" or (requested == "auto" and ivf.bytes <= budget):
         if ivf.bytes > budget:
-            raise too_small(f"an IVF index of {shape} needs {human(ivf.bytes)}; "
-                            f"raise the budget or use --index-type ivfpq")
+            raise too_small(
+                f"an IVF index of {shape} needs {human(ivf.bytes)}; raise the budget or use --index-type ivfpq"
+            )
         return ivf
 
     if count < 2**PQ_BITS:
-        raise ValueError(f"--index-type {requested}: an IVF-PQ index trains its codebooks on at least "
-                         f"{2**PQ_BITS} vectors; the gallery has {count}")
-    plans = [IndexPlan("ivfpq", nlist=nlist, pq_m=m, opq=use_opq(dim, m), rerank=RERANK,
-                       bytes=index_bytes("ivfpq", count, dim, nlist, m, use_opq(dim, m)))
-             for m in range(min(MIN_PQ_M, dim), dim + 1) if dim % m == 0]
+        raise ValueError(
+            f"--index-type {requested}: an IVF-PQ index trains its codebooks on at least "
+            f"{2**PQ_BITS} vectors; the gallery has {count}"
+        )
+    plans = [
+        IndexPlan(
+            "ivfpq",
+            nlist=nlist,
+            pq_m=m,
+            opq=use_opq(dim, m),
+            rerank=RERANK,
+            bytes=index_bytes("ivfpq", count, dim, nlist, m, use_opq(dim, m)),
+        )
+        for m in range(min(MIN_PQ_M, dim), dim + 1)
+        if dim % m == 0
+    ]
     if max_memory is None:  # explicit ivfpq without a budget: 4 dimensions per sub-quantizer
         return max((p for p in plans if p.pq_m * 4 <= dim), key=lambda p: p.pq_m, default=plans[0])
     fitting = [p for p in plans if p.bytes <= budget]

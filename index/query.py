@@ -25,15 +25,20 @@ class Refinement:
     wrong: tuple[int, ...] = ()  # ids marked as wrong answers
 
     @classmethod
-    def from_form(cls, box: str | None = None, labels=(), path_prefix: str | None = None, right=(),
-                  wrong=()) -> Refinement:
+    def from_form(
+        cls, box: str | None = None, labels=(), path_prefix: str | None = None, right=(), wrong=()
+    ) -> Refinement:
         """The page's and the API's form fields -> a Refinement: the box as text "x0,y0,x1,y1"
         (empty: the whole picture), ids as integers or text (several per item, separated by
         commas). ValueError (one line) for a bad box or id."""
         from metrix.images import parse_box
 
-        return cls(parse_box(box) if box and box.strip() else None, SearchFilter(tuple(labels or ()), path_prefix or ""),
-                   parse_ids(right, "right"), parse_ids(wrong, "wrong"))
+        return cls(
+            parse_box(box) if box and box.strip() else None,
+            SearchFilter(tuple(labels or ()), path_prefix or ""),
+            parse_ids(right, "right"),
+            parse_ids(wrong, "wrong"),
+        )
 
     def describe(self) -> str:
         """What was applied, for a status line ("" when nothing)."""
@@ -65,12 +70,19 @@ def embed_query(embedder, name: str | Path, data: bytes | None = None, box=None)
     return embedder.embed(array[None])[0]
 
 
-def search_image(index: GalleryIndex, embedder, name: str | Path, k: int, data: bytes | None = None,
-                 refinement: Refinement = Refinement()) -> Answer:
+def search_image(
+    index: GalleryIndex,
+    embedder,
+    name: str | Path,
+    k: int,
+    data: bytes | None = None,
+    refinement: Refinement = Refinement(),
+) -> Answer:
     vector = embed_query(embedder, name, data, refinement.box)
     if refinement.right or refinement.wrong:
-        vector = rocchio(vector, marked_vectors(index, refinement.right, "right"),
-                         marked_vectors(index, refinement.wrong, "wrong"))
+        vector = rocchio(
+            vector, marked_vectors(index, refinement.right, "right"), marked_vectors(index, refinement.wrong, "wrong")
+        )
     return index.search_present(vector, k, refinement.search_filter)
 
 

@@ -50,11 +50,14 @@ class _EmbedActor:
         vectors = np.zeros((len(files), self.embedder.metadata.embedding_size), np.float32)
         if ok:
             vectors[ok] = self.embedder.embed(np.stack([decoded[i][0] for i in ok]))
-        return {"position": batch["position"], "vector": vectors,
-                "sha256": np.array([item[1] for item in decoded], dtype=object),
-                "width": np.array([item[2] for item in decoded], np.int64),
-                "height": np.array([item[3] for item in decoded], np.int64),
-                "reason": np.array([item[4] for item in decoded], dtype=object)}
+        return {
+            "position": batch["position"],
+            "vector": vectors,
+            "sha256": np.array([item[1] for item in decoded], dtype=object),
+            "width": np.array([item[2] for item in decoded], np.int64),
+            "height": np.array([item[3] for item in decoded], np.int64),
+            "reason": np.array([item[4] for item in decoded], dtype=object),
+        }
 
 
 def embed_with_ray(model: Path, root: str, todo: list[GalleryFile], options: RayOptions) -> Iterator[Embedded]:
@@ -76,21 +79,35 @@ def embed_with_ray(model: Path, root: str, todo: list[GalleryFile], options: Ray
     context.enable_progress_bars = False
     items = [{"position": i, "path": file.path} for i, file in enumerate(todo)]
     dataset = ray.data.from_items(items).map_batches(
-        _EmbedActor, batch_size=options.batch_size, batch_format="numpy",
-        fn_constructor_kwargs={"model": str(Path(model).resolve()), "root": root,
-                               "threads": max(1, int(options.cpus_per_worker)), "gpu": options.gpus_per_worker > 0},
+        _EmbedActor,
+        batch_size=options.batch_size,
+        batch_format="numpy",
+        fn_constructor_kwargs={
+            "model": str(Path(model).resolve()),
+            "root": root,
+            "threads": max(1, int(options.cpus_per_worker)),
+            "gpu": options.gpus_per_worker > 0,
+        },
         compute=ray.data.ActorPoolStrategy(size=options.workers),
-        num_cpus=options.cpus_per_worker, num_gpus=options.gpus_per_worker)
+        num_cpus=options.cpus_per_worker,
+        num_gpus=options.gpus_per_worker,
+    )
     try:
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             for position, vector, sha, width, height, reason in zip(
-                    batch["position"], batch["vector"], batch["sha256"], batch["width"], batch["height"], batch["reason"]):
+                batch["position"], batch["vector"], batch["sha256"], batch["width"], batch["height"], batch["reason"]
+            ):
                 file = todo[int(position)]
-                yield (Embedded(file, None, "", 0, 0, str(reason)) if reason else
-                       Embedded(file, np.asarray(vector, np.float32), str(sha), int(width), int(height), ""))
+                yield (
+                    Embedded(file, None, "", 0, 0, str(reason))
+                    if reason
+                    else Embedded(file, np.asarray(vector, np.float32), str(sha), int(width), int(height), "")
+                )
     except Exception as error:  # Ray wraps worker failures in its own exception types
         if isinstance(error, GalleryIndexError):
             raise
         first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
-        raise GalleryIndexError(f"the Ray build failed ({type(error).__name__}: {first[:300]}); "
-                                "nothing was committed, the previous generation is intact") from None
+        raise GalleryIndexError(
+            f"the Ray build failed ({type(error).__name__}: {first[:300]}); "
+            "nothing was committed, the previous generation is intact"
+        ) from None

@@ -66,10 +66,13 @@ class ObjectStore:
         self.root = url.rstrip("/")
         try:
             import fsspec
+
             self.fs, self.prefix = fsspec.core.url_to_fs(self.root, use_listings_cache=False)
         except ImportError as error:
-            raise GalleryIndexError(f"{self.root}: reading object storage needs fsspec and its driver "
-                                    f"({error.name or error}); install metrix[s3]") from None
+            raise GalleryIndexError(
+                f"{self.root}: reading object storage needs fsspec and its driver "
+                f"({error.name or error}); install metrix[s3]"
+            ) from None
         except ValueError as error:
             raise GalleryIndexError(f"{self.root}: {str(error).splitlines()[0]}") from None
 

@@ -37,7 +37,7 @@ class VectorSpool:
         if not self._ids:
             return
         path = self.folder / f"chunk-{len(self.files):06d}.npz"
-        np.savez(path, ids=np.array(self._ids, np.int64), vectors=self._vectors[:len(self._ids)])
+        np.savez(path, ids=np.array(self._ids, np.int64), vectors=self._vectors[: len(self._ids)])
         self.files.append(path)
         self._ids = []
 

@@ -34,7 +34,12 @@ from .integrity import check_scores, file_entries, manifest_text, read_manifest,
 
 log = logging.getLogger("metrix.index")
 INDEX_FILE, METADATA_FILE, MANIFEST_FILE, CURRENT, REPORT_FILE = (
-    "index.faiss", "metadata.sqlite", "manifest.json", "CURRENT", "report.json")
+    "index.faiss",
+    "metadata.sqlite",
+    "manifest.json",
+    "CURRENT",
+    "report.json",
+)
 FORMAT = "metrix-index/1"
 SCHEMA = """CREATE TABLE IF NOT EXISTS images (
     id INTEGER PRIMARY KEY,      -- the faiss id
@@ -72,6 +77,7 @@ REBUILD_HINT = "re-run `metrix build-index` to bring the index up to date"
 @dataclass
 class Answer:
     """One query's hits whose files are still as indexed, and what was left out (path, reason)."""
+
     hits: list[Hit]
     left_out: list[tuple[str, str]]
 
@@ -79,8 +85,9 @@ class Answer:
 class GalleryIndex:
     """One generation of an index, opened for searching."""
 
-    def __init__(self, index_dir: Path, generation: str, manifest: dict, index, database: sqlite3.Connection,
-                 full=None):
+    def __init__(
+        self, index_dir: Path, generation: str, manifest: dict, index, database: sqlite3.Connection, full=None
+    ):
         self.dir, self.generation, self.manifest, self.index, self.db = index_dir, generation, manifest, index, database
         self.full = full  # vectors.FullVectors of an IVF-PQ index (its exact re-rank), else None
         self._source = None
@@ -95,6 +102,7 @@ class GalleryIndex:
         """The gallery's files (index/source.py), opened on first use."""
         if self._source is None:
             from .source import open_source
+
             self._source = open_source(self.gallery_root)
         return self._source
 
@@ -104,12 +112,17 @@ class GalleryIndex:
     def check_model(self, metadata) -> None:
         """Refuse a model other than the one the gallery was embedded with (wrong results, silently)."""
         want = self.manifest["model"]
-        got = {"weights_sha256": metadata.weights_sha256, "quantization": metadata.quantization,
-               "embedding_size": metadata.embedding_size}
+        got = {
+            "weights_sha256": metadata.weights_sha256,
+            "quantization": metadata.quantization,
+            "embedding_size": metadata.embedding_size,
+        }
         for key, value in got.items():
             if want.get(key) != value:
-                raise GalleryIndexError(f"{self.dir}: built with a model whose {key} is {want.get(key)!r}, this "
-                                        f"model's is {value!r}; use the index's model, or re-embed with build-index --rebuild")
+                raise GalleryIndexError(
+                    f"{self.dir}: built with a model whose {key} is {want.get(key)!r}, this "
+                    f"model's is {value!r}; use the index's model, or re-embed with build-index --rebuild"
+                )
 
     def search(self, vectors: np.ndarray, k: int = 10, only: np.ndarray | None = None) -> list[list[Hit]]:
         """The k nearest hits of each query; `only`: ids to search among, exactly (index/filters.py)."""
@@ -119,16 +132,19 @@ class GalleryIndex:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if only is not None:
             from .filters import search_subset
+
             scores, ids = search_subset(self.index, self.full, vectors, k, only)
         elif self.full is not None:
             from .vectors import search_reranked
+
             scores, ids = search_reranked(self.index, self.full, vectors, k, max(k, self.manifest["index"]["rerank"]))
         else:
             scores, ids = self.index.search(vectors, k)
         check_scores(scores, ids, self.dir / self.generation / INDEX_FILE)
         rows = self.rows(int(i) for i in np.unique(ids) if i >= 0)
-        return [[Hit(int(i), float(s), *rows[int(i)]) for s, i in zip(sc, row) if i >= 0]
-                for sc, row in zip(scores, ids)]
+        return [
+            [Hit(int(i), float(s), *rows[int(i)]) for s, i in zip(sc, row) if i >= 0] for sc, row in zip(scores, ids)
+        ]
 
     def search_present(self, vector: np.ndarray, k: int = 10, search_filter=None) -> Answer:
         """The k nearest hits whose files are still in the gallery unchanged since indexing (size and
@@ -138,6 +154,7 @@ class GalleryIndex:
         only = None
         if search_filter:
             from .filters import matching_ids
+
             only = matching_ids(self.db, search_filter)
         total = len(self) if only is None else len(only)
         left_out: dict[str, str] = {}
@@ -186,7 +203,7 @@ class GalleryIndex:
         ids = list(ids)
         found = {}
         for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
+            chunk = ids[start : start + 500]
             query = f"SELECT id, path, label, width, height, size, mtime_ns FROM images WHERE id IN ({','.join('?' * len(chunk))})"
             found.update({row[0]: row[1:] for row in self.db.execute(query, chunk)})
         return found
@@ -209,7 +226,9 @@ def open_index(index_dir: Path | str, metadata=None) -> GalleryIndex:
     for attempt in range(3):  # a build may remove the generation between reading CURRENT and opening it
         generation = current_generation(index_dir)
         if generation is None:
-            raise GalleryIndexError(f"{index_dir}: no index here (no {CURRENT} file); build one with `metrix build-index`")
+            raise GalleryIndexError(
+                f"{index_dir}: no index here (no {CURRENT} file); build one with `metrix build-index`"
+            )
         folder = index_dir / generation
         try:
             manifest = read_manifest(folder / MANIFEST_FILE)
@@ -219,7 +238,9 @@ def open_index(index_dir: Path | str, metadata=None) -> GalleryIndex:
             break
         except FileNotFoundError:
             if attempt == 2:
-                raise GalleryIndexError(f"{folder}: generation vanished while opening it; is a build deleting it?") from None
+                raise GalleryIndexError(
+                    f"{folder}: generation vanished while opening it; is a build deleting it?"
+                ) from None
         except GalleryIndexError:
             raise
         except (ValueError, RuntimeError, sqlite3.Error) as error:
@@ -233,6 +254,7 @@ def open_index(index_dir: Path | str, metadata=None) -> GalleryIndex:
     full = None
     if manifest["index"]["kind"] == "ivfpq":
         from .vectors import FullVectors
+
         try:
             full = FullVectors.open(folder)
         except (OSError, ValueError) as error:
@@ -254,8 +276,14 @@ def open_with_model(index_dir: Path | str, model: Path | str | None = None):
     return opened, embedder
 
 
-def write_generation(index_dir: Path, index, rows_database: Path, manifest: dict, vectors_folder: Path | None = None,
-                     keep: int = DEFAULT_KEEP) -> str:
+def write_generation(
+    index_dir: Path,
+    index,
+    rows_database: Path,
+    manifest: dict,
+    vectors_folder: Path | None = None,
+    keep: int = DEFAULT_KEEP,
+) -> str:
     """Write a complete new generation and make it current; returns its name.
     `rows_database` is a finished SQLite file, moved into the generation, as are the files of
     `vectors_folder` (an IVF-PQ index's full vectors). Any failure removes the staging folder and
@@ -299,7 +327,9 @@ def remove_uncommitted(index_dir: Path) -> None:
     but never made current. Call with the build lock held."""
     current = _number(current_generation(index_dir))
     for entry in index_dir.iterdir():
-        if entry.name.startswith((".tmp-", ".rows-", ".spool-")) or (entry.name.startswith("gen-") and _number(entry.name) > current):
+        if entry.name.startswith((".tmp-", ".rows-", ".spool-")) or (
+            entry.name.startswith("gen-") and _number(entry.name) > current
+        ):
             shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
 
 

@@ -28,7 +28,9 @@ def updated_index(old, removed_ids: list[int], spool: VectorSpool, plan, staging
 
     full = None
     if plan.kind == "ivfpq":
-        ids = np.concatenate([ids for ids, _ in _kept(old, removed, ids_only=True)] + [ids for ids, _ in spool.chunks()])
+        ids = np.concatenate(
+            [ids for ids, _ in _kept(old, removed, ids_only=True)] + [ids for ids, _ in spool.chunks()]
+        )
         full = FullVectors.write(staging, ids, (block for _, block in vectors()))
     # the same kind (and for IVF-PQ the same codes) as before: update the old index in place
     if old_kind == plan.kind and (plan.kind != "ivfpq" or old.manifest["index"]["type"] == plan.factory):
@@ -41,7 +43,9 @@ def updated_index(old, removed_ids: list[int], spool: VectorSpool, plan, staging
     if plan.kind == "ivfpq":
         index = ivfpq_index(full.vectors, plan)
         for start in range(0, len(full), BLOCK):
-            index.add_with_ids(np.ascontiguousarray(full.vectors[start:start + BLOCK]), np.asarray(full.ids[start:start + BLOCK]))
+            index.add_with_ids(
+                np.ascontiguousarray(full.vectors[start : start + BLOCK]), np.asarray(full.ids[start : start + BLOCK])
+            )
         return index, full
 
     dim = spool.dim
@@ -64,9 +68,9 @@ def _kept(old, removed: np.ndarray, ids_only: bool = False) -> Iterator[tuple[np
         return
     if old.full is not None:
         for start in range(0, len(old.full), BLOCK):
-            ids = np.asarray(old.full.ids[start:start + BLOCK])
+            ids = np.asarray(old.full.ids[start : start + BLOCK])
             keep = ~np.isin(ids, removed)
-            yield ids[keep], None if ids_only else np.asarray(old.full.vectors[start:start + BLOCK])[keep]
+            yield ids[keep], None if ids_only else np.asarray(old.full.vectors[start : start + BLOCK])[keep]
         return
     ids, vectors = stored(old.index)
     keep = ~np.isin(ids, removed)

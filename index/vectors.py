@@ -44,7 +44,7 @@ def ivf_index(vectors: np.ndarray, seed: int = 0, count: int | None = None):
     nlist = max(1, min(int(4 * math.sqrt(count)), len(vectors) // 39))
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
     index.cp.seed = seed
-    sample = vectors[np.random.default_rng(seed).permutation(len(vectors))[:64 * nlist]]
+    sample = vectors[np.random.default_rng(seed).permutation(len(vectors))[: 64 * nlist]]
     index.train(np.ascontiguousarray(sample))
     index.set_direct_map_type(faiss.DirectMap.Hashtable)  # remove_ids and reconstruct by id
     return index
@@ -69,7 +69,7 @@ def stored_blocks(index, rows: int = 4096) -> Iterator[tuple[np.ndarray, np.ndar
             count = min(rows, index.ntotal - start)
             # np.asarray: once faiss.contrib.torch_utils is imported (pytorch-metric-learning does),
             # reconstruct_n returns a torch tensor
-            yield ids[start:start + count], np.asarray(index.index.reconstruct_n(start, count), dtype=np.float32)
+            yield ids[start : start + count], np.asarray(index.index.reconstruct_n(start, count), dtype=np.float32)
         return
     if not isinstance(index, faiss.IndexIVFFlat):
         raise ValueError(f"a {type(index).__name__} keeps codes, not its vectors; read them from its FullVectors")
@@ -77,7 +77,7 @@ def stored_blocks(index, rows: int = 4096) -> Iterator[tuple[np.ndarray, np.ndar
     held = 0
     for ids, vectors in _ivf_lists(index):
         for start in range(0, len(ids), rows):
-            pending.append((ids[start:start + rows], vectors[start:start + rows]))
+            pending.append((ids[start : start + rows], vectors[start : start + rows]))
             held += len(pending[-1][0])
             if held >= rows:
                 yield np.concatenate([i for i, _ in pending]).astype(np.int64), np.concatenate([v for _, v in pending])
@@ -136,8 +136,9 @@ def _exact_ids(blocks, ids: np.ndarray, queries: np.ndarray, k: int) -> np.ndarr
     import faiss
     from faiss.contrib.exhaustive_search import knn_ground_truth
 
-    _, found = knn_ground_truth(queries, (np.ascontiguousarray(b) for b in blocks), k,
-                                metric_type=faiss.METRIC_INNER_PRODUCT, ngpu=0)
+    _, found = knn_ground_truth(
+        queries, (np.ascontiguousarray(b) for b in blocks), k, metric_type=faiss.METRIC_INNER_PRODUCT, ngpu=0
+    )
     return np.where(found >= 0, ids[np.maximum(found, 0)], -1)
 
 
@@ -166,7 +167,7 @@ def ivfpq_index(vectors: np.ndarray, plan: IndexPlan, seed: int = 0):
     faiss.downcast_index(ivf).pq.cp.seed = seed
     # enough for the coarse k-means (64 per list) and for the 2**bits-centroid codebooks and OPQ,
     # which faiss itself caps at 65536 points
-    rows = np.random.default_rng(seed).permutation(count)[:max(64 * plan.nlist, 2**16)]
+    rows = np.random.default_rng(seed).permutation(count)[: max(64 * plan.nlist, 2**16)]
     index.train(np.ascontiguousarray(vectors[np.sort(rows)], dtype=np.float32))
     return index
 
@@ -225,11 +226,10 @@ class FullVectors:
         for chunk in chunks:
             chunk = np.asarray(chunk, dtype=np.float32)
             if out is None:
-                out = open_memmap(folder / cls.VECTORS, mode="w+", dtype=np.float32,
-                                  shape=(len(ids), chunk.shape[1]))
+                out = open_memmap(folder / cls.VECTORS, mode="w+", dtype=np.float32, shape=(len(ids), chunk.shape[1]))
             if start + len(chunk) > len(ids):
                 raise ValueError(f"FullVectors.write: more vectors than the {len(ids)} ids")
-            out[row_of[start:start + len(chunk)]] = chunk
+            out[row_of[start : start + len(chunk)]] = chunk
             start += len(chunk)
         if start != len(ids):
             raise ValueError(f"FullVectors.write: {start} vectors for {len(ids)} ids")
@@ -272,22 +272,23 @@ class FullVectors:
         ids = np.full((q, k), -1, dtype=np.int64)
         block = max(1, 2**25 // max(1, c * self.dim * 4))
         for start in range(0, q, block):
-            cand = candidate_ids[start:start + block]
+            cand = candidate_ids[start : start + block]
             valid = cand >= 0
             gathered = np.zeros(cand.shape + (self.dim,), dtype=np.float32)
             gathered[valid] = self.lookup(cand[valid])
-            exact = np.einsum("qcd,qd->qc", gathered, queries[start:start + block])
+            exact = np.einsum("qcd,qd->qc", gathered, queries[start : start + block])
             exact[~valid] = -np.inf
             best = np.argsort(-exact, axis=1, kind="stable")[:, :k]
             top = np.take_along_axis(exact, best, axis=1)
             found = np.where(np.isfinite(top), np.take_along_axis(cand, best, axis=1), -1)
-            scores[start:start + block, :best.shape[1]] = top
-            ids[start:start + block, :best.shape[1]] = found
+            scores[start : start + block, : best.shape[1]] = top
+            ids[start : start + block, : best.shape[1]] = found
         return scores, ids
 
 
-def search_reranked(index, full: FullVectors, queries: np.ndarray, k: int,
-                    rerank: int) -> tuple[np.ndarray, np.ndarray]:
+def search_reranked(
+    index, full: FullVectors, queries: np.ndarray, k: int, rerank: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Search `index` for `rerank` candidates (at least k) and keep the best k by exact inner
     product over `full`; rerank 0: the index's own scores."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
@@ -300,7 +301,7 @@ def search_reranked(index, full: FullVectors, queries: np.ndarray, k: int,
 def _exact_top(full: FullVectors, queries: np.ndarray, k: int) -> np.ndarray:
     """Ids of each query's exact top k over `full`, about 64 MB of rows at a time."""
     rows = max(1, 2**26 // (full.dim * 4))
-    return _exact_ids((full.vectors[i:i + rows] for i in range(0, len(full), rows)), np.asarray(full.ids), queries, k)
+    return _exact_ids((full.vectors[i : i + rows] for i in range(0, len(full), rows)), np.asarray(full.ids), queries, k)
 
 
 def _recall(index, full: FullVectors, queries, query_ids, truth, rerank: int) -> float:
@@ -329,8 +330,9 @@ def recall_at_10(index, full: FullVectors, sample: int = RECALL_SAMPLE, seed: in
     return _recall(index, full, queries, query_ids, _exact_top(full, queries, 11), rerank)
 
 
-def tune_nprobe_full(index, full: FullVectors, rerank: int = 0, sample: int = RECALL_SAMPLE,
-                     seed: int = 0) -> tuple[int, float]:
+def tune_nprobe_full(
+    index, full: FullVectors, rerank: int = 0, sample: int = RECALL_SAMPLE, seed: int = 0
+) -> tuple[int, float]:
     """tune_nprobe for any IVF index whose full vectors are in `full` (IVF-PQ, through OPQ):
     the smallest power-of-two nprobe whose recall@10, re-ranked when rerank > 0, reaches
     TARGET_RECALL (or every list), and that recall; the exact truth is computed once."""

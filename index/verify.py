@@ -36,8 +36,10 @@ def verify_index(index_dir: Path | str) -> Verification:
         try:
             manifest = read_manifest(folder / MANIFEST_FILE)
             if not verified(manifest):
-                result.problems.append(f"{folder / MANIFEST_FILE}: built before checksums, cannot be verified; "
-                                       "rebuild with `metrix build-index --rebuild`")
+                result.problems.append(
+                    f"{folder / MANIFEST_FILE}: built before checksums, cannot be verified; "
+                    "rebuild with `metrix build-index --rebuild`"
+                )
             verify_files(folder, manifest)
         except FileNotFoundError as error:
             result.problems.append(f"{error.filename}: missing")

@@ -31,7 +31,7 @@ def open_rgb(path: Path | str, max_pixels: int = MAX_PIXELS) -> Image.Image:
 
 
 def parse_box(text: str) -> Box:
-    """"x0,y0,x1,y1" -> a Box; ValueError in one line for anything else."""
+    """ "x0,y0,x1,y1" -> a Box; ValueError in one line for anything else."""
     parts = [part.strip() for part in str(text).split(",")]
     try:
         x0, y0, x1, y1 = (float(part) for part in parts)
@@ -46,8 +46,13 @@ def format_box(box: Box) -> str:
     return ",".join(f"{v:g}" for v in box)
 
 
-def decode_rgb(path: Path | str, data: bytes | None = None, max_pixels: int = MAX_PIXELS,
-               min_short_side: int | None = None, box: Box | None = None) -> tuple[Image.Image, tuple[int, int]]:
+def decode_rgb(
+    path: Path | str,
+    data: bytes | None = None,
+    max_pixels: int = MAX_PIXELS,
+    min_short_side: int | None = None,
+    box: Box | None = None,
+) -> tuple[Image.Image, tuple[int, int]]:
     """(RGB image, (width, height) of the full image as displayed). `data`: the file's bytes,
     already read (`path` then only names it in errors). `min_short_side`: a JPEG at least four
     times that size is decoded at a reduced DCT scale (Pillow's draft) that keeps its short side
@@ -70,16 +75,23 @@ def decode_rgb(path: Path | str, data: bytes | None = None, max_pixels: int = MA
                     size = size[::-1]
                 region = _clip(path, box, size) if box is not None else (0, 0, *size)
                 if min_short_side and box is not None:
-                    min_short_side = math.ceil(min_short_side * min(size) / min(region[2] - region[0], region[3] - region[1]))
+                    min_short_side = math.ceil(
+                        min_short_side * min(size) / min(region[2] - region[0], region[3] - region[1])
+                    )
                 if min_short_side and image.format == "JPEG" and min(image.size) >= 4 * min_short_side:
                     factor = 2 * min_short_side / min(image.size)
                     image.draft("RGB", (math.ceil(image.width * factor), math.ceil(image.height * factor)))
                 image = ImageOps.exif_transpose(image)
                 if box is not None:  # the region, in the (possibly drafted) pixels decoded
                     sx, sy = image.width / size[0], image.height / size[1]
-                    image = image.crop((round(region[0] * sx), round(region[1] * sy),
-                                        max(round(region[2] * sx), round(region[0] * sx) + 1),
-                                        max(round(region[3] * sy), round(region[1] * sy) + 1)))
+                    image = image.crop(
+                        (
+                            round(region[0] * sx),
+                            round(region[1] * sy),
+                            max(round(region[2] * sx), round(region[0] * sx) + 1),
+                            max(round(region[3] * sy), round(region[1] * sy) + 1),
+                        )
+                    )
                 return _to_rgb(image), size
     except ImageDecodeError:
         raise
@@ -88,7 +100,9 @@ def decode_rgb(path: Path | str, data: bytes | None = None, max_pixels: int = MA
     except Image.UnidentifiedImageError:
         raise ImageDecodeError(path, "not an image PIL can read") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as error:
-        raise ImageDecodeError(path, f"cannot decode ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
+        raise ImageDecodeError(
+            path, f"cannot decode ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+        ) from None
 
 
 def _clip(path, box: Box, size: tuple[int, int]) -> Box:

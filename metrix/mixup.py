@@ -95,8 +95,13 @@ class Metrix(nn.Module):
         if self.pair_choice == "coin" and self.loss.mix_anchor_positives:
             kinds = "positive-negative" if self._rng.random() < 0.5 else "anchor-negative"
         plan = choose_pairs(
-            None, labels, lam, self.negatives_per_anchor, self.loss.mix_anchor_positives,
-            similarity=sims.within_batch(), kinds=kinds,
+            None,
+            labels,
+            lam,
+            self.negatives_per_anchor,
+            self.loss.mix_anchor_positives,
+            similarity=sims.within_batch(),
+            kinds=kinds,
         )
         if len(plan) == 0:  # e.g. a single-class batch: nothing to mix
             return MetrixOutput(clean, clean, zero, lam=lam, num_mixes=0)

@@ -45,8 +45,14 @@ class EmbeddingModel(nn.Module):
         self.embedding_size = embedding_size
 
     @classmethod
-    def create(cls, backbone: str, embedding_size: int = 512, pretrained: bool = True, image_size: int | None = None,
-               weights: str | None = None) -> "EmbeddingModel":
+    def create(
+        cls,
+        backbone: str,
+        embedding_size: int = 512,
+        pretrained: bool = True,
+        image_size: int | None = None,
+        weights: str | None = None,
+    ) -> "EmbeddingModel":
         return cls(create_backbone(backbone, pretrained, image_size, weights), embedding_size)
 
     @property
@@ -95,8 +101,10 @@ class PooledBackbone(nn.Module):
     def with_cells(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """As EmbeddingModel.with_cells, without a head."""
         features = self.backbone(images)
-        return (F.normalize(self.backbone.pool(features), dim=1),
-                F.normalize(self.backbone.pool_cells(features), dim=-1))
+        return (
+            F.normalize(self.backbone.pool(features), dim=1),
+            F.normalize(self.backbone.pool_cells(features), dim=-1),
+        )
 
 
 class BFloat16Features(nn.Module):

@@ -112,8 +112,11 @@ def choose_pairs(
         has_positive = positive.any(dim=1, keepdim=True) & anchor_positives
         positive_negative = positive & anchor_positives
         anchor_negative = eye & ~has_positive
-        own_side = {"both": positive_negative | anchor_negative, "positive-negative": positive_negative,
-                    "anchor-negative": anchor_negative}[kinds]
+        own_side = {
+            "both": positive_negative | anchor_negative,
+            "positive-negative": positive_negative,
+            "anchor-negative": anchor_negative,
+        }[kinds]
 
         k = n if negatives_per_anchor is None else min(negatives_per_anchor, n)
         negative_sim, negative = sim.masked_fill(same, -torch.inf).topk(k, dim=1)

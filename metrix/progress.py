@@ -9,8 +9,14 @@ class ProgressBar:
     advance:` then `advance(n=1, loss=0.31)` once per step. A rate column counts `unit` per second
     (none when unit is None); each value shows as its format string makes it."""
 
-    def __init__(self, enabled: bool, description: str, total: int, unit: str | None = "images",
-                 values: dict[str, str] | None = None):
+    def __init__(
+        self,
+        enabled: bool,
+        description: str,
+        total: int,
+        unit: str | None = "images",
+        values: dict[str, str] | None = None,
+    ):
         self.enabled = enabled and total > 0
         self.description, self.total, self.unit, self.values = description, total, unit, values or {}
 
@@ -35,8 +41,15 @@ class ProgressBar:
 
         shown = [TextColumn(f"{{task.fields[{name}]}}") for name in self.values]
         rate = [Rate()] if unit else []
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *shown, *rate,
-                            TimeRemainingColumn(), transient=True)
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            *shown,
+            *rate,
+            TimeRemainingColumn(),
+            transient=True,
+        )
         self.bar.start()
         task = self.bar.add_task(self.description, total=self.total, **{name: "" for name in self.values})
 

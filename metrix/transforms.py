@@ -11,18 +11,22 @@ INTERPOLATION = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.Interpol
 
 
 def train_transform(pre: Preprocessing) -> T.Compose:
-    return T.Compose([
-        T.RandomResizedCrop(pre.image_size, interpolation=INTERPOLATION[pre.interpolation], antialias=True),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize(pre.mean, pre.std),
-    ])
+    return T.Compose(
+        [
+            T.RandomResizedCrop(pre.image_size, interpolation=INTERPOLATION[pre.interpolation], antialias=True),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(pre.mean, pre.std),
+        ]
+    )
 
 
 def eval_transform(pre: Preprocessing) -> T.Compose:
-    return T.Compose([
-        T.Resize(pre.resize_size, interpolation=INTERPOLATION[pre.interpolation], antialias=True),
-        T.CenterCrop(pre.image_size),
-        T.ToTensor(),
-        T.Normalize(pre.mean, pre.std),
-    ])
+    return T.Compose(
+        [
+            T.Resize(pre.resize_size, interpolation=INTERPOLATION[pre.interpolation], antialias=True),
+            T.CenterCrop(pre.image_size),
+            T.ToTensor(),
+            T.Normalize(pre.mean, pre.std),
+        ]
+    )

@@ -44,8 +44,9 @@ def tiny_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tiny-run")
     data = tiny_dataset(tmp / "data")
     out = tmp / "run"
-    metrix_cli("train", "--data", data, "--config", write_config(tmp / "config.json", epochs=2), "--out", out,
-               "--no-progress")
+    metrix_cli(
+        "train", "--data", data, "--config", write_config(tmp / "config.json", epochs=2), "--out", out, "--no-progress"
+    )
     return out
 
 

@@ -19,8 +19,10 @@ def main(out_file: str, loss_name: str) -> None:
     out.loss.backward()
     distributed.average_gradients([*model.parameters(), *metrix.loss.parameters()])
     if distributed.is_main:
-        torch.save({"loss": out.loss.detach(), "grads": gradients(model, metrix), "world_size": distributed.world_size},
-                   out_file)
+        torch.save(
+            {"loss": out.loss.detach(), "grads": gradients(model, metrix), "world_size": distributed.world_size},
+            out_file,
+        )
     distributed.close()
 
 

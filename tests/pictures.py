@@ -39,5 +39,7 @@ def assert_apart(model: Path, root: Path, paths, max_cosine: float = MAX_COSINE)
     cosine = vectors @ vectors.T
     np.fill_diagonal(cosine, -np.inf)
     i, j = np.unravel_index(np.argmax(cosine), cosine.shape)
-    assert cosine[i, j] < max_cosine, (f"the test model cannot tell {paths[i]} from {paths[j]}: cosine "
-                                       f"{cosine[i, j]:.8f} >= {max_cosine}, so self-retrieval would test rounding")
+    assert cosine[i, j] < max_cosine, (
+        f"the test model cannot tell {paths[i]} from {paths[j]}: cosine "
+        f"{cosine[i, j]:.8f} >= {max_cosine}, so self-retrieval would test rounding"
+    )

@@ -54,8 +54,13 @@ def wait_until_up(url: str, process: subprocess.Popen | None = None, timeout: fl
 def serve_process(index_dir: Path, *args, env: dict | None = None):
     """A real `metrix serve` process; yields (url, process)."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "metrix", "serve", "--index", str(index_dir), "--port", str(port), *map(str, args)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "metrix", "serve", "--index", str(index_dir), "--port", str(port), *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_until_up(url, process)
@@ -71,4 +76,6 @@ def serve_process(index_dir: Path, *args, env: dict | None = None):
 
 def post_image(client, url: str, path: Path, k: int = 5, **kwargs):
     """POST /api/search with a file, as `curl -F image=@path -F k=5` does."""
-    return client.post(f"{url}api/search", files={"image": (path.name, path.read_bytes())}, data={"k": str(k)}, **kwargs)
+    return client.post(
+        f"{url}api/search", files={"image": (path.name, path.read_bytes())}, data={"k": str(k)}, **kwargs
+    )

@@ -20,8 +20,16 @@ def test_token_and_logins():
     access = Access(users=[("ann", "pw:with:colons")], token="x" * 20)
     assert access.allows("Bearer " + "x" * 20) and access.allows("bearer " + "x" * 20)
     assert access.allows(basic("ann:pw:with:colons"))
-    for header in (None, "", "Bearer " + "x" * 19, "Bearer", basic("ann:pw"), basic("bob:pw:with:colons"),
-                   "Basic not-base64!", "Token " + "x" * 20):
+    for header in (
+        None,
+        "",
+        "Bearer " + "x" * 19,
+        "Bearer",
+        basic("ann:pw"),
+        basic("bob:pw:with:colons"),
+        "Basic not-base64!",
+        "Token " + "x" * 20,
+    ):
         assert not access.allows(header), header
     assert not Access(users=[("ann", "pw")]).allows("Bearer anything")  # no token configured
 

@@ -37,8 +37,10 @@ def open_server(gallery_index):
 
 @pytest.fixture(scope="module")
 def guarded_server(gallery_index):
-    with serve_process(gallery_index[1], "--auth", "ann:s3cret-pass", "--token", TOKEN) as (url, _), \
-            httpx.Client(timeout=30) as client:
+    with (
+        serve_process(gallery_index[1], "--auth", "ann:s3cret-pass", "--token", TOKEN) as (url, _),
+        httpx.Client(timeout=30) as client,
+    ):
         yield url, client
 
 
@@ -56,8 +58,10 @@ def test_search_returns_the_image_first_with_a_url_that_serves_it(open_server, g
     assert hits[0]["bytes"] == (root / "bees" / "03.png").stat().st_size
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     image = client.get(hits[0]["url"])
-    assert image.status_code == 200 and hashlib.sha256(image.content).digest() == hashlib.sha256(
-        (root / "bees" / "03.png").read_bytes()).digest()
+    assert (
+        image.status_code == 200
+        and hashlib.sha256(image.content).digest() == hashlib.sha256((root / "bees" / "03.png").read_bytes()).digest()
+    )
     thumbnail = client.get(hits[0]["url"] + "?thumbnail=32")
     assert thumbnail.status_code == 200 and thumbnail.headers["content-type"] == "image/jpeg"
 
@@ -78,14 +82,17 @@ def _truncated_jpeg() -> bytes:
     return encoded.getvalue()[: len(encoded.getvalue()) // 2]
 
 
-@pytest.mark.parametrize("name, content, k, status, reason", [
-    ("notes.jpg", b"not a picture", 5, 415, "notes.jpg: not an image"),
-    ("cut.jpg", _truncated_jpeg(), 5, 400, "cut.jpg: cannot decode"),
-    ("empty.png", b"", 5, 400, "empty.png: empty file"),
-    ("big.png", b"\0" * (21 * 1024 * 1024), 5, 413, "larger than the 20 MB"),
-    ("q.png", None, 0, 400, "k: "),
-    ("q.png", None, 51, 400, "k: "),
-])
+@pytest.mark.parametrize(
+    "name, content, k, status, reason",
+    [
+        ("notes.jpg", b"not a picture", 5, 415, "notes.jpg: not an image"),
+        ("cut.jpg", _truncated_jpeg(), 5, 400, "cut.jpg: cannot decode"),
+        ("empty.png", b"", 5, 400, "empty.png: empty file"),
+        ("big.png", b"\0" * (21 * 1024 * 1024), 5, 413, "larger than the 20 MB"),
+        ("q.png", None, 0, 400, "k: "),
+        ("q.png", None, 51, 400, "k: "),
+    ],
+)
 def test_bad_uploads_get_a_status_and_one_line(open_server, gallery_index, name, content, k, status, reason):
     url, client = open_server
     content = (gallery_index[0] / "ants" / "01.png").read_bytes() if content is None else content
@@ -109,13 +116,26 @@ def test_only_indexed_images_can_be_fetched(open_server, gallery_index):
     for image_id in ids:
         assert client.get(f"{url}api/images/{image_id}").status_code == 200
     assert client.get(f"{url}api/images/{max(ids) + 1}").status_code == 404
-    for path in (root / "notes.env", root / "ants" / "notes.env", root / "ants" / "01.png", "/etc/passwd",
-                 index_dir / "CURRENT", root / ".." / "index" / "CURRENT"):
+    for path in (
+        root / "notes.env",
+        root / "ants" / "notes.env",
+        root / "ants" / "01.png",
+        "/etc/passwd",
+        index_dir / "CURRENT",
+        root / ".." / "index" / "CURRENT",
+    ):
         response = client.get(f"{url}gradio_api/file={path}")  # Gradio's file route: nothing of the gallery
         assert response.status_code in (403, 404) and SECRET not in response.text, path
-    for trick in ("api/images/..%2F..%2Fetc%2Fpasswd", "api/images/../../etc/passwd", "api/images/-1",
-                  "api/images/1%2F..%2Fnotes.env", f"api/images/{ids[0]}?thumbnail=..%2Fnotes.env",
-                  "api/images/notes.env", "gradio_api/file=..%2F..%2Fetc%2Fpasswd", "api/images/%2e%2e/notes.env"):
+    for trick in (
+        "api/images/..%2F..%2Fetc%2Fpasswd",
+        "api/images/../../etc/passwd",
+        "api/images/-1",
+        "api/images/1%2F..%2Fnotes.env",
+        f"api/images/{ids[0]}?thumbnail=..%2Fnotes.env",
+        "api/images/notes.env",
+        "gradio_api/file=..%2F..%2Fetc%2Fpasswd",
+        "api/images/%2e%2e/notes.env",
+    ):
         response = client.get(url + trick)
         assert response.status_code in (400, 403, 404), trick
         assert SECRET not in response.text and "root:" not in response.text, trick
@@ -124,12 +144,19 @@ def test_only_indexed_images_can_be_fetched(open_server, gallery_index):
 def test_access_control_on_the_api(guarded_server, gallery_index):
     url, client = guarded_server
     query = gallery_index[0] / "ants" / "02.png"
-    for headers in ({}, {"Authorization": "Bearer wrong-token-wrong-token"}, {"Authorization": "Basic " + base64.b64encode(b"ann:nope").decode()}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong-token-wrong-token"},
+        {"Authorization": "Basic " + base64.b64encode(b"ann:nope").decode()},
+    ):
         response = post_image(client, url, query, headers=headers)
         assert response.status_code == 401 and "Authorization" in response.json()["error"], headers
         assert client.get(f"{url}api/info", headers=headers).status_code == 401
     assert client.get(f"{url}api/health").status_code == 200  # liveness stays open
-    for headers in ({"Authorization": f"Bearer {TOKEN}"}, {"Authorization": "Basic " + base64.b64encode(b"ann:s3cret-pass").decode()}):
+    for headers in (
+        {"Authorization": f"Bearer {TOKEN}"},
+        {"Authorization": "Basic " + base64.b64encode(b"ann:s3cret-pass").decode()},
+    ):
         response = post_image(client, url, query, headers=headers)
         assert response.status_code == 200 and response.json()["results"][0]["path"] == "ants/02.png"
     hit = response.json()["results"][0]
@@ -146,5 +173,7 @@ def test_access_control_on_the_page(guarded_server, gallery_index):
     with pytest.raises(Exception):
         gradio_client.Client(url, verbose=False, download_files=False)
     client = gradio_client.Client(url, auth=("ann", "s3cret-pass"), verbose=False, download_files=False)
-    items, _ = client.predict(gradio_client.handle_file(str(gallery_index[0] / "bees" / "05.png")), 3, api_name="/search")
+    items, _ = client.predict(
+        gradio_client.handle_file(str(gallery_index[0] / "bees" / "05.png")), 3, api_name="/search"
+    )
     assert items[0]["caption"].endswith("bees/05.png") and "sig=" in items[0]["image"]["url"]

@@ -47,7 +47,9 @@ def _client(url):
 
 def test_upload_returns_the_gallery_image_first(served):
     url, root, _ = served
-    items, status = _client(url).predict(gradio_client.handle_file(str(root / "bees" / "03.png")), 5, api_name="/search")
+    items, status = _client(url).predict(
+        gradio_client.handle_file(str(root / "bees" / "03.png")), 5, api_name="/search"
+    )
     assert len(items) == 5 and "5 most similar of 20" in status
     captions = [item["caption"] for item in items]
     assert captions[0].endswith("· bees · bees/03.png") and captions[0].startswith("1.000")
@@ -88,9 +90,11 @@ def test_twenty_concurrent_queries_all_succeed(served):
 
 def test_serving_path_imports_no_torch(gallery_index):
     _, index_dir = gallery_index
-    code = ("import sys; from metrix.app.server import make_app; from metrix.app.access import Access; "
-            "from metrix.index.live import LiveIndex; "
-            f"make_app(LiveIndex({str(index_dir)!r}), Access()); print('torch' in sys.modules)")
+    code = (
+        "import sys; from metrix.app.server import make_app; from metrix.app.access import Access; "
+        "from metrix.index.live import LiveIndex; "
+        f"make_app(LiveIndex({str(index_dir)!r}), Access()); print('torch' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
 
@@ -130,26 +134,41 @@ def test_browser_upload_click_and_search_again(served, tmp_path):
         assert "20 images" in browser.find_element(By.TAG_NAME, "body").text
         browser.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(root / "ants" / "04.png"))
         wait.until(lambda b: "most similar of 20" in b.find_element(By.ID, "status").text)
-        captions = wait.until(lambda b: [c.text for c in b.find_elements(By.CSS_SELECTOR, "#results .caption-label")
-                                         if c.text] or None)
+        captions = wait.until(
+            lambda b: [c.text for c in b.find_elements(By.CSS_SELECTOR, "#results .caption-label") if c.text] or None
+        )
         assert captions[0].endswith("ants/04.png"), captions
         # thumbnails come from the API's image route (not Gradio's cache) and really load
-        wait.until(lambda b: b.execute_script(
-            "const i = [...document.querySelectorAll('#results img')];"
-            "return i.length >= 5 && i.every(x => x.complete && x.naturalWidth > 0 && x.src.includes('/api/images/'));"))
+        wait.until(
+            lambda b: b.execute_script(
+                "const i = [...document.querySelectorAll('#results img')];"
+                "return i.length >= 5 && i.every(x => x.complete && x.naturalWidth > 0 && x.src.includes('/api/images/'));"
+            )
+        )
         browser.save_screenshot(str(tmp_path / "results.png"))
         assert (tmp_path / "results.png").stat().st_size > 10_000
 
         thumbnails = browser.find_elements(By.CSS_SELECTOR, "#results button.thumbnail-item, #results .thumbnail-item")
         thumbnails[1].click()
         second = captions[1].split(" · ")[-1]
-        wait.until(lambda b: second in b.find_element(By.TAG_NAME, "body").text.split("Click a result")[0]
-                   and "similarity:" in b.find_element(By.TAG_NAME, "body").text)
-        wait.until(lambda b: b.execute_script(
-            "const i = document.querySelector('#selected img'); return i && i.complete && i.naturalWidth > 0;"))
+        wait.until(
+            lambda b: (
+                second in b.find_element(By.TAG_NAME, "body").text.split("Click a result")[0]
+                and "similarity:" in b.find_element(By.TAG_NAME, "body").text
+            )
+        )
+        wait.until(
+            lambda b: b.execute_script(
+                "const i = document.querySelector('#selected img'); return i && i.complete && i.naturalWidth > 0;"
+            )
+        )
         browser.find_element(By.XPATH, "//button[contains(., 'Search with this image')]").click()
-        wait.until(lambda b: [c.text for c in b.find_elements(By.CSS_SELECTOR, "#results .caption-label")][:1]
-                   and b.find_elements(By.CSS_SELECTOR, "#results .caption-label")[0].text.endswith(second))
+        wait.until(
+            lambda b: (
+                [c.text for c in b.find_elements(By.CSS_SELECTOR, "#results .caption-label")][:1]
+                and b.find_elements(By.CSS_SELECTOR, "#results .caption-label")[0].text.endswith(second)
+            )
+        )
         screenshot = os.environ.get("METRIX_SCREENSHOT")
         if screenshot:  # how docs/app.png is made: METRIX_SCREENSHOT=docs/app.png pytest -k browser
             browser.save_screenshot(screenshot)

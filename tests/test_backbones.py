@@ -29,7 +29,12 @@ def test_lite_weights_load_strictly_offline(variant, size):
     assert torch.equal(state["conv_stem.weight"], weights["conv_stem.weight"])
     assert torch.equal(state["blocks.5.3.conv_pwl.weight"], weights["blocks.5.3.conv_pwl.weight"])
     with torch.no_grad():
-        assert backbone.eval()(torch.zeros(1, 3, size, size)).shape == (1, 1280, size // 32 + (size % 32 > 0), size // 32 + (size % 32 > 0))
+        assert backbone.eval()(torch.zeros(1, 3, size, size)).shape == (
+            1,
+            1280,
+            size // 32 + (size % 32 > 0),
+            size // 32 + (size % 32 > 0),
+        )
 
 
 @pytest.mark.skipif(not CUB.is_dir(), reason="needs ../shared/datasets/cub100")

@@ -52,7 +52,9 @@ def test_wrong_shapes():
     with pytest.raises(ValueError, match="2-D"):
         MultiSimilarityLoss()(torch.randn(4, 2, 2), torch.tensor([0, 0, 1, 1]))
     with pytest.raises(ValueError, match="must both be"):
-        MultiSimilarityLoss().soft_loss(torch.randn(4, 8), torch.randn(3, 8), torch.ones(4, 2), torch.ones(4, 2, dtype=torch.bool))
+        MultiSimilarityLoss().soft_loss(
+            torch.randn(4, 8), torch.randn(3, 8), torch.ones(4, 2), torch.ones(4, 2, dtype=torch.bool)
+        )
 
 
 def test_proxy_anchor_label_out_of_range():

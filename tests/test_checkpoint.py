@@ -21,7 +21,9 @@ def test_pointers_and_pruning(tmp_path):
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch-0001", "epoch-0003", "epoch-0004"]
     assert load_checkpoint(tmp_path, "best").config == {"epoch": 1}
     latest = load_checkpoint(tmp_path)
-    assert torch.equal(latest.model_state["model.w"], torch.full((2, 2), 4.0)) and latest.trainer_state() == {"epoch": 3}
+    assert torch.equal(latest.model_state["model.w"], torch.full((2, 2), 4.0)) and latest.trainer_state() == {
+        "epoch": 3
+    }
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
 
 
@@ -44,7 +46,9 @@ def test_errors(tmp_path):
 
 def test_build_model_refuses_a_config_it_cannot_build(tmp_path):
     path = _save(tmp_path, 1)
-    (path / "config.json").write_text(json.dumps({"model": {"backbone": "vgg99", "embedding_size": 8, "preprocessing": {}}}))
+    (path / "config.json").write_text(
+        json.dumps({"model": {"backbone": "vgg99", "embedding_size": 8, "preprocessing": {}}})
+    )
     with pytest.raises(CheckpointError, match="cannot be built"):
         build_model(load_checkpoint(tmp_path))
 
@@ -61,7 +65,10 @@ def _run(run, val_classes):
 def test_best_is_chosen_on_validation(tmp_path):
     run = _run(tmp_path, ["a", "b"])
     best = load_checkpoint(run, "best")
-    assert best.path.name == "epoch-0001" and best.choice == "using checkpoint epoch-0001 (best on validation classes, val MAP@R 41.0)"
+    assert (
+        best.path.name == "epoch-0001"
+        and best.choice == "using checkpoint epoch-0001 (best on validation classes, val MAP@R 41.0)"
+    )
     assert load_checkpoint(run, "latest").choice == "using checkpoint epoch-0003 (latest, val MAP@R 43.0)"
     assert load_checkpoint(run, "epoch-0003").choice == "using checkpoint epoch-0003 (val MAP@R 43.0)"
 

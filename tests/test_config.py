@@ -9,7 +9,12 @@ from metrix.training.config import RECIPES, ConfigError, TrainConfig, resolve_co
 
 def test_defaults_are_ms_with_feature_mixing():
     config = resolve_config(recipe="full")
-    assert (config.loss, config.mixup, config.backbone, config.embedding_size) == ("ms", "feature", "efficientnet_lite0", 512)
+    assert (config.loss, config.mixup, config.backbone, config.embedding_size) == (
+        "ms",
+        "feature",
+        "efficientnet_lite0",
+        512,
+    )
     assert config.train_stages is None and config.cached_views == 0
 
 
@@ -24,7 +29,12 @@ def test_the_recipe_follows_the_hardware_unless_given(monkeypatch, gpu, recipe):
 def test_paper_recipe():
     config = resolve_config(recipe="paper")
     assert (config.backbone, config.embedding_size, config.batch_size, config.lr, config.weight_decay) == (
-        "resnet50", 512, 100, 1e-4, 1e-4)
+        "resnet50",
+        512,
+        100,
+        1e-4,
+        1e-4,
+    )
     assert config.freeze_bn and config.warmup_epochs == 5 and config.image_size == 224
 
 
@@ -44,7 +54,12 @@ def test_metrix_code_recipe_is_the_official_variant_on_the_full_cpu_backbone():
         assert getattr(config, same) == getattr(full_cpu, same), same
     assert config.negatives_per_anchor is None and config.mixed_reduction == "nonzero"
     assert (config.pair_choice, config.embed_anchor_negative_weight, config.mixup_weight) == ("coin", 0.3, 0.4)
-    assert (config.optimizer, config.grad_clip_mode, config.lr_step_epochs, config.lr_gamma) == ("adam", "value", 10, 0.1)
+    assert (config.optimizer, config.grad_clip_mode, config.lr_step_epochs, config.lr_gamma) == (
+        "adam",
+        "value",
+        10,
+        0.1,
+    )
     assert (config.sampler, config.ms_preset, config.mixup) == ("random", "metrix-code", "feature")
     assert resolve_config(recipe="metrix-code", mixup="none").mixup == "none"
 
@@ -56,8 +71,13 @@ def test_full_cpu_recipe_trains_everything_on_fresh_crops():
     assert config.train_retrieval and config.sampler == "balanced"
 
 
-@pytest.mark.parametrize("suffix, text", [(".json", '{"epochs": 7, "lr": 0.001, "recipe": "paper"}'),
-                                          (".toml", 'epochs = 7\nlr = 0.001\nrecipe = "paper"\n')])
+@pytest.mark.parametrize(
+    "suffix, text",
+    [
+        (".json", '{"epochs": 7, "lr": 0.001, "recipe": "paper"}'),
+        (".toml", 'epochs = 7\nlr = 0.001\nrecipe = "paper"\n'),
+    ],
+)
 def test_file_overrides_recipe_and_flags_override_file(tmp_path, suffix, text):
     path = tmp_path / f"c{suffix}"
     path.write_text(text)

@@ -75,14 +75,38 @@ def test_config_rules():
 def test_frozen_stages_stay_frozen_and_the_tail_trains(tiny, tmp_path):
     root, _, model = tiny
     out = tmp_path / "run"
-    metrix_cli("train", "--data", root, "--recipe", "cpu", "--image-size", 32, "--batch-size", 8,
-               "--samples-per-class", 2, "--epochs", 1, "--embedding-size", 16, "--lr", 1e-3, "--out", out,
-               "--no-progress", "--num-workers", 0)
+    metrix_cli(
+        "train",
+        "--data",
+        root,
+        "--recipe",
+        "cpu",
+        "--image-size",
+        32,
+        "--batch-size",
+        8,
+        "--samples-per-class",
+        2,
+        "--epochs",
+        1,
+        "--embedding-size",
+        16,
+        "--lr",
+        1e-3,
+        "--out",
+        out,
+        "--no-progress",
+        "--num-workers",
+        0,
+    )
     trained = load_file(out / "checkpoints" / "epoch-0001" / "model.safetensors")
     pretrained = {f"model.{k}": v for k, v in model.state_dict().items()}
     frozen = [k for k in trained if k.startswith(("model.backbone.conv_stem", "model.backbone.blocks.4."))]
-    tail = [k for k in trained if k.startswith(("model.backbone.blocks.6.", "model.backbone.conv_head")) and "weight" in k
-            and "bn" not in k]
+    tail = [
+        k
+        for k in trained
+        if k.startswith(("model.backbone.blocks.6.", "model.backbone.conv_head")) and "weight" in k and "bn" not in k
+    ]
     assert frozen and tail
     assert all(torch.equal(trained[k], pretrained[k]) for k in frozen)
     assert any(not torch.equal(trained[k], pretrained[k]) for k in tail)

@@ -47,8 +47,19 @@ def test_cpu_recipe_trains_on_cuda(tmp_path, views, mixup):
     """The CPU recipe (frozen, cached stages; PCA head) on a GPU machine, with and without the cache."""
     from .training_helpers import metrix_cli, tiny_dataset, write_config
 
-    config = write_config(tmp_path / "config.json", recipe="cpu", image_size=32, embedding_size=32, epochs=1,
-                          cached_views=views)
-    result = metrix_cli("train", "--data", tiny_dataset(tmp_path / "data"), "--config", config, "--mixup", mixup,
-                        "--out", tmp_path / "run", "--no-progress")
+    config = write_config(
+        tmp_path / "config.json", recipe="cpu", image_size=32, embedding_size=32, epochs=1, cached_views=views
+    )
+    result = metrix_cli(
+        "train",
+        "--data",
+        tiny_dataset(tmp_path / "data"),
+        "--config",
+        config,
+        "--mixup",
+        mixup,
+        "--out",
+        tmp_path / "run",
+        "--no-progress",
+    )
     assert "device cuda" in result.stdout and (tmp_path / "run" / "best").is_file()

@@ -64,7 +64,9 @@ def test_cub_official_split(tmp_path, inside):
     root = make_cub(tmp_path)
     data = load_cub(root / "CUB_200_2011" if inside else root)
     assert data.name == "cub" and data.gallery is None
-    assert len(data.class_names) == 200 and data.class_names[0] == "001.Bird_1" and data.class_names[100] == "101.Bird_101"
+    assert (
+        len(data.class_names) == 200 and data.class_names[0] == "001.Bird_1" and data.class_names[100] == "101.Bird_101"
+    )
     check_common(data, {0, 1, 2, 3}, {100, 101})
     assert len(data.train) + len(data.val) == 12 and len(data.test) == 6
     for sample in data.train.samples + data.test.samples:
@@ -92,7 +94,9 @@ def test_cub_missing_images_warn_once(tmp_path):
     gone = sorted((root / "CUB_200_2011" / "images").glob("001.*/*.jpg"))[:2]
     for path in gone:
         path.unlink()
-    with pytest.warns(UserWarning, match=rf"skipped 2 listed image\(s\) missing on disk, the first .*{gone[0].name}") as caught:
+    with pytest.warns(
+        UserWarning, match=rf"skipped 2 listed image\(s\) missing on disk, the first .*{gone[0].name}"
+    ) as caught:
         data = load_cub(root)
     assert len(caught) == 1
     assert len(data.train) + len(data.val) == 10
@@ -124,7 +128,12 @@ def make_cars(root: Path, per_class: int = 3) -> Path:
     annotations = np.empty((1, len(rows)), dtype=[(f, object) for f in fields])
     for i, (relative, x1, y1, x2, y2, c, test) in enumerate(rows):
         numbers = [np.array([[v]], dtype=np.uint16) for v in (x1, y1, x2, y2)]
-        annotations[0, i] = (np.array([relative]), *numbers, np.array([[c]], dtype=np.uint8), np.array([[test]], dtype=np.uint8))
+        annotations[0, i] = (
+            np.array([relative]),
+            *numbers,
+            np.array([[c]], dtype=np.uint8),
+            np.array([[test]], dtype=np.uint8),
+        )
     class_names = np.empty((1, 196), dtype=object)
     for c in range(196):
         class_names[0, c] = f"Make Model {c + 1}"
@@ -136,7 +145,15 @@ def test_cars_mat_has_the_real_structure(tmp_path):
     loadmat = pytest.importorskip("scipy.io").loadmat
     mat = loadmat(make_cars(tmp_path) / "cars_annos.mat")
     assert mat["annotations"].shape == (1, 18)
-    assert set(mat["annotations"].dtype.names) == {"relative_im_path", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "test"}
+    assert set(mat["annotations"].dtype.names) == {
+        "relative_im_path",
+        "bbox_x1",
+        "bbox_y1",
+        "bbox_x2",
+        "bbox_y2",
+        "class",
+        "test",
+    }
     assert mat["class_names"].shape == (1, 196)
 
 
@@ -185,7 +202,14 @@ def make_sop(root: Path, per_class: int = 3) -> Path:
 def test_sop_official_split(tmp_path):
     data = load_sop(make_sop(tmp_path))
     assert data.name == "sop"
-    assert data.class_names == ["bicycle_final/1", "bicycle_final/2", "chair_final/3", "chair_final/4", "sofa_final/5", "sofa_final/6"]
+    assert data.class_names == [
+        "bicycle_final/1",
+        "bicycle_final/2",
+        "chair_final/3",
+        "chair_final/4",
+        "sofa_final/5",
+        "sofa_final/6",
+    ]
     check_common(data, {0, 1, 2, 3}, {4, 5})
     assert len(data.test) == 6
 

@@ -48,8 +48,11 @@ LOSSES = {"ms": MultiSimilarityLoss, "pa": lambda: ProxyAnchorLoss(6, 8)}
 
 def _torchrun(*args, **kwargs):
     return subprocess.run(
-        [TORCHRUN, "--standalone", "--nproc_per_node", "2", *map(str, args)], capture_output=True, text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"}, **kwargs,
+        [TORCHRUN, "--standalone", "--nproc_per_node", "2", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        **kwargs,
     )
 
 
@@ -66,11 +69,34 @@ def test_two_nodes_through_the_c10d_rendezvous(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    command = [TORCHRUN, "--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d",
-               "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "metrix-test",
-               "-m", "tests.ddp_gradient_worker", str(tmp_path / "out.pt"), "ms"]
-    nodes = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"}) for _ in range(2)]
+    command = [
+        TORCHRUN,
+        "--nnodes",
+        "2",
+        "--nproc_per_node",
+        "1",
+        "--rdzv_backend",
+        "c10d",
+        "--rdzv_endpoint",
+        f"127.0.0.1:{port}",
+        "--rdzv_id",
+        "metrix-test",
+        "-m",
+        "tests.ddp_gradient_worker",
+        str(tmp_path / "out.pt"),
+        "ms",
+    ]
+    nodes = [
+        subprocess.Popen(
+            command,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        for _ in range(2)
+    ]
     outputs = [node.communicate(timeout=240)[0] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], "\n".join(outputs)
     assert_same_as_one_process(torch.load(tmp_path / "out.pt"), "ms")

@@ -219,7 +219,9 @@ def scene(seed: int, size=(160, 120)) -> Image.Image:
         elif shape == 2:
             draw.polygon([tuple(map(int, p)) for p in rng.integers(0, w, (rng.integers(3, 6), 2))], fill=colour)
         else:
-            draw.line([tuple(map(int, p)) for p in rng.integers(0, w, (3, 2))], fill=colour, width=int(rng.integers(2, 8)))
+            draw.line(
+                [tuple(map(int, p)) for p in rng.integers(0, w, (3, 2))], fill=colour, width=int(rng.integers(2, 8))
+            )
     return picture.resize(size, Image.Resampling.LANCZOS)
 
 
@@ -295,13 +297,25 @@ def test_command_finds_each_planted_group(pictures, tmp_path):
     root, index_dir, planted_groups = pictures
     result = cli_json(index_dir)
     assert path_groups(result) == planted_groups
-    assert result["images"] == 22 and result["threshold"] == PICTURE_THRESHOLD and result["search"] == "exact (flat index)"
+    assert (
+        result["images"] == 22 and result["threshold"] == PICTURE_THRESHOLD and result["search"] == "exact (flat index)"
+    )
     first = result["groups"][0]
-    assert first["size"] == 3 and {image["path"] for image in first["images"]} == {"park/04.png", "park/04-jpeg.jpg", "park/04-flip.png"}
+    assert first["size"] == 3 and {image["path"] for image in first["images"]} == {
+        "park/04.png",
+        "park/04-jpeg.jpg",
+        "park/04-flip.png",
+    }
     assert all(image["label"] == "park" and image["similarity"] >= PICTURE_THRESHOLD for image in first["images"])
 
-    text = metrix_cli("duplicates", index_dir, "--threshold", PICTURE_THRESHOLD, "--html", tmp_path / "groups.html").stdout
-    assert "5 groups of near-duplicates (11 images)" in text and "group 1: 3 images" in text and "beach/01-half.png" in text
+    text = metrix_cli(
+        "duplicates", index_dir, "--threshold", PICTURE_THRESHOLD, "--html", tmp_path / "groups.html"
+    ).stdout
+    assert (
+        "5 groups of near-duplicates (11 images)" in text
+        and "group 1: 3 images" in text
+        and "beach/01-half.png" in text
+    )
     page = (tmp_path / "groups.html").read_text()
     # self-contained: every picture is an embedded JPEG, nothing is fetched
     sources = [part.split("'", 1)[0] for part in page.split("<img src='")[1:]]
@@ -314,8 +328,11 @@ def test_command_finds_each_planted_group(pictures, tmp_path):
 
 def test_command_errors_are_one_line(pictures, tmp_path):
     _, index_dir, _ = pictures
-    for args, message in (((tmp_path,), "no index here"), ((index_dir, "--threshold", "0"), "must be in (0, 1]"),
-                          ((index_dir, "--threshold", "1.5"), "must be in (0, 1]")):
+    for args, message in (
+        ((tmp_path,), "no index here"),
+        ((index_dir, "--threshold", "0"), "must be in (0, 1]"),
+        ((index_dir, "--threshold", "1.5"), "must be in (0, 1]"),
+    ):
         failed = metrix_cli("duplicates", *args, check=False)
         assert failed.returncode == 2 and failed.stderr.count("\n") == 1 and message in failed.stderr, failed.stderr
 
@@ -338,8 +355,10 @@ def served(pictures):
 
 def without_times_and_urls(result: dict) -> dict:
     result = {key: value for key, value in result.items() if key != "seconds"}
-    result["groups"] = [{**group, "images": [{k: v for k, v in image.items() if k != "url"} for image in group["images"]]}
-                        for group in result["groups"]]
+    result["groups"] = [
+        {**group, "images": [{k: v for k, v in image.items() if k != "url"} for image in group["images"]]}
+        for group in result["groups"]
+    ]
     return result
 
 
@@ -375,8 +394,10 @@ def test_a_bad_threshold_is_a_400_in_one_line(served, threshold):
 
 def test_access_control(pictures):
     _, index_dir, planted_groups = pictures
-    with serve_process(index_dir, "--auth", "ann:s3cret-pass", "--token", TOKEN) as (url, _), \
-            httpx.Client(timeout=60) as client:
+    with (
+        serve_process(index_dir, "--auth", "ann:s3cret-pass", "--token", TOKEN) as (url, _),
+        httpx.Client(timeout=60) as client,
+    ):
         refused = client.get(f"{url}api/duplicates")
         assert refused.status_code == 401 and "\n" not in refused.json()["error"]
         page = client.get(f"{url}duplicates")
@@ -413,7 +434,9 @@ def test_follows_a_rebuilt_index(pictures, floor_model, tmp_path):
             save_copy(scene(3007), "half", root / "beach" / "07-half.png")
             build_index(root, floor_model, index_dir, progress=False)
             deadline = time.monotonic() + 30
-            while (after := client.get(f"{server.url}api/duplicates", params=params).json())["generation"] == before["generation"]:
+            while (after := client.get(f"{server.url}api/duplicates", params=params).json())["generation"] == before[
+                "generation"
+            ]:
                 assert time.monotonic() < deadline, "the service did not switch to the new generation"
                 time.sleep(0.2)
         assert path_groups(after) == path_groups(before) | {frozenset({"beach/07.png", "beach/07-half.png"})}
@@ -452,15 +475,18 @@ def test_browser_from_the_search_page_to_the_groups_and_another_threshold(served
         assert browser.current_url.split("?")[0] == f"{url}duplicates"
 
         def shown():
-            return {frozenset(e.text for e in section.find_elements(By.CSS_SELECTOR, ".path"))
-                    for section in browser.find_elements(By.CSS_SELECTOR, "section.group")}
+            return {
+                frozenset(e.text for e in section.find_elements(By.CSS_SELECTOR, ".path"))
+                for section in browser.find_elements(By.CSS_SELECTOR, "section.group")
+            }
 
         def all_thumbnails_loaded(b):
             return b.execute_script(
                 "const i = [...document.querySelectorAll('section.group img')];"
                 "i.forEach(x => x.scrollIntoView());"  # they load lazily
                 "return i.length > 0 && i.every(x => x.complete && x.naturalWidth > 0"
-                " && x.src.includes('/api/images/') && x.src.includes('thumbnail='));")
+                " && x.src.includes('/api/images/') && x.src.includes('thumbnail='));"
+            )
 
         # the page opens at the default threshold; ask for the pictures' one through the form
         field = browser.find_element(By.ID, "threshold")

@@ -74,7 +74,10 @@ def pml_oracle(query, query_labels, reference=None, reference_labels=None):
         q = normalised(query)
         return calc.get_accuracy(q, query_labels, q, query_labels, ref_includes_query=True)
     return calc.get_accuracy(
-        normalised(query), query_labels, normalised(reference), reference_labels,
+        normalised(query),
+        query_labels,
+        normalised(reference),
+        reference_labels,
         ref_includes_query=False,
     )
 
@@ -147,13 +150,11 @@ def test_query_vs_gallery_matches_oracle(seed):
     query = rng.standard_normal((150, 32)).astype(np.float32)
     q_labels = rng.choice(g_labels, size=150)
     q_labels[:5] = 10_000 + np.arange(5)  # five queries with no match in the gallery
-    report = evaluate_retrieval(query, q_labels, gallery, g_labels, ks=(1, 10, 20), nmi=False,
-                                batch_size=64)
+    report = evaluate_retrieval(query, q_labels, gallery, g_labels, ks=(1, 10, 20), nmi=False, batch_size=64)
     _assert_matches_oracle(report, pml_oracle(query, q_labels, gallery, g_labels))
     assert report.num_lone_queries == 5
     assert report.num_reference == 600
-    assert report.recall_at == pytest.approx(
-        _brute_force_recall(query, q_labels, gallery, g_labels, ks=(1, 10, 20)))
+    assert report.recall_at == pytest.approx(_brute_force_recall(query, q_labels, gallery, g_labels, ks=(1, 10, 20)))
 
 
 # --- Recall@K against brute force ---------------------------------------------------------------
@@ -292,8 +293,7 @@ def test_clustering_nmi_matches_oracle():
     from pytorch_metric_learning.utils.inference import FaissKMeans
 
     emb, labels = _clustered_case(8, noise=1.0)
-    calc = AccuracyCalculator(include=("NMI",), device=torch.device("cpu"),
-                              kmeans_func=FaissKMeans(niter=20, seed=5))
+    calc = AccuracyCalculator(include=("NMI",), device=torch.device("cpu"), kmeans_func=FaissKMeans(niter=20, seed=5))
     oracle = calc.get_accuracy(normalised(emb), labels)["NMI"]
     assert evaluate_retrieval(emb, labels, seed=5).nmi / 100 == pytest.approx(oracle, abs=1e-9)
 

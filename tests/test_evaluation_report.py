@@ -63,17 +63,19 @@ def _brute_force(emb, labels):
     ranked = np.argsort(-_similarities(emb), axis=1, kind="stable")[:, :-1]
     relevant = labels[ranked] == labels[:, None]
     r = relevant.sum(axis=1)
-    ap = np.array([
-        sum(relevant[i, : j + 1].sum() / (j + 1) for j in range(r[i]) if relevant[i, j]) / r[i] if r[i] else 0.0
-        for i in range(len(labels))])
+    ap = np.array(
+        [
+            sum(relevant[i, : j + 1].sum() / (j + 1) for j in range(r[i]) if relevant[i, j]) / r[i] if r[i] else 0.0
+            for i in range(len(labels))
+        ]
+    )
     return ranked, r, ap, relevant[:, 0]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_per_class_recall_and_per_query_ap_match_oracle_and_brute_force(seed):
     emb, labels = _separated_case(seed)
-    report = evaluate_retrieval(emb, labels, ks=(1, 2, 4, 8), nmi=False, batch_size=29, per_query=True,
-                                neighbours=TOP)
+    report = evaluate_retrieval(emb, labels, ks=(1, 2, 4, 8), nmi=False, batch_size=29, per_query=True, neighbours=TOP)
     per_query, oracle = report.per_query, pml_oracle(emb, labels)
     ranked, r, ap, hit = _brute_force(emb, labels)
     counted = per_query.r > 0
@@ -99,15 +101,18 @@ def test_per_class_recall_and_per_query_ap_match_oracle_and_brute_force(seed):
 def test_per_query_values_against_a_gallery_match_brute_force():
     emb, labels = _separated_case(5, depth=40)
     query, q_labels, gallery, g_labels = emb[:25], labels[:25], emb[25:], labels[25:]
-    report = evaluate_retrieval(query, q_labels, gallery, g_labels, ks=(1, 4), nmi=False, batch_size=7,
-                                per_query=True, neighbours=TOP)
+    report = evaluate_retrieval(
+        query, q_labels, gallery, g_labels, ks=(1, 4), nmi=False, batch_size=7, per_query=True, neighbours=TOP
+    )
     ranked = np.argsort(-(query.astype(np.float64) @ gallery.astype(np.float64).T), axis=1, kind="stable")
     np.testing.assert_array_equal(report.per_query.neighbours, ranked[:, :TOP])
     np.testing.assert_array_equal(report.per_query.r, (q_labels[:, None] == g_labels[None, :]).sum(axis=1))
     counted = report.per_query.r > 0
     hits = g_labels[ranked[:, :4]] == q_labels[:, None]
     np.testing.assert_array_equal(report.per_query.hits, np.stack([hits[:, 0], hits.any(axis=1)], axis=1))
-    assert 100 * report.per_query.hits[counted].mean(axis=0) == pytest.approx([report.recall_at[1], report.recall_at[4]])
+    assert 100 * report.per_query.hits[counted].mean(axis=0) == pytest.approx(
+        [report.recall_at[1], report.recall_at[4]]
+    )
     assert 100 * report.per_query.ap_at_r[counted].mean() == pytest.approx(report.map_at_r, abs=1e-9)
 
 
@@ -124,9 +129,15 @@ def test_confusion_counts_match_brute_force(seed):
     matrix = np.zeros((classes, classes), int)
     np.add.at(matrix, (labels[counted], argmax[counted]), 1)
     np.fill_diagonal(matrix, 0)
-    expected = sorted(((a, b, int(matrix[a, b]), int(matrix[b, a])) for a in range(classes)
-                       for b in range(a + 1, classes) if matrix[a, b] + matrix[b, a]),
-                      key=lambda p: (-(p[2] + p[3]), p[0], p[1]))
+    expected = sorted(
+        (
+            (a, b, int(matrix[a, b]), int(matrix[b, a]))
+            for a in range(classes)
+            for b in range(a + 1, classes)
+            if matrix[a, b] + matrix[b, a]
+        ),
+        key=lambda p: (-(p[2] + p[3]), p[0], p[1]),
+    )
 
     assert confused_pairs(labels, top1, counted, top=10**6) == expected
     assert confused_pairs(labels, top1, counted) == expected[:10]
@@ -233,8 +244,12 @@ def test_cli_report_is_self_contained_with_the_metrics_of_evaluate(evaluated, ti
     assert list(rows) == keys and {"recall_at_1", "map_at_r", "r_precision", "nmi"} <= set(keys)
     for key in keys:
         assert rows[key][:2] == [f"{trained[key]:.2f}", f"{floor[key]:.2f}"], key
-    for value in (trained["data"], trained["split"], trained["checkpoint_choice"],
-                  f"{trained['num_queries']} in {trained['num_classes']} classes"):
+    for value in (
+        trained["data"],
+        trained["split"],
+        trained["checkpoint_choice"],
+        f"{trained['num_queries']} in {trained['num_classes']} classes",
+    ):
         assert value in text
 
     # thumbnails: one per class of each confused pair, the query and its 8 neighbours per worst row
@@ -261,8 +276,10 @@ def test_cli_report_is_self_contained_with_the_metrics_of_evaluate(evaluated, ti
 def test_cli_report_in_an_unwritable_place_fails_in_one_line(tiny_run, tmp_path):
     (tmp_path / "a-file").write_text("x")
     (tmp_path / "a-folder.html").mkdir()
-    for target, reason in ((tmp_path / "a-file" / "report.html", "Not a directory|File exists"),
-                           (tmp_path / "a-folder.html", "it is a folder")):
+    for target, reason in (
+        (tmp_path / "a-file" / "report.html", "Not a directory|File exists"),
+        (tmp_path / "a-folder.html", "it is a folder"),
+    ):
         done = metrix_cli("evaluate", tiny_run, "--report", target, check=False)
         assert done.returncode == 2, done.stderr
         assert re.fullmatch(rf"error: cannot write the report {re.escape(str(target))}: ({reason})\n", done.stderr)
@@ -277,12 +294,14 @@ def test_browser_report_images_chart_and_framed_rows(evaluated):
     try:
         browser.get(path.as_uri())
         assert browser.execute_script(
-            "const i = [...document.images]; return i.length > 0 && i.every(x => x.complete && x.naturalWidth > 0);")
+            "const i = [...document.images]; return i.length > 0 && i.every(x => x.complete && x.naturalWidth > 0);"
+        )
 
         bars = browser.execute_script(
             "return [...document.querySelectorAll('#per-class rect.bar')].map(b => {"
             "  const r = b.getBoundingClientRect();"
-            "  return [b.querySelector('title').textContent, r.width, r.height, r.left]; });")
+            "  return [b.querySelector('title').textContent, r.width, r.height, r.left]; });"
+        )
         assert len(bars) == expected["trained"]["num_classes"]
         assert all(width > 0 for _, width, _, _ in bars)
         assert [left for *_, left in bars] == sorted(left for *_, left in bars)
@@ -298,7 +317,8 @@ def test_browser_report_images_chart_and_framed_rows(evaluated):
             frames = browser.execute_script(
                 "return [...arguments[0].querySelectorAll('img.neighbour')].map(i => {"
                 "  const s = getComputedStyle(i); return [s.borderTopColor, s.borderTopWidth, i.naturalWidth]; });",
-                row)
+                row,
+            )
             assert len(frames) == TOP
             assert all(colour in (GREEN, RED) and width == "4px" and natural > 0 for colour, width, natural in frames)
             correct = int(re.search(r"(\d+)/8 of its class", row.find_element(By.TAG_NAME, "figcaption").text)[1])

@@ -48,7 +48,7 @@ def _image_paths(run):
 
 def _test_images(run, count):
     paths = _image_paths(run)
-    return [open_rgb(p) for p in paths[::len(paths) // count][:count]]
+    return [open_rgb(p) for p in paths[:: len(paths) // count][:count]]
 
 
 def test_metadata_describes_the_run(exported):
@@ -57,7 +57,11 @@ def test_metadata_describes_the_run(exported):
     meta, config = embedder.metadata, json.loads((checkpoint / "config.json").read_text())
     assert (meta.backbone, meta.loss, meta.mixup) == (config["model"]["backbone"], config["loss"], config["mixup"])
     assert meta.embedding_size == config["model"]["embedding_size"] == 32
-    assert meta.image_size == 32 and meta.resize_size == 37 and meta.interpolation == config["model"]["preprocessing"]["interpolation"]
+    assert (
+        meta.image_size == 32
+        and meta.resize_size == 37
+        and meta.interpolation == config["model"]["preprocessing"]["interpolation"]
+    )
     assert meta.train_classes == len(config["data"]["train_classes"]) == 8
     assert meta.weights_sha256 == hashlib.sha256((checkpoint / "model.safetensors").read_bytes()).hexdigest()
     assert meta.quantization == "none" and meta.opset == onnx_export.OPSET and "dynamo" in meta.exporter
@@ -66,7 +70,10 @@ def test_metadata_describes_the_run(exported):
     assert images.type == "tensor(uint8)" and images.shape[1:] == [32, 32, 3] and isinstance(images.shape[0], str)
     assert "parity  onnxruntime vs PyTorch, batch 1" in stdout and "batch 7" in stdout
     val_map = json.loads((checkpoint / "config.json").read_text())["metrics"]["val_map_at_r"]
-    assert stdout.splitlines()[0] == f"using checkpoint {checkpoint.name} (best on validation classes, val MAP@R {val_map:.1f})"
+    assert (
+        stdout.splitlines()[0]
+        == f"using checkpoint {checkpoint.name} (best on validation classes, val MAP@R {val_map:.1f})"
+    )
 
 
 @pytest.mark.parametrize("batch", [1, 7, 13])
@@ -124,7 +131,9 @@ def test_int8_losing_too_much_is_refused_and_fp32_stands(run, tmp_path):
 
 def test_parity_failure_fails_the_export_with_numbers(run, tmp_path, monkeypatch):
     monkeypatch.setattr(onnx_export, "MIN_COSINE", 1.5)
-    with pytest.raises(ExportError, match=r"disagrees with PyTorch \(batch 1: min cosine [01]\.\d+, max \|diff\| [\d.e-]+; batch 7"):
+    with pytest.raises(
+        ExportError, match=r"disagrees with PyTorch \(batch 1: min cosine [01]\.\d+, max \|diff\| [\d.e-]+; batch 7"
+    ):
         export_run(run, tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
 
@@ -173,8 +182,9 @@ def test_loader_refuses_files_that_are_not_metrix_models(tmp_path):
     with pytest.raises(ModelError, match="notes.onnx: onnxruntime cannot load it"):
         load_embedder(text)
     plain = tmp_path / "plain.onnx"
-    torch.onnx.export(torch.nn.Linear(3, 2).eval(), (torch.zeros(1, 3),), str(plain), dynamo=True, external_data=False,
-                      verbose=False)
+    torch.onnx.export(
+        torch.nn.Linear(3, 2).eval(), (torch.zeros(1, 3),), str(plain), dynamo=True, external_data=False, verbose=False
+    )
     with pytest.raises(ModelError, match="plain.onnx: not a Metrix model"):
         load_embedder(plain)
     with pytest.raises(ModelError, match="no such model file"):
@@ -184,8 +194,10 @@ def test_loader_refuses_files_that_are_not_metrix_models(tmp_path):
 def test_serving_path_does_not_import_torch(exported, run):
     checkpoint, _ = exported
     image = _image_paths(run)[0]
-    code = ("import sys; from metrix.export.runtime import load_embedder; from metrix.images import open_rgb; "
-            f"e = load_embedder({str(checkpoint / 'model.onnx')!r}); v = e.embed_images([open_rgb({str(image)!r})]); "
-            "assert v.shape == (1, 32), v.shape; assert 'torch' not in sys.modules, 'torch imported'; print('ok')")
+    code = (
+        "import sys; from metrix.export.runtime import load_embedder; from metrix.images import open_rgb; "
+        f"e = load_embedder({str(checkpoint / 'model.onnx')!r}); v = e.embed_images([open_rgb({str(image)!r})]); "
+        "assert v.shape == (1, 32), v.shape; assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
     assert result.stdout.strip() == "ok", result.stderr

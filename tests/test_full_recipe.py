@@ -58,8 +58,11 @@ def test_a_bad_image_is_remembered_by_name_and_replaced_by_its_class(folder):
     assert list(decoded.failures) == [bad]
     with pytest.raises(ImageDecodeError, match=r"9\.jpg: "):
         decoded.open(bad)
-    dataset = ImageDataset(samples, eval_transform(EmbeddingModel.create(
-        "efficientnet_lite0", 8, pretrained=False).preprocessing.with_size(16)), images=decoded)
+    dataset = ImageDataset(
+        samples,
+        eval_transform(EmbeddingModel.create("efficientnet_lite0", 8, pretrained=False).preprocessing.with_size(16)),
+        images=decoded,
+    )
     with pytest.warns(UserWarning, match=r"skipping unreadable image .*9\.jpg"):
         image, label = dataset[bad]
     assert label == samples[bad].label and image.shape == (3, 16, 16)
@@ -88,7 +91,9 @@ def test_training_retrieval_uses_as_many_whole_training_classes_as_validation(tm
     assert len(classes) == len(data.val.classes) and classes <= set(data.train.classes)
     assert len(chosen) == sum(s.label in classes for s in data.train.samples)
     assert _train_eval_samples(data.train.samples, 2, seed=0) == chosen
-    assert {s.label for s in _train_eval_samples(data.train.samples, 2, seed=5)} != classes or len(data.train.classes) < 4
+    assert {s.label for s in _train_eval_samples(data.train.samples, 2, seed=5)} != classes or len(
+        data.train.classes
+    ) < 4
 
 
 def test_the_first_line_says_which_recipe_and_mixing_and_why():
@@ -97,9 +102,11 @@ def test_the_first_line_says_which_recipe_and_mixing_and_why():
     line = explain_choices(config, given={"recipe"})
     assert "mixing none (the recipe's default: no mixing measured best on the validation classes)" in line
     assert "mixing feature (the recipe's default: the paper's method)" in explain_choices(
-        resolve_config(recipe="full"), given={"recipe"})
-    assert "mixing embed (asked for)" in explain_choices(resolve_config(recipe="full-cpu", mixup="embed"),
-                                                        given={"recipe", "mixup"})
+        resolve_config(recipe="full"), given={"recipe"}
+    )
+    assert "mixing embed (asked for)" in explain_choices(
+        resolve_config(recipe="full-cpu", mixup="embed"), given={"recipe", "mixup"}
+    )
     where = "with" if torch.cuda.is_available() else "without"
     assert f"(the default {where} a GPU" in explain_choices(resolve_config(), given=set())
 
@@ -107,8 +114,15 @@ def test_the_first_line_says_which_recipe_and_mixing_and_why():
 @pytest.mark.slow
 def test_a_full_cpu_run_with_random_batches_coin_pairs_and_bfloat16(tmp_path):
     root = tiny_dataset(tmp_path / "d")
-    config = write_config(tmp_path / "c.json", recipe="full-cpu", epochs=2, sampler="random", pair_choice="coin",
-                          precision="bf16", mixup="feature")
+    config = write_config(
+        tmp_path / "c.json",
+        recipe="full-cpu",
+        epochs=2,
+        sampler="random",
+        pair_choice="coin",
+        precision="bf16",
+        mixup="feature",
+    )
     run = tmp_path / "run"
     out = metrix_cli("train", "--data", root, "--config", config, "--out", run, "--no-progress").stdout
     lines = out.splitlines()

@@ -47,16 +47,43 @@ def test_random_resized_crops_lie_inside_the_image_and_follow_the_generator():
 
 def _grid(pack, out, minutes):
     return subprocess.run(
-        [sys.executable, str(BENCH / "gpu_paper.py"), "run", "--pack", pack, "--out", out, "--backbone",
-         "efficientnet_lite0", "--runs", "contrastive:none", "contrastive:feature", "--seeds", "0", "--minutes", str(minutes),
-         "--set", "image_size=32", "embedding_size=16", "batch_size=16", "epochs=2", "warmup_epochs=1"],
-        capture_output=True, text=True, check=True).stdout
+        [
+            sys.executable,
+            str(BENCH / "gpu_paper.py"),
+            "run",
+            "--pack",
+            pack,
+            "--out",
+            out,
+            "--backbone",
+            "efficientnet_lite0",
+            "--runs",
+            "contrastive:none",
+            "contrastive:feature",
+            "--seeds",
+            "0",
+            "--minutes",
+            str(minutes),
+            "--set",
+            "image_size=32",
+            "embedding_size=16",
+            "batch_size=16",
+            "epochs=2",
+            "warmup_epochs=1",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
 
 
 def test_a_tiny_grid_stops_at_its_limit_and_resumes_exactly(tmp_path):
     pack = tmp_path / "tiny.pt"
-    subprocess.run([sys.executable, str(BENCH / "gpu_paper.py"), "pack", "--data", tiny_dataset(tmp_path / "data"),
-                    "--out", pack], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(BENCH / "gpu_paper.py"), "pack", "--data", tiny_dataset(tmp_path / "data"), "--out", pack],
+        check=True,
+        capture_output=True,
+    )
     straight = tmp_path / "straight"
     assert "all runs done" in _grid(pack, straight, minutes=10)
     interrupted = tmp_path / "interrupted"
@@ -72,5 +99,7 @@ def test_a_tiny_grid_stops_at_its_limit_and_resumes_exactly(tmp_path):
     for name, row in expected.items():
         assert row["best_test_epoch"] >= 1 and row["best_test_recall_at_1"] >= row["recall_at_1"]
         for key in ("loss", "val_map_at_r", "test_recall_at_1", "test_map_at_r"):
-            assert [c[key] for c in resumed[name]["curve"]] == pytest.approx([c[key] for c in row["curve"]], rel=1e-5), (name, key)
+            assert [c[key] for c in resumed[name]["curve"]] == pytest.approx(
+                [c[key] for c in row["curve"]], rel=1e-5
+            ), (name, key)
     assert resumed["contrastive-feature-s0"]["curve"][-1]["mixed"] > 0

@@ -76,6 +76,7 @@ def write_bad(root: Path) -> set[str]:
 
 def _png_header(width: int, height: int) -> bytes:
     """A small PNG file that declares width x height: valid chunks, almost no pixel data."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
@@ -149,7 +150,9 @@ def gallery(tmp_path, tiny_model):
 def test_zoo_every_good_file_once_every_bad_file_reported(gallery, tiny_model, tmp_path):
     root, good, bad = gallery
     result = metrix_cli("build-index", root, "--model", tiny_model, "--out", tmp_path / "idx", "--no-progress")
-    assert f"{len(good)} images (IDMap2,Flat; about " in result.stdout and f"skipped {len(bad)} file(s)" in result.stdout
+    assert (
+        f"{len(good)} images (IDMap2,Flat; about " in result.stdout and f"skipped {len(bad)} file(s)" in result.stdout
+    )
     report = json.loads((tmp_path / "idx" / "report.json").read_text())
     assert {f["path"] for f in report["failed"]} == bad
     reasons = {f["path"]: f["reason"] for f in report["failed"]}
@@ -233,7 +236,9 @@ def test_another_model_is_refused(gallery, tiny_run, tiny_model, tmp_path):
         with pytest.raises(GalleryIndexError, match="built with a model whose"):
             open_index(tmp_path / "idx", changed)
     open_index(tmp_path / "idx", meta).close()
-    searched = metrix_cli("search", root / "cars" / "01.png", "--index", tmp_path / "idx", "--model", other, check=False)
+    searched = metrix_cli(
+        "search", root / "cars" / "01.png", "--index", tmp_path / "idx", "--model", other, check=False
+    )
     assert searched.returncode == 2 and "built with a model whose weights_sha256" in searched.stderr
 
 
@@ -267,8 +272,9 @@ def test_ivfpq_within_a_memory_budget(tiny_model, tmp_path):
     rebuilt from the full vectors alone."""
     root, index_dir = tmp_path / "gallery", tmp_path / "idx"
     _many_images(root, 0, 300)
-    result = metrix_cli("build-index", root, "--model", tiny_model, "--out", index_dir, "--max-index-memory", "45kB",
-                        "--no-progress")
+    result = metrix_cli(
+        "build-index", root, "--model", tiny_model, "--out", index_dir, "--max-index-memory", "45kB", "--no-progress"
+    )
     opened = open_index(index_dir)
     params = opened.manifest["index"]
     assert params["kind"] == "ivfpq" and "PQ" in params["type"] and params["estimated_bytes"] <= 45_000
@@ -293,9 +299,23 @@ def test_ivfpq_within_a_memory_budget(tiny_model, tmp_path):
     assert flat.index["kind"] == "flat" and flat.added == 0 and consistent_state(index_dir) == 301
     again = open_index(index_dir)
     assert again.full is None and again.search(vectors[:1], 1)[0][0].path == paths[0]
-    too_small = metrix_cli("build-index", root, "--model", tiny_model, "--out", index_dir, "--max-index-memory", "2kB",
-                           "--no-progress", check=False)
-    assert too_small.returncode == 2 and too_small.stderr.count("\n") == 1 and "flat index of 301 x 32 needs" in too_small.stderr
+    too_small = metrix_cli(
+        "build-index",
+        root,
+        "--model",
+        tiny_model,
+        "--out",
+        index_dir,
+        "--max-index-memory",
+        "2kB",
+        "--no-progress",
+        check=False,
+    )
+    assert (
+        too_small.returncode == 2
+        and too_small.stderr.count("\n") == 1
+        and "flat index of 301 x 32 needs" in too_small.stderr
+    )
     assert consistent_state(index_dir) == 301  # nothing lost
 
 
@@ -306,9 +326,25 @@ def _many_images(root: Path, start: int, count: int) -> None:
 
 
 def _build_process(root, model, index_dir) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "metrix", "build-index", str(root), "--model", str(model), "--out",
-                             str(index_dir), "--no-progress", "--batch-size", "16"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "metrix",
+            "build-index",
+            str(root),
+            "--model",
+            str(model),
+            "--out",
+            str(index_dir),
+            "--no-progress",
+            "--batch-size",
+            "16",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_kill_9_at_any_moment_leaves_a_complete_index(tiny_model, tmp_path):
@@ -436,7 +472,9 @@ def test_defaults_find_the_newest_model_and_index(tmp_path, monkeypatch):
 
 
 def test_not_a_folder_and_no_index(tmp_path, tiny_model):
-    failed = metrix_cli("build-index", tmp_path / "missing", "--model", tiny_model, "--out", tmp_path / "i", check=False)
+    failed = metrix_cli(
+        "build-index", tmp_path / "missing", "--model", tiny_model, "--out", tmp_path / "i", check=False
+    )
     assert failed.returncode == 2 and "missing: not a folder" in failed.stderr
     with pytest.raises(GalleryIndexError, match="no index here"):
         open_index(tmp_path)

@@ -51,7 +51,7 @@ def random_ids(n: int, seed: int = 1) -> np.ndarray:
 def gallery(tmp_path_factory):
     """(vectors, ids, full vectors, IVF-PQ index holding them at nprobe 16)."""
     x, ids = clustered(N, DIM), random_ids(N)
-    full = FullVectors.write(tmp_path_factory.mktemp("full"), ids, (x[i:i + 6000] for i in range(0, N, 6000)))
+    full = FullVectors.write(tmp_path_factory.mktemp("full"), ids, (x[i : i + 6000] for i in range(0, N, 6000)))
     plan = plan_index(N, DIM, "ivfpq", max_memory=800_000)
     assert plan.factory == "IVF512,PQ16"
     index = ivfpq_index(full.vectors, plan)
@@ -78,10 +78,22 @@ def small_opq():
 # --- parse_memory ---
 
 
-@pytest.mark.parametrize("text, size", [
-    ("4GB", 4 * 10**9), ("512MB", 512 * 10**6), ("1.5GiB", 3 * 2**29), ("800M", 800 * 10**6),
-    ("123456", 123456), ("2 KiB", 2048), ("1tb", 10**12), (" 4gb ", 4 * 10**9), ("10B", 10), (".5G", 5 * 10**8),
-    ("123456789012345678901", 123456789012345678901)])
+@pytest.mark.parametrize(
+    "text, size",
+    [
+        ("4GB", 4 * 10**9),
+        ("512MB", 512 * 10**6),
+        ("1.5GiB", 3 * 2**29),
+        ("800M", 800 * 10**6),
+        ("123456", 123456),
+        ("2 KiB", 2048),
+        ("1tb", 10**12),
+        (" 4gb ", 4 * 10**9),
+        ("10B", 10),
+        (".5G", 5 * 10**8),
+        ("123456789012345678901", 123456789012345678901),
+    ],
+)
 def test_parse_memory(text, size):
     assert parse_memory(text) == size
 
@@ -97,26 +109,29 @@ def test_parse_memory_rejects(text):
 # --- the chooser ---
 
 
-@pytest.mark.parametrize("count, dim, requested, budget, factory", [
-    (50_000, 512, "auto", None, "IDMap2,Flat"),
-    (FLAT_LIMIT, 512, "auto", "4GB", "IDMap2,Flat"),
-    (FLAT_LIMIT + 1, 512, "auto", None, "IVF1264,Flat"),
-    (1_000_000, 512, "auto", "4GB", "IVF4000,Flat"),
-    (1_000_000, 512, "flat", None, "IDMap2,Flat"),
-    (50_000, 512, "ivf", None, "IVF894,Flat"),
-    # IVF-Flat would take 21 GB: the largest PQ that fits; 10M x (256 + 8) bytes = 2.6 GB
-    (10_000_000, 512, "auto", "4GB", "IVF12649,PQ256"),
-    # 100M x (16 + 8) = 2.4 GB, PQ32 would be 4.0 GB and more with the centroids; 16 < 512 / 4: OPQ
-    (100_000_000, 512, "auto", "4GB", "OPQ16,IVF40000,PQ16"),
-    (100_000_000, 512, "auto", "3GiB", "OPQ16,IVF40000,PQ16"),
-    (100_000_000, 512, "auto", "2GB", "OPQ8,IVF40000,PQ8"),
-    # a flat index that does not fit the budget, even under FLAT_LIMIT: the next kind that does
-    (100_000, 512, "auto", "100MB", "IVF1264,PQ512"),
-    # explicit ivfpq without a budget: 4 dimensions per sub-quantizer; dims with odd divisors
-    (1_000_000, 512, "ivfpq", None, "IVF4000,PQ128"),
-    (1_000_000, 100, "ivfpq", None, "IVF4000,PQ25"),
-    (1_000_000, 100, "ivfpq", "20MB", "OPQ10,IVF4000,PQ10"),
-])
+@pytest.mark.parametrize(
+    "count, dim, requested, budget, factory",
+    [
+        (50_000, 512, "auto", None, "IDMap2,Flat"),
+        (FLAT_LIMIT, 512, "auto", "4GB", "IDMap2,Flat"),
+        (FLAT_LIMIT + 1, 512, "auto", None, "IVF1264,Flat"),
+        (1_000_000, 512, "auto", "4GB", "IVF4000,Flat"),
+        (1_000_000, 512, "flat", None, "IDMap2,Flat"),
+        (50_000, 512, "ivf", None, "IVF894,Flat"),
+        # IVF-Flat would take 21 GB: the largest PQ that fits; 10M x (256 + 8) bytes = 2.6 GB
+        (10_000_000, 512, "auto", "4GB", "IVF12649,PQ256"),
+        # 100M x (16 + 8) = 2.4 GB, PQ32 would be 4.0 GB and more with the centroids; 16 < 512 / 4: OPQ
+        (100_000_000, 512, "auto", "4GB", "OPQ16,IVF40000,PQ16"),
+        (100_000_000, 512, "auto", "3GiB", "OPQ16,IVF40000,PQ16"),
+        (100_000_000, 512, "auto", "2GB", "OPQ8,IVF40000,PQ8"),
+        # a flat index that does not fit the budget, even under FLAT_LIMIT: the next kind that does
+        (100_000, 512, "auto", "100MB", "IVF1264,PQ512"),
+        # explicit ivfpq without a budget: 4 dimensions per sub-quantizer; dims with odd divisors
+        (1_000_000, 512, "ivfpq", None, "IVF4000,PQ128"),
+        (1_000_000, 100, "ivfpq", None, "IVF4000,PQ25"),
+        (1_000_000, 100, "ivfpq", "20MB", "OPQ10,IVF4000,PQ10"),
+    ],
+)
 def test_plan_choices(count, dim, requested, budget, factory):
     plan = plan_index(count, dim, requested, parse_memory(budget) if budget else None)
     assert plan.factory == factory
@@ -126,11 +141,14 @@ def test_plan_choices(count, dim, requested, budget, factory):
     assert (plan.nlist == 0) == (plan.kind == "flat") and (plan.pq_m == 0) == (plan.kind != "ivfpq")
 
 
-@pytest.mark.parametrize("count, requested, budget, needs", [
-    (10**9, "auto", "4GB", "an IVF-PQ index of 1,000,000,000 x 512 needs at least 16.3 GB (OPQ8,IVF126491,PQ8)"),
-    (1_000_000, "flat", "1GB", "a flat index of 1,000,000 x 512 needs 2.1 GB"),
-    (1_000_000, "ivf", "1GB", "an IVF index of 1,000,000 x 512 needs 2.1 GB"),
-])
+@pytest.mark.parametrize(
+    "count, requested, budget, needs",
+    [
+        (10**9, "auto", "4GB", "an IVF-PQ index of 1,000,000,000 x 512 needs at least 16.3 GB (OPQ8,IVF126491,PQ8)"),
+        (1_000_000, "flat", "1GB", "a flat index of 1,000,000 x 512 needs 2.1 GB"),
+        (1_000_000, "ivf", "1GB", "an IVF index of 1,000,000 x 512 needs 2.1 GB"),
+    ],
+)
 def test_plan_too_small(count, requested, budget, needs):
     with pytest.raises(ValueError) as error:
         plan_index(count, 512, requested, parse_memory(budget))
@@ -173,8 +191,10 @@ def _heap_in_use():
         return None
 
     class MallInfo2(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_size_t) for name in
-                    "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+        ]
 
     info.restype = MallInfo2
     got = info()
@@ -188,9 +208,12 @@ def test_estimates_match_built_sizes(gallery, small_opq):
     ivf = ivf_index(x)
     ivf.add_with_ids(x, ids)
     _, _, opq_plan, opq = small_opq
-    cases = [(flat, index_bytes("flat", N, DIM)), (ivf, index_bytes("ivf", N, DIM, ivf.nlist)),
-             (ivfpq, plan_index(N, DIM, "ivfpq", max_memory=800_000).bytes),
-             (opq, index_bytes("ivfpq", 10_000, 32, opq_plan.nlist, 8, opq=True))]
+    cases = [
+        (flat, index_bytes("flat", N, DIM)),
+        (ivf, index_bytes("ivf", N, DIM, ivf.nlist)),
+        (ivfpq, plan_index(N, DIM, "ivfpq", max_memory=800_000).bytes),
+        (opq, index_bytes("ivfpq", 10_000, 32, opq_plan.nlist, 8, opq=True)),
+    ]
     loaded = []  # kept: freeing one while measuring the next would hide it
     for index, estimate in cases:
         data = faiss.serialize_index(index)
@@ -220,8 +243,9 @@ def test_rerank_recovers_exact_recall(gallery):
     _, plain = index.search(queries, 11)
     _, candidates = index.search(queries, 100)
     _, reranked = full.rerank(queries, candidates, 11)
-    recalls = [np.mean([len(set(w) & set(g)) / 10 for w, g in zip(top10(truth), top10(found))])
-               for found in (plain, reranked)]
+    recalls = [
+        np.mean([len(set(w) & set(g)) / 10 for w, g in zip(top10(truth), top10(found))]) for found in (plain, reranked)
+    ]
     assert recalls[1] >= 0.9 and recalls[1] > recalls[0] + 0.1, recalls
     # the build-time measurement agrees with this independent one (another sample)
     assert recall_at_10(index, full) == pytest.approx(recalls[0], abs=0.03)

@@ -107,11 +107,15 @@ def test_fault_matrix_no_damaged_file_is_ever_searched(ivfpq_index, tmp_path):
 
                 verified = metrix_cli("index", "verify", index_dir, check=False)
                 tally["tracebacks"] += "Traceback" in verified.stderr + verified.stdout
-                if verified.returncode == 1 and any(f"{generation}/{name}" in line for line in verified.stdout.splitlines()):
+                if verified.returncode == 1 and any(
+                    f"{generation}/{name}" in line for line in verified.stdout.splitlines()
+                ):
                     tally["verify"] += 1
 
                 deadline = time.monotonic() + 20
-                while time.monotonic() < deadline and not any(f"cannot switch to {generation}" in line for line in lines):
+                while time.monotonic() < deadline and not any(
+                    f"cannot switch to {generation}" in line for line in lines
+                ):
                     time.sleep(0.1)
                 refusals = [line for line in lines if f"cannot switch to {generation}" in line]
                 tally["serve"] += len(refusals) == 1 and name in refusals[0]
@@ -120,7 +124,9 @@ def test_fault_matrix_no_damaged_file_is_ever_searched(ivfpq_index, tmp_path):
         client.join(30)
         tally["tracebacks"] += sum("Traceback" in line for line in lines)
         damaged_answers = [a for a in client.answers if a[0] != GOOD or a[1] > 1.0001]
-    print(f"\nfault matrix: {tally}, {len(client.answers)} answers during it, {len(damaged_answers)} from a damaged file")
+    print(
+        f"\nfault matrix: {tally}, {len(client.answers)} answers during it, {len(damaged_answers)} from a damaged file"
+    )
     assert tally == {"tried": 10, "search": 10, "serve": 10, "verify": 10, "tracebacks": 0}
     assert len(client.answers) > 20 and not damaged_answers and not client.failures
     assert sum("cannot switch to" in line for line in lines) == 10
@@ -169,7 +175,10 @@ def test_scores_outside_the_cosine_range_are_integrity_errors_on_every_search(iv
     scaled.add_with_ids(50 * vectors, ids)
     faiss.write_index(scaled, str(folder / "index.faiss"))
     manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["files"]["index.faiss"] = {"bytes": (folder / "index.faiss").stat().st_size, "crc32": crc32_of(folder / "index.faiss")}
+    manifest["files"]["index.faiss"] = {
+        "bytes": (folder / "index.faiss").stat().st_size,
+        "crc32": crc32_of(folder / "index.faiss"),
+    }
     (folder / "manifest.json").write_text(manifest_text(manifest))
     searched = metrix_cli("search", next((gallery / "bees").iterdir()), "--index", flat_dir, check=False)
     assert searched.returncode != 0 and "outside the cosine range" in searched.stderr
@@ -186,6 +195,7 @@ def test_check_scores_ignores_empty_places_and_catches_nan():
 
 
 # ---- writes that fail -----------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def wide_model(tmp_path_factory):
@@ -208,8 +218,24 @@ def updatable(tmp_path, wide_model):
 
 
 def _build_in_subprocess(gallery, index_dir, model, preexec=None, wrap=()):
-    return subprocess.run([*wrap, sys.executable, "-m", "metrix", "build-index", str(gallery), "--model", str(model),
-                           "--out", str(index_dir), "--no-progress"], capture_output=True, text=True, preexec_fn=preexec)
+    return subprocess.run(
+        [
+            *wrap,
+            sys.executable,
+            "-m",
+            "metrix",
+            "build-index",
+            str(gallery),
+            "--model",
+            str(model),
+            "--out",
+            str(index_dir),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        preexec_fn=preexec,
+    )
 
 
 def _assert_unchanged(index_dir, result, count=60):
@@ -232,8 +258,10 @@ def test_a_file_size_limit_anywhere_in_a_build_leaves_the_index_as_it_was(updata
     index_bytes = (index_dir / GOOD / "index.faiss").stat().st_size
     messages = set()
     for limit in (1024, 8192, 20_000, 100_000, 300_000, index_bytes, 2 * index_bytes - 100_000):
+
         def cap(limit=limit):
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
         result = _build_in_subprocess(gallery, index_dir, wide_model, preexec=cap)
         if result.returncode == 0:  # every file of the new generation fitted: then nothing is left to test here
             pytest.fail(f"a build under a {limit}-byte limit succeeded: {result.stdout}")
@@ -271,10 +299,13 @@ def test_a_full_disk_leaves_the_index_as_it_was(updatable, wide_model, tmp_path)
     wrap = _in_private_mount(f"mount -t tmpfs -o size={size + 16384} tmpfs {full}", f"cp -a {index_dir} {full}/index")
     if wrap is None:
         pytest.skip("no private mounts here (needs root and unshare -m)")
-    script = (f'"$0" -m metrix build-index {gallery} --model {wide_model} --out {full}/index --no-progress; '
-              f'echo "exit $?"; ls -A {full}/index; "$0" -m metrix index verify {full}/index')
-    result = subprocess.run([*wrap[:-1], wrap[-1].replace('exec "$0" "$@"', script), sys.executable],
-                            capture_output=True, text=True)
+    script = (
+        f'"$0" -m metrix build-index {gallery} --model {wide_model} --out {full}/index --no-progress; '
+        f'echo "exit $?"; ls -A {full}/index; "$0" -m metrix index verify {full}/index'
+    )
+    result = subprocess.run(
+        [*wrap[:-1], wrap[-1].replace('exec "$0" "$@"', script), sys.executable], capture_output=True, text=True
+    )
     assert f"no space left on {full}: the index is unchanged at {GOOD}" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     out = result.stdout.splitlines()
@@ -284,6 +315,7 @@ def test_a_full_disk_leaves_the_index_as_it_was(updatable, wide_model, tmp_path)
 
 
 # ---- retention and shutdown -------------------------------------------------------------------
+
 
 def test_keep_leaves_that_many_generations_and_an_open_older_one_still_answers(tmp_path, tiny_model):
     gallery = tmp_path / "gallery"

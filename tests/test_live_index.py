@@ -39,7 +39,9 @@ def test_switches_to_each_new_generation_and_old_snapshots_stay_usable(built, ti
     assert len(live.snapshot().index) == 6 and not live.refresh()
     # the old snapshot still answers whole from its own (deleted) files
     hits = first.index.search(np.asarray(first.index.index.reconstruct(0))[None], 6)[0]
-    assert len(hits) == 6 and {h.path for h in hits} == {f"{label}/{i:02d}.png" for label in ("ants", "bees") for i in range(3)}
+    assert len(hits) == 6 and {h.path for h in hits} == {
+        f"{label}/{i:02d}.png" for label in ("ants", "bees") for i in range(3)
+    }
 
 
 def test_a_generation_that_cannot_be_opened_is_refused_once_and_the_old_one_serves(built, caplog):
@@ -67,7 +69,9 @@ def other_model(tiny_run, tiny_model, tmp_path):
     return tmp_path / "other.onnx"
 
 
-def test_a_rebuild_with_another_model_switches_the_model_too_unless_one_is_pinned(built, tiny_model, other_model, caplog):
+def test_a_rebuild_with_another_model_switches_the_model_too_unless_one_is_pinned(
+    built, tiny_model, other_model, caplog
+):
     gallery, index_dir = built
     following, pinned = LiveIndex(index_dir), LiveIndex(index_dir, model=tiny_model)
     before = following.snapshot().embedder.metadata.weights_sha256

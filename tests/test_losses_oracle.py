@@ -79,7 +79,10 @@ def test_multi_similarity_metrix_code_preset_with_miner_matches_pml(shape, layou
     miner = pml_miners.MultiSimilarityMiner(epsilon=p["miner_epsilon"])
     # Correlated embeddings so the miner has real choices to make (random 512-d ones are all ~orthogonal).
     x, y = _case(shape, layout, torch.float64)
-    x = x + 2.0 * torch.randn(int(y.max()) + 1, x.shape[1], dtype=x.dtype, generator=torch.Generator().manual_seed(1))[y]
+    x = (
+        x
+        + 2.0 * torch.randn(int(y.max()) + 1, x.shape[1], dtype=x.dtype, generator=torch.Generator().manual_seed(1))[y]
+    )
     ours = build_loss("ms", preset="metrix-code")
     _assert_same(*_pair(ours, oracle, x, y, oracle_extra=[miner]))
 

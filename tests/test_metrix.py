@@ -103,9 +103,7 @@ def test_lambda_one_mixed_ms_is_the_clean_positive_term():
     e = F.normalize(x, dim=1)
     sim = e @ e.T
     positive = (y[:, None] == y[None, :]) & ~torch.eye(len(y), dtype=torch.bool)
-    clean_positive_term = (
-        torch.log1p((torch.exp(-ms.beta * (sim - ms.margin)) * positive).sum(1)) / ms.beta
-    ).mean()
+    clean_positive_term = (torch.log1p((torch.exp(-ms.beta * (sim - ms.margin)) * positive).sum(1)) / ms.beta).mean()
     torch.testing.assert_close(_embed_mixed_loss(ms, x, y, 1.0, 1), clean_positive_term, atol=1e-12, rtol=1e-12)
 
 
@@ -256,7 +254,10 @@ def test_lambda_stream_resumes_from_state_dict():
 def test_reference_relations_agree_with_vectorised_chooser(anchor_positives):
     x, y = _batch(layout="random", seed=11)
     plan = choose_pairs(x, y, 0.5, 2, anchor_positives)
-    ours = {(a, int(plan.sources[m, 0]), int(plan.sources[m, 1])) for a, m in zip(plan.anchors.tolist(), plan.mixes.tolist())}
+    ours = {
+        (a, int(plan.sources[m, 0]), int(plan.sources[m, 1]))
+        for a, m in zip(plan.anchors.tolist(), plan.mixes.tolist())
+    }
     assert ours == set(reference_relations(x, y, 2, anchor_positives))
 
 
@@ -276,7 +277,9 @@ def test_closed_form_embedding_mix_equals_explicit_mixed_vectors(make_loss, lam)
         if closed_form:
             value = loss.mixed_embeddings(loss.similarities(leaf, y), plan)
         else:
-            value = loss.mixed(loss.similarities(leaf, y), F.normalize(plan.apply(F.normalize(leaf, dim=1)), dim=1), plan)
+            value = loss.mixed(
+                loss.similarities(leaf, y), F.normalize(plan.apply(F.normalize(leaf, dim=1)), dim=1), plan
+            )
         value.backward()
         grads = [leaf.grad] + [p.grad.clone() for p in loss.parameters()]
         results.append((value.detach(), grads))
@@ -314,8 +317,11 @@ def test_proxy_anchor_ignores_the_coin():
     labels, embeddings = torch.tensor([0, 0, 1, 2]), torch.randn(4, 5)
     loss = ProxyAnchorLoss(num_classes=3, embedding_size=5)
     with torch.no_grad():
-        sizes = {Metrix(loss, mode="embed", pair_choice=c, seed=s)(EmbeddingOnly(), embeddings, labels).num_mixes
-                 for c in ("all", "coin") for s in range(6)}
+        sizes = {
+            Metrix(loss, mode="embed", pair_choice=c, seed=s)(EmbeddingOnly(), embeddings, labels).num_mixes
+            for c in ("all", "coin")
+            for s in range(6)
+        }
     assert len(sizes) == 1
 
 

@@ -35,11 +35,16 @@ def s3_server():
     if server is None:
         pytest.skip("moto[server] is not installed")
     port = free_port()
-    process = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     endpoint = f"http://127.0.0.1:{port}"
-    settings = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                "AWS_DEFAULT_REGION": "us-east-1"}
+    settings = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     saved = {key: os.environ.get(key) for key in settings}
     os.environ.update(settings)
     deadline = time.monotonic() + 30
@@ -79,12 +84,18 @@ def test_build_search_and_update_a_gallery_in_the_bucket(s3_server, tmp_path, ti
     report = build_index(url, tiny_model, tmp_path / "s3", progress=False)
     build_index(root, tiny_model, tmp_path / "local", progress=False)
     assert report.count == 12 and [path for path, _ in report.failed] == ["bad/text.jpg"]
-    s3_rows, local_rows = (json.loads(json.dumps(list(open_index(d).db.execute("SELECT id, path, sha256, label, width, height FROM images"))))
-                           for d in (tmp_path / "s3", tmp_path / "local"))
+    s3_rows, local_rows = (
+        json.loads(
+            json.dumps(list(open_index(d).db.execute("SELECT id, path, sha256, label, width, height FROM images")))
+        )
+        for d in (tmp_path / "s3", tmp_path / "local")
+    )
     assert s3_rows == local_rows
     assert open_index(tmp_path / "s3").manifest["gallery_root"] == url
 
-    found = json.loads(metrix_cli("search", root / "bees" / "03.png", "--index", tmp_path / "s3", "-k", "3", "--json").stdout)
+    found = json.loads(
+        metrix_cli("search", root / "bees" / "03.png", "--index", tmp_path / "s3", "-k", "3", "--json").stdout
+    )
     assert found["results"][0]["path"] == "bees/03.png" and found["results"][0]["score"] > 0.9999
 
     s3_server.delete_object(Bucket=BUCKET, Key="g1/ants/00.png")
@@ -109,8 +120,9 @@ def test_the_api_serves_images_from_the_bucket(s3_server, tmp_path, tiny_model):
         served = client.get(f"{server}api/images/{image_id}")
         assert served.status_code == 200 and served.content == (root / "bees" / "01.png").read_bytes()
         assert client.get(f"{server}api/images/{image_id}?thumbnail=32").headers["content-type"] == "image/jpeg"
-        hits = client.post(f"{server}api/search", files={"image": ("q.png", (root / "ants" / "02.png").read_bytes())},
-                           data={"k": "2"}).json()["results"]
+        hits = client.post(
+            f"{server}api/search", files={"image": ("q.png", (root / "ants" / "02.png").read_bytes())}, data={"k": "2"}
+        ).json()["results"]
         assert hits[0]["path"] == "ants/02.png"
         s3_server.delete_object(Bucket=BUCKET, Key="g2/bees/01.png")
         gone = client.get(f"{server}api/images/{image_id}")
@@ -122,15 +134,30 @@ def test_ray_build_of_a_bucket_from_the_command_line(s3_server, tmp_path, tiny_m
     root = tmp_path / "gallery"
     make_gallery(root, per_label=4)
     upload(s3_server, root, "g3")
-    result = metrix_cli("build-index", f"s3://{BUCKET}/g3", "--engine", "ray", "--workers", "2", "--model", tiny_model,
-                        "--out", tmp_path / "ray", "--no-progress", env={**os.environ, "RAY_ADDRESS": ""})
+    result = metrix_cli(
+        "build-index",
+        f"s3://{BUCKET}/g3",
+        "--engine",
+        "ray",
+        "--workers",
+        "2",
+        "--model",
+        tiny_model,
+        "--out",
+        tmp_path / "ray",
+        "--no-progress",
+        env={**os.environ, "RAY_ADDRESS": ""},
+    )
     assert "8 images (IDMap2,Flat; about " in result.stdout, result.stdout + result.stderr
     build_index(f"s3://{BUCKET}/g3", tiny_model, tmp_path / "local", progress=False)
     assert_same(tmp_path / "ray", tmp_path / "local")
 
 
 def test_bad_urls_fail_in_one_line(s3_server, tmp_path, tiny_model):
-    for url, reason in ((f"s3://{BUCKET}/nothing-here", "no such bucket or prefix"), ("s3://no-such-bucket/x", "no such bucket")):
+    for url, reason in (
+        (f"s3://{BUCKET}/nothing-here", "no such bucket or prefix"),
+        ("s3://no-such-bucket/x", "no such bucket"),
+    ):
         failed = metrix_cli("build-index", url, "--model", tiny_model, "--out", tmp_path / "idx", check=False)
         assert failed.returncode == 2 and failed.stderr.count("\n") == 1 and reason in failed.stderr, failed.stderr
     assert not (tmp_path / "idx" / "CURRENT").exists()

@@ -42,9 +42,11 @@ def site(tmp_path_factory, tiny_model):
 
 
 def api_search(client, url, path, **fields) -> list[dict]:
-    response = client.post(f"{url}api/search", files={"image": (path.name, path.read_bytes())},
-                           data={key: [str(v) for v in value] if isinstance(value, list) else str(value)
-                                 for key, value in fields.items()})
+    response = client.post(
+        f"{url}api/search",
+        files={"image": (path.name, path.read_bytes())},
+        data={key: [str(v) for v in value] if isinstance(value, list) else str(value) for key, value in fields.items()},
+    )
     assert response.status_code == 200, response.text
     return response.json()["results"]
 
@@ -65,7 +67,8 @@ def status(browser) -> str:
 def shown_paths(browser) -> list[str]:
     """The paths in the result captions, read in one script (the gallery re-renders while a search lands)."""
     captions = browser.execute_script(
-        "return [...document.querySelectorAll('#results .caption-label')].map(c => c.textContent.trim());")
+        "return [...document.querySelectorAll('#results .caption-label')].map(c => c.textContent.trim());"
+    )
     return [c.split(" · ")[-1] for c in captions if c]
 
 
@@ -101,7 +104,8 @@ def test_region_by_two_clicks(site, tmp_path):
         """On pixel (x, y) of the picture, wherever the page has placed and scaled it (CSS
         object-fit: scale-down, centred)."""
         width, height = browser.execute_script(
-            "const r = arguments[0].getBoundingClientRect(); return [r.width, r.height];", region)
+            "const r = arguments[0].getBoundingClientRect(); return [r.width, r.height];", region
+        )
         scale = min(width / 144, height / 56, 1)
         left_edge, top_edge = (width - 144 * scale) / 2, (height - 56 * scale) / 2
         ActionChains(browser).move_to_element_with_offset(
@@ -167,7 +171,9 @@ def test_feedback_over_two_rounds(site):
     wait_for_results(wait, [h["path"] for h in second])
     assert "feedback 2 right, 1 wrong" in status(browser)
     # the marks stay ticked on the new results; mark one more of them wrong and search again
-    wait.until(lambda b: sum(x.is_selected() for x in b.find_elements(By.CSS_SELECTOR, "#right input[type=checkbox]")) == 2)
+    wait.until(
+        lambda b: sum(x.is_selected() for x in b.find_elements(By.CSS_SELECTOR, "#right input[type=checkbox]")) == 2
+    )
     newcomer = next(rank for rank, hit in enumerate(second, 1) if hit["id"] not in right + wrong)
     tick("wrong", [newcomer])
     browser.find_element(By.ID, "feedback").click()
@@ -181,17 +187,26 @@ def test_why_this_match_beside_the_enlarged_result(site):
     query = root / "bees" / "02.png"
     wait, hits = searched_on_the_page(site, query)
     browser.find_elements(By.CSS_SELECTOR, "#results .thumbnail-item")[1].click()
-    wait.until(lambda b: b.execute_script(
-        "const i = [...document.querySelectorAll('#why img')];"
-        "return i.length === 2 && i.every(x => x.complete && x.naturalWidth === 256);"))
-    wait.until(lambda b: b.execute_script(
-        "const i = document.querySelector('#selected img'); return i && i.complete && i.naturalWidth > 0;"))
+    wait.until(
+        lambda b: b.execute_script(
+            "const i = [...document.querySelectorAll('#why img')];"
+            "return i.length === 2 && i.every(x => x.complete && x.naturalWidth === 256);"
+        )
+    )
+    wait.until(
+        lambda b: b.execute_script(
+            "const i = document.querySelector('#selected img'); return i && i.complete && i.naturalWidth > 0;"
+        )
+    )
     text = browser.find_element(By.ID, "why").text
     assert f"{hits[1]['path']}: where it looks like the query" in text
-    expected = client.post(f"{url}api/explain", files={"image": (query.name, query.read_bytes())},
-                           data={"id": str(hits[1]["id"])}).json()
+    expected = client.post(
+        f"{url}api/explain", files={"image": (query.name, query.read_bytes())}, data={"id": str(hits[1]["id"])}
+    ).json()
     low = min(min(min(r) for r in expected[key]) for key in ("query_heatmap", "result_heatmap"))
     high = max(max(max(r) for r in expected[key]) for key in ("query_heatmap", "result_heatmap"))
-    shown = re.search(r"from (-?\d+\.\d+) \(dark blue\) to (-?\d+\.\d+) \(yellow\); the two pictures' cosine is (-?\d+\.\d+)", text)
+    shown = re.search(
+        r"from (-?\d+\.\d+) \(dark blue\) to (-?\d+\.\d+) \(yellow\); the two pictures' cosine is (-?\d+\.\d+)", text
+    )
     assert shown, text
     assert [float(v) for v in shown.groups()] == pytest.approx([low, high, expected["score"]], abs=0.006)

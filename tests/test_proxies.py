@@ -30,8 +30,10 @@ def test_proxies_round_trip_through_safetensors_with_the_model_state(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Linear(8, 4)
     metrix = Metrix(ProxyAnchorLoss(5, 4), mode="embed")
-    state = {**{f"model.{k}": v for k, v in model.state_dict().items()},
-             **{f"metrix.{k}": v for k, v in metrix.state_dict().items() if isinstance(v, torch.Tensor)}}
+    state = {
+        **{f"model.{k}": v for k, v in model.state_dict().items()},
+        **{f"metrix.{k}": v for k, v in metrix.state_dict().items() if isinstance(v, torch.Tensor)},
+    }
     assert "metrix.loss.proxies" in state
     save_file(state, tmp_path / "model.safetensors")
 
@@ -39,5 +41,7 @@ def test_proxies_round_trip_through_safetensors_with_the_model_state(tmp_path):
     fresh = Metrix(ProxyAnchorLoss(5, 4), mode="embed")
     assert not torch.equal(fresh.loss.proxies, metrix.loss.proxies)
     loaded = load_file(tmp_path / "model.safetensors")
-    fresh.load_state_dict({k.removeprefix("metrix."): v for k, v in loaded.items() if k.startswith("metrix.")}, strict=False)
+    fresh.load_state_dict(
+        {k.removeprefix("metrix."): v for k, v in loaded.items() if k.startswith("metrix.")}, strict=False
+    )
     assert torch.equal(fresh.loss.proxies, metrix.loss.proxies)

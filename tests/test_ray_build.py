@@ -75,8 +75,9 @@ def test_a_worker_killed_mid_build_is_retried(cluster, tmp_path, tiny_model):
 
     def build():
         try:
-            outcome["report"] = build_index(root, tiny_model, tmp_path / "ray", ray=RayOptions(workers=2, batch_size=1),
-                                            progress=False)
+            outcome["report"] = build_index(
+                root, tiny_model, tmp_path / "ray", ray=RayOptions(workers=2, batch_size=1), progress=False
+            )
         except Exception as error:  # noqa: BLE001 - the assertion below says what was raised
             outcome["error"] = error
 

@@ -29,9 +29,15 @@ from .training_helpers import metrix_cli
 
 FOLDERS = {"ants": 12, "bees": 12, "cats": 6, "cats/big": 6}
 ROOT_FILES = 3
-FILTERS = [SearchFilter(("ants",)), SearchFilter(("ants", "bees")), SearchFilter(path_prefix="cats/big/"),
-           SearchFilter(path_prefix="bees/0"), SearchFilter(("",)), SearchFilter(("cats",), "cats/0"),
-           SearchFilter(("nosuchlabel",))]
+FILTERS = [
+    SearchFilter(("ants",)),
+    SearchFilter(("ants", "bees")),
+    SearchFilter(path_prefix="cats/big/"),
+    SearchFilter(path_prefix="bees/0"),
+    SearchFilter(("",)),
+    SearchFilter(("cats",), "cats/0"),
+    SearchFilter(("nosuchlabel",)),
+]
 
 
 def write_gallery(root, extra: int = 0):
@@ -92,8 +98,7 @@ def assert_same_ranking(hits, paths, scores, tolerance=1e-5):
 
 def passes(search_filter: SearchFilter, path: str) -> bool:
     label = path.split("/", 1)[0] if "/" in path else ""
-    return ((not search_filter.labels or label in search_filter.labels)
-            and path.startswith(search_filter.path_prefix))
+    return (not search_filter.labels or label in search_filter.labels) and path.startswith(search_filter.path_prefix)
 
 
 # --- region ----------------------------------------------------------------------------------
@@ -149,8 +154,10 @@ def test_a_box_searches_that_part_of_a_composite(gallery, tiny_model, tmp_path):
     whole = json.loads(metrix_cli("search", query, "--index", index_dir, "-k", "1", "--json").stdout)
     assert whole["results"][0]["score"] < 0.999  # the whole composite is neither picture
     failed = metrix_cli("search", query, "--index", index_dir, "--box", "200,0,300,10", check=False)
-    assert failed.returncode == 2 and failed.stderr.strip() == \
-        f"error: {query}: box 200,0,300,10 lies outside the 144x56 picture"
+    assert (
+        failed.returncode == 2
+        and failed.stderr.strip() == f"error: {query}: box 200,0,300,10 lies outside the 144x56 picture"
+    )
 
 
 # --- filters ---------------------------------------------------------------------------------
@@ -160,6 +167,7 @@ def _filtered_equals_brute_force(index_dir, model, root, paths, nprobe=None):
     opened, embedder = open_with_model(index_dir)
     if nprobe is not None:  # probing few lists: an unfiltered search would be approximate
         import faiss
+
         faiss.extract_index_ivf(opened.index).nprobe = nprobe
     vectors = dict(zip(paths, embed_paths(model, root, paths)))
     for query_path in ("ants/01.png", "cats/big/02.png", "loose1.png"):
@@ -214,8 +222,11 @@ def test_rocchio_is_the_formula():
     assert np.allclose(rocchio(query, right, wrong), moved / np.linalg.norm(moved), atol=1e-6)
     only_right = ALPHA * query + BETA * right.mean(axis=0)
     assert np.allclose(rocchio(query, right, np.empty((0, 16))), only_right / np.linalg.norm(only_right), atol=1e-6)
-    assert np.allclose(rocchio(query / np.linalg.norm(query), np.empty((0, 16)), np.empty((0, 16))),
-                       query / np.linalg.norm(query), atol=1e-6)
+    assert np.allclose(
+        rocchio(query / np.linalg.norm(query), np.empty((0, 16)), np.empty((0, 16))),
+        query / np.linalg.norm(query),
+        atol=1e-6,
+    )
 
 
 def test_feedback_moves_the_query_as_rocchio_says(gallery, tiny_model):
@@ -224,17 +235,38 @@ def test_feedback_moves_the_query_as_rocchio_says(gallery, tiny_model):
     vectors = dict(zip(paths, embed_paths(tiny_model, root, paths)))
     ids = dict(opened.db.execute("SELECT path, id FROM images"))
     right, wrong = ["ants/04.png", "ants/07.png"], ["bees/02.png"]
-    moved = rocchio(vectors["ants/01.png"], np.stack([vectors[p] for p in right]), np.stack([vectors[p] for p in wrong]))
+    moved = rocchio(
+        vectors["ants/01.png"], np.stack([vectors[p] for p in right]), np.stack([vectors[p] for p in wrong])
+    )
     refinement = Refinement(right=tuple(ids[p] for p in right), wrong=tuple(ids[p] for p in wrong))
     answer = search_image(opened, embedder, root / "ants" / "01.png", 10, refinement=refinement)
     assert_same_ranking(answer.hits, *brute_force(vectors, moved, 10))
     # by path on the command line, the same ranking
-    found = json.loads(metrix_cli("search", root / "ants" / "01.png", "--index", index_dir, "-k", "10", "--json",
-                                  "--right", "ants/04.png", "--right", str(ids["ants/07.png"]), "--wrong", "bees/02.png").stdout)
+    found = json.loads(
+        metrix_cli(
+            "search",
+            root / "ants" / "01.png",
+            "--index",
+            index_dir,
+            "-k",
+            "10",
+            "--json",
+            "--right",
+            "ants/04.png",
+            "--right",
+            str(ids["ants/07.png"]),
+            "--wrong",
+            "bees/02.png",
+        ).stdout
+    )
     assert [h["path"] for h in found["results"]] == [h.path for h in answer.hits]
     assert found["applied"] == "feedback 2 right, 1 wrong"
     failed = metrix_cli("search", root / "ants" / "01.png", "--index", index_dir, "--right", "ants/99.png", check=False)
-    assert failed.returncode == 2 and failed.stderr.count("\n") == 1 and "--right: 'ants/99.png' is not an image" in failed.stderr
+    assert (
+        failed.returncode == 2
+        and failed.stderr.count("\n") == 1
+        and "--right: 'ants/99.png' is not an image" in failed.stderr
+    )
 
 
 # --- the JSON API --------------------------------------------------------------------------------
@@ -256,23 +288,56 @@ def test_api_region_filters_and_feedback(api, gallery, tiny_model):
     url, client = api
     root, index_dir, paths = gallery
     query = root / "cats" / "03.png"
-    cli = json.loads(metrix_cli("search", query, "--index", index_dir, "-k", "6", "--json", "--box", "10,5,60,50",
-                                "--label", "cats", "--label", "bees", "--right", "cats/04.png", "--wrong", "bees/01.png").stdout)
+    cli = json.loads(
+        metrix_cli(
+            "search",
+            query,
+            "--index",
+            index_dir,
+            "-k",
+            "6",
+            "--json",
+            "--box",
+            "10,5,60,50",
+            "--label",
+            "cats",
+            "--label",
+            "bees",
+            "--right",
+            "cats/04.png",
+            "--wrong",
+            "bees/01.png",
+        ).stdout
+    )
     ids = {h["path"]: h["id"] for h in _post(client, url, query, k=50).json()["results"]}
-    body = _post(client, url, query, k=6, box="10,5,60,50", label=["cats", "bees"], right=ids["cats/04.png"],
-                 wrong=str(ids["bees/01.png"])).json()
+    body = _post(
+        client,
+        url,
+        query,
+        k=6,
+        box="10,5,60,50",
+        label=["cats", "bees"],
+        right=ids["cats/04.png"],
+        wrong=str(ids["bees/01.png"]),
+    ).json()
     assert [h["path"] for h in body["results"]] == [h["path"] for h in cli["results"]]
     assert np.allclose([h["score"] for h in body["results"]], [h["score"] for h in cli["results"]], atol=1e-6)
     assert body["applied"] == cli["applied"] == "region 10,5,60,50; labels cats, bees; feedback 1 right, 1 wrong"
     prefixed = _post(client, url, query, k=50, path_prefix="cats/big/").json()["results"]
     assert sorted(h["path"] for h in prefixed) == [p for p in paths if p.startswith("cats/big/")]
     labels = client.get(f"{url}api/labels").json()["labels"]
-    assert labels == [{"label": "", "images": 3}, {"label": "ants", "images": 12}, {"label": "bees", "images": 12},
-                      {"label": "cats", "images": 12}]
-    for fields, status, message in (({"box": "1,2,3"}, 400, "box '1,2,3': expected x0,y0,x1,y1"),
-                                    ({"box": "500,0,600,9"}, 400, "03.png: box 500,0,600,9 lies outside the 72x56 picture"),
-                                    ({"right": "x"}, 400, "right: expected image ids"),
-                                    ({"wrong": "99999"}, 400, "wrong: id 99999 is not in")):
+    assert labels == [
+        {"label": "", "images": 3},
+        {"label": "ants", "images": 12},
+        {"label": "bees", "images": 12},
+        {"label": "cats", "images": 12},
+    ]
+    for fields, status, message in (
+        ({"box": "1,2,3"}, 400, "box '1,2,3': expected x0,y0,x1,y1"),
+        ({"box": "500,0,600,9"}, 400, "03.png: box 500,0,600,9 lies outside the 72x56 picture"),
+        ({"right": "x"}, 400, "right: expected image ids"),
+        ({"wrong": "99999"}, 400, "wrong: id 99999 is not in"),
+    ):
         response = _post(client, url, query, **fields)
         assert response.status_code == status and message in response.json()["error"], response.text
         assert "\n" not in response.json()["error"]
@@ -310,11 +375,15 @@ def test_a_uniform_picture_has_every_cell_equal_to_its_embedding():
 
     lite = create_backbone("efficientnet_lite0", pretrained=False, image_size=64)
     _uniform_cells_equal_the_pooled(lite, torch.randn(2, lite.num_features, 1, 1).expand(2, lite.num_features, 3, 3))
-    for name, options in (("vit_tiny_patch16_224", {}), ("vit_tiny_patch16_224", {"global_pool": "avg"}),
-                          ("vit_tiny_patch16_224", {"global_pool": "map"})):
+    for name, options in (
+        ("vit_tiny_patch16_224", {}),
+        ("vit_tiny_patch16_224", {"global_pool": "avg"}),
+        ("vit_tiny_patch16_224", {"global_pool": "map"}),
+    ):
         backbone = create_backbone(f"timm:{name}", pretrained=False, image_size=64)
         if options:
             import timm
+
             backbone.net = timm.create_model(name, pretrained=False, num_classes=0, img_size=64, **options).eval()
         backbone.eval()
         tokens = 4 * 4 + backbone.net.num_prefix_tokens
@@ -375,7 +444,9 @@ def test_explain_through_the_cli_and_the_api(api, gallery, tiny_model, tmp_path)
     url, client = api
     root, index_dir, _ = gallery
     query = root / "bees" / "02.png"
-    cli = json.loads(metrix_cli("explain", query, "bees/06.png", "--index", index_dir, "--json", "-o", tmp_path / "why.png").stdout)
+    cli = json.loads(
+        metrix_cli("explain", query, "bees/06.png", "--index", index_dir, "--json", "-o", tmp_path / "why.png").stdout
+    )
     assert Image.open(tmp_path / "why.png").size == (4 * 256 + 24, 256)
     body = _post(client, url, query, route="explain", id=cli["id"]).json()
     assert body["path"] == "bees/06.png" and np.allclose(body["query_heatmap"], cli["query_heatmap"], atol=1e-4)
@@ -399,6 +470,10 @@ def test_a_model_without_cells_says_to_re_export(gallery, tiny_model, tmp_path):
     build_index(root, tmp_path / "old.onnx", tmp_path / "idx", progress=False)
     assert open_index(tmp_path / "idx").manifest["model"]["path"].endswith("old.onnx")
     failed = metrix_cli("explain", root / "ants" / "01.png", "ants/02.png", "--index", tmp_path / "idx", check=False)
-    assert failed.returncode == 2 and failed.stderr.count("\n") == 1 and "re-export it with `metrix export`" in failed.stderr
+    assert (
+        failed.returncode == 2
+        and failed.stderr.count("\n") == 1
+        and "re-export it with `metrix export`" in failed.stderr
+    )
     with pytest.raises(ModelError, match="exported before models had a cells output"):
         load_embedder(tmp_path / "old.onnx").embed_with_cells(np.zeros((1, 32, 32, 3), np.uint8))

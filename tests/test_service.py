@@ -57,7 +57,9 @@ def test_rebuilds_reach_a_running_server_one_whole_generation_at_a_time(tmp_path
             while not stop.is_set():
                 query = queries[n % len(queries)]
                 response = post_image(client, url, query, k=4)
-                answers.append((time.monotonic(), query.relative_to(every).as_posix(), response.status_code, response.json()))
+                answers.append(
+                    (time.monotonic(), query.relative_to(every).as_posix(), response.status_code, response.json())
+                )
                 n += 1
 
     with serve_process(index_dir) as (url, _):
@@ -77,9 +79,13 @@ def test_rebuilds_reach_a_running_server_one_whole_generation_at_a_time(tmp_path
                 generation, paths = generation_paths(index_dir)
                 generations[generation] = paths
                 new = f"ants/{step:02d}.png"
-                while not any(t > switched and q == new and a.get("generation") == generation
-                              and a["results"][0]["path"] == new for t, q, _, a in list(answers)):
-                    assert time.monotonic() - switched < RELOAD_WITHIN_S, f"{new} not found {RELOAD_WITHIN_S} s after the rebuild"
+                while not any(
+                    t > switched and q == new and a.get("generation") == generation and a["results"][0]["path"] == new
+                    for t, q, _, a in list(answers)
+                ):
+                    assert time.monotonic() - switched < RELOAD_WITHIN_S, (
+                        f"{new} not found {RELOAD_WITHIN_S} s after the rebuild"
+                    )
                     time.sleep(0.05)
                 delays.append(time.monotonic() - switched)
         finally:
@@ -115,11 +121,17 @@ def test_moved_and_changed_files_are_left_out_and_k_still_come_back(tmp_path, ti
         paths = [hit["path"] for hit in answer["results"]]
         assert len(paths) == 5 and before[0]["path"] not in paths and before[1]["path"] not in paths
         assert paths[:3] == [hit["path"] for hit in before[2:5]]
-        assert {(o["path"], o["reason"]) for o in answer["left_out"]} == {(before[0]["path"], "missing"), (before[1]["path"], "changed")}
+        assert {(o["path"], o["reason"]) for o in answer["left_out"]} == {
+            (before[0]["path"], "missing"),
+            (before[1]["path"], "changed"),
+        }
         assert "build-index" in answer["hint"]
         gone = client.get(before[0]["url"])
-        assert gone.status_code == 404 and gone.json()["error"] == f"{before[0]['path']}: missing since indexing; " \
-            "re-run `metrix build-index` to bring the index up to date"
+        assert (
+            gone.status_code == 404
+            and gone.json()["error"]
+            == f"{before[0]['path']}: missing since indexing; re-run `metrix build-index` to bring the index up to date"
+        )
         page = gradio_client.Client(url, verbose=False, download_files=False)
         items, status = page.predict(gradio_client.handle_file(str(moved)), 5, api_name="/search")
         assert len(items) == 5 and "2 more left out" in status and "build-index" in status, status
@@ -157,12 +169,19 @@ def test_soak_a_thousand_queries_leave_disk_and_memory_flat(tmp_path, tiny_model
     base = Image.open(gallery / "bees" / "02.png").convert("RGB")
     uploads = tmp_path / "uploads"
     uploads.mkdir()
-    with serve_process(index_dir, "--cache-ttl", ttl, env={"GRADIO_TEMP_DIR": str(cache), "TMPDIR": str(scratch)}) as (url, process), \
-            httpx.Client(timeout=30) as client:
+    with (
+        serve_process(index_dir, "--cache-ttl", ttl, env={"GRADIO_TEMP_DIR": str(cache), "TMPDIR": str(scratch)}) as (
+            url,
+            process,
+        ),
+        httpx.Client(timeout=30) as client,
+    ):
         page = gradio_client.Client(url, verbose=False, download_files=False)
 
         def api_query(n):
-            response = client.post(f"{url}api/search", files={"image": (f"q{n}.png", _distinct_upload(base, n))}, data={"k": "8"})
+            response = client.post(
+                f"{url}api/search", files={"image": (f"q{n}.png", _distinct_upload(base, n))}, data={"k": "8"}
+            )
             assert response.status_code == 200 and response.json()["results"][0]["path"] == "bees/02.png", response.text
 
         def page_query(n):
@@ -190,7 +209,9 @@ def test_soak_a_thousand_queries_leave_disk_and_memory_flat(tmp_path, tiny_model
             if disk_after <= disk_before + 64 * 1024 or time.monotonic() > deadline:
                 break
         rss_after = _rss_bytes(process.pid)
-    print(f"disk {disk_before / 1e3:.0f} kB -> {disk_after / 1e3:.0f} kB (peak {peak_disk / 1e3:.0f} kB); "
-          f"RSS {rss_before / 2**20:.1f} -> {rss_after / 2**20:.1f} MiB")
+    print(
+        f"disk {disk_before / 1e3:.0f} kB -> {disk_after / 1e3:.0f} kB (peak {peak_disk / 1e3:.0f} kB); "
+        f"RSS {rss_before / 2**20:.1f} -> {rss_after / 2**20:.1f} MiB"
+    )
     assert disk_after <= disk_before + 64 * 1024, (disk_before, disk_after)
     assert rss_after - rss_before < 24 * 2**20, (rss_before, rss_after)

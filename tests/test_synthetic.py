@@ -109,8 +109,9 @@ def test_images_vary_within_and_between_classes(small):
     names = class_names(SMALL["num_classes"])
     n = SMALL["images_per_class"]
     images = np.stack([[load(small, name, i) for i in range(n)] for name in names])  # C, N, H, W, 3
-    within = [np.abs(images[c, i] - images[c, j]).mean() for c in range(len(names))
-              for i in range(n) for j in range(i + 1, n)]
+    within = [
+        np.abs(images[c, i] - images[c, j]).mean() for c in range(len(names)) for i in range(n) for j in range(i + 1, n)
+    ]
     assert min(within) > 15  # pose, clutter, colour jitter: no two images are near-copies
     means = images.mean(axis=1)
     between = [np.abs(means[a] - means[b]).mean() for a in range(len(names)) for b in range(a + 1, len(names))]

@@ -31,9 +31,15 @@ CNN, VIT = "timm:convnext_atto.d2_in1k", "timm:vit_tiny_patch16_224.augreg_in21k
 
 #: (model, input size, stages the split must find; 1: not a sequence of modules, runs whole)
 SPLITS = [
-    ("resnet18", 64, 5), ("convnext_atto", 64, 4), ("efficientnet_b0", 64, 5), ("mobilenetv3_small_100", 64, 5),
-    ("regnetx_002", 64, 5), ("vit_tiny_patch16_224", 32, 12), ("vit_small_patch14_reg4_dinov2", 28, 12),
-    ("vit_base_patch16_siglip_224", 32, 12), ("swin_tiny_patch4_window7_224", 224, 4),
+    ("resnet18", 64, 5),
+    ("convnext_atto", 64, 4),
+    ("efficientnet_b0", 64, 5),
+    ("mobilenetv3_small_100", 64, 5),
+    ("regnetx_002", 64, 5),
+    ("vit_tiny_patch16_224", 32, 12),
+    ("vit_small_patch14_reg4_dinov2", 28, 12),
+    ("vit_base_patch16_siglip_224", 32, 12),
+    ("swin_tiny_patch4_window7_224", 224, 4),
     ("eva02_tiny_patch14_224", 28, 1),
 ]
 
@@ -75,7 +81,7 @@ def test_vit_pools_as_its_family_and_cnn_as_the_paper():
         torch.testing.assert_close(vit.pool(tokens), tokens[:, 0])  # the CLS token
         eva = create_backbone("timm:eva02_tiny_patch14_224", pretrained=False, image_size=28).eval()
         tokens = eva(torch.randn(2, 3, 28, 28))  # average of the patch tokens, then its fc_norm
-        torch.testing.assert_close(eva.pool(tokens), eva.net.fc_norm(tokens[:, eva.net.num_prefix_tokens:].mean(1)))
+        torch.testing.assert_close(eva.pool(tokens), eva.net.fc_norm(tokens[:, eva.net.num_prefix_tokens :].mean(1)))
         cnn = create_backbone(CNN, pretrained=False, image_size=64).eval()
         fmap = cnn(torch.randn(2, 3, 64, 64))
         torch.testing.assert_close(cnn.pool(fmap), fmap.mean((2, 3)) + fmap.amax((2, 3)))
@@ -119,8 +125,17 @@ def pipeline(request, tmp_path_factory):
     """A timm backbone through train (cached stages, feature mixing), export, build-index."""
     tmp = tmp_path_factory.mktemp("timm")
     data = tiny_dataset(tmp / "data")
-    config = write_config(tmp / "config.json", backbone=request.param, pretrained=False, epochs=1, warmup_epochs=0,
-                          train_stages=2, cached_views=2, head_init="pca", mixup="feature")
+    config = write_config(
+        tmp / "config.json",
+        backbone=request.param,
+        pretrained=False,
+        epochs=1,
+        warmup_epochs=0,
+        train_stages=2,
+        cached_views=2,
+        head_init="pca",
+        mixup="feature",
+    )
     metrix_cli("train", "--data", data, "--config", config, "--out", tmp / "run", "--no-progress")
     exported = metrix_cli("export", tmp / "run")
     model = tmp / "run" / "checkpoints" / (tmp / "run" / "best").read_text() / "model.onnx"
@@ -133,9 +148,11 @@ def test_export_verifies_at_batch_1_and_more_and_serves_without_torch(pipeline):
     assert "parity  onnxruntime vs PyTorch, batch 1" in stdout and "batch 7" in stdout
     assert load_embedder(model).metadata.backbone == name
     image = sorted(data.rglob("*.png"))[0]
-    code = ("import sys; from metrix.export.runtime import load_embedder; from metrix.images import open_rgb; "
-            f"e = load_embedder({str(model)!r}); v = e.embed_images([open_rgb({str(image)!r})]); "
-            "assert v.shape == (1, 32), v.shape; assert 'torch' not in sys.modules, 'torch imported'; print('ok')")
+    code = (
+        "import sys; from metrix.export.runtime import load_embedder; from metrix.images import open_rgb; "
+        f"e = load_embedder({str(model)!r}); v = e.embed_images([open_rgb({str(image)!r})]); "
+        "assert v.shape == (1, 32), v.shape; assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "ok", result.stderr
 
@@ -204,10 +221,12 @@ def test_cached_weights_load_offline_and_are_listed(tmp_path):
     _hub_cache(tmp_path / "hub", "resnet18.a1_in1k", state)
     torch.save(state, tmp_path / "expected.pth")
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
-    code = ("import torch; from metrix.backbones import create_backbone; "
-            "net = create_backbone('timm:resnet18.a1_in1k').net.state_dict(); "
-            f"expected = torch.load({str(tmp_path / 'expected.pth')!r}); "
-            "assert all(torch.equal(net[k], v) for k, v in expected.items()); print('same')")
+    code = (
+        "import torch; from metrix.backbones import create_backbone; "
+        "net = create_backbone('timm:resnet18.a1_in1k').net.state_dict(); "
+        f"expected = torch.load({str(tmp_path / 'expected.pth')!r}); "
+        "assert all(torch.equal(net[k], v) for k, v in expected.items()); print('same')"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.stdout.strip() == "same", result.stderr
     listing = metrix_cli("backbones", env=env).stdout
@@ -219,11 +238,25 @@ def test_cached_weights_load_offline_and_are_listed(tmp_path):
 def test_missing_weights_fail_in_one_line_saying_what_to_do(tmp_path, network):
     """With HF_HUB_OFFLINE, or a hub that refuses connections: one line, at once, not a trace or
     huggingface_hub's minute of retries (the timeout guards against that, it measures nothing)."""
-    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "empty"), "HF_HUB_OFFLINE": "1" if network == "offline" else "0",
-           "HF_ENDPOINT": "http://127.0.0.1:9"}
+    env = {
+        **os.environ,
+        "HF_HUB_CACHE": str(tmp_path / "empty"),
+        "HF_HUB_OFFLINE": "1" if network == "offline" else "0",
+        "HF_ENDPOINT": "http://127.0.0.1:9",
+    }
     data = tiny_dataset(tmp_path / "data")
-    result = metrix_cli("train", "--data", data, "--backbone", "timm:resnet18.a1_in1k", "--out", tmp_path / "run",
-                        check=False, env=env, timeout=40)
+    result = metrix_cli(
+        "train",
+        "--data",
+        data,
+        "--backbone",
+        "timm:resnet18.a1_in1k",
+        "--out",
+        tmp_path / "run",
+        check=False,
+        env=env,
+        timeout=40,
+    )
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "metrix backbones --download timm:resnet18.a1_in1k" in result.stderr and "--no-pretrained" in result.stderr
     assert ("HF_HUB_OFFLINE is set" if network == "offline" else "127.0.0.1 cannot be reached") in result.stderr
@@ -232,7 +265,8 @@ def test_missing_weights_fail_in_one_line_saying_what_to_do(tmp_path, network):
 
 def test_a_backbone_that_runs_whole_refuses_frozen_stages(tmp_path):
     data = tiny_dataset(tmp_path / "data")
-    config = write_config(tmp_path / "config.json", backbone="timm:eva02_tiny_patch14_224", pretrained=False,
-                          train_stages=2)
+    config = write_config(
+        tmp_path / "config.json", backbone="timm:eva02_tiny_patch14_224", pretrained=False, train_stages=2
+    )
     result = metrix_cli("train", "--data", data, "--config", config, "--out", tmp_path / "run", check=False)
     assert result.returncode == 2 and "runs as one stage" in result.stderr and result.stderr.count("\n") == 1

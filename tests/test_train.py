@@ -18,11 +18,19 @@ runner = CliRunner()
 def trained_run(tmp_path_factory):
     """`metrix train` with no data: the built-in synthetic set (small, via the config file)."""
     tmp = tmp_path_factory.mktemp("run")
-    config = write_config(tmp / "config.json", epochs=2, synthetic_classes=20, synthetic_images_per_class=12,
-                          synthetic_image_size=32)
+    config = write_config(
+        tmp / "config.json", epochs=2, synthetic_classes=20, synthetic_images_per_class=12, synthetic_image_size=32
+    )
     out = tmp / "run"
-    result = metrix_cli("train", "--config", config, "--out", out, "--no-progress",
-                        env={**__import__("os").environ, "METRIX_CACHE": str(tmp / "cache")})
+    result = metrix_cli(
+        "train",
+        "--config",
+        config,
+        "--out",
+        out,
+        "--no-progress",
+        env={**__import__("os").environ, "METRIX_CACHE": str(tmp / "cache")},
+    )
     return out, result.stdout
 
 
@@ -32,7 +40,9 @@ def test_train_without_data_uses_synthetic_and_writes_a_run(trained_run):
     assert json.loads((run / "config.json").read_text())["synthetic_classes"] == 20
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
-    assert all({"loss", "clean", "mixed", "lr", "images_per_s", "val_recall_at_1", "val_map_at_r"} <= r.keys() for r in records)
+    assert all(
+        {"loss", "clean", "mixed", "lr", "images_per_s", "val_recall_at_1", "val_map_at_r"} <= r.keys() for r in records
+    )
     with Image.open(run / "curves.png") as plot:
         assert plot.format == "PNG" and plot.width > 300
     latest = run / "checkpoints" / (run / "latest").read_text()
@@ -99,7 +109,9 @@ def test_batch_the_sampler_cannot_fill(tmp_path):
 
 
 def test_batch_not_a_multiple_of_k(tmp_path):
-    _fails(["--data", tiny_dataset(tmp_path / "d"), "--batch-size", "9", "--samples-per-class", "2"], "multiple", tmp_path)
+    _fails(
+        ["--data", tiny_dataset(tmp_path / "d"), "--batch-size", "9", "--samples-per-class", "2"], "multiple", tmp_path
+    )
 
 
 def test_unknown_loss_and_mixup(tmp_path):
@@ -124,7 +136,9 @@ def test_evaluate_a_folder_without_checkpoint(tmp_path):
 
 def test_evaluate_with_the_untrained_floor(trained_run):
     run, _ = trained_run
-    result = runner.invoke(app, ["evaluate", str(run), "--floor", "--json"], env={"METRIX_CACHE": str(run.parent / "cache")})
+    result = runner.invoke(
+        app, ["evaluate", str(run), "--floor", "--json"], env={"METRIX_CACHE": str(run.parent / "cache")}
+    )
     assert result.exit_code == 0, result.output
     both = json.loads(result.output)
     assert both["floor"]["checkpoint"] == "untrained backbone (floor)"
@@ -142,9 +156,17 @@ def test_evaluate_text_names_the_checkpoint_and_titles_whole_columns(trained_run
     assert f"using checkpoint {best} (best on validation classes, val MAP@R {val_map:.1f})" in lines
     header = next(i for i, line in enumerate(lines) if line.startswith(f"{run} on synthetic")) + 1
     assert lines[header].split() == [best, "untrained", "backbone", "(floor)"]  # whole titles
-    table = lines[header + 1:]
-    assert [row.split()[0] for row in table] == ["recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8", "map_at_r",
-                                                 "r_precision", "nmi", "utilization"]
+    table = lines[header + 1 :]
+    assert [row.split()[0] for row in table] == [
+        "recall_at_1",
+        "recall_at_2",
+        "recall_at_4",
+        "recall_at_8",
+        "map_at_r",
+        "r_precision",
+        "nmi",
+        "utilization",
+    ]
     assert all(len(row) == len(lines[header]) and len(row.split()) == 3 for row in table)  # aligned under the titles
 
 
@@ -152,8 +174,16 @@ def test_evaluate_text_names_the_checkpoint_and_titles_whole_columns(trained_run
 def run_without_validation(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("no-val")
     out = tmp / "run"
-    metrix_cli("train", "--data", tiny_dataset(tmp / "data"), "--config",
-               write_config(tmp / "config.json", epochs=2, val_fraction=0), "--out", out, "--no-progress")
+    metrix_cli(
+        "train",
+        "--data",
+        tiny_dataset(tmp / "data"),
+        "--config",
+        write_config(tmp / "config.json", epochs=2, val_fraction=0),
+        "--out",
+        out,
+        "--no-progress",
+    )
     return out
 
 

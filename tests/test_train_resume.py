@@ -17,7 +17,9 @@ from .training_helpers import metrix_cli, tiny_dataset, write_config
 def _start_train(data, config, out):
     return subprocess.Popen(
         [sys.executable, "-m", "metrix", "train", "--data", data, "--config", config, "--out", out, "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 

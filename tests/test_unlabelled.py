@@ -42,7 +42,10 @@ def test_view_agreement_against_a_loop():
         views = centres[:, None] + noise * rng.normal(size=(40, 2, 16))
         expected = agreement_oracle(views)
         assert view_agreement(torch.tensor(views), chunk=7) == pytest.approx(expected)
-    assert view_agreement(torch.tensor(np.repeat(centres[:, None], 2, axis=1) + 1e-3 * rng.normal(size=(40, 2, 16)))) == 100
+    assert (
+        view_agreement(torch.tensor(np.repeat(centres[:, None], 2, axis=1) + 1e-3 * rng.normal(size=(40, 2, 16))))
+        == 100
+    )
     with pytest.raises(ValueError, match="two views"):
         view_agreement(torch.zeros(1, 2, 4))
 
@@ -130,14 +133,33 @@ def test_config_without_labels():
     assert instances.samples_per_class == 2  # two views per image unless told
     assert resolve_config(recipe="cpu", labels="instances", samples_per_class=4).samples_per_class == 4
     assert resolve_config(recipe="cpu", labels="clusters").samples_per_class == 5
-    for flags, message in ((dict(loss="pa"), "needs classes"), (dict(sampler="random"), "balanced"),
-                           (dict(labels="clusters", clusters=1), "at least 2"), (dict(labels="nope"), "unknown labels")):
+    for flags, message in (
+        (dict(loss="pa"), "needs classes"),
+        (dict(sampler="random"), "balanced"),
+        (dict(labels="clusters", clusters=1), "at least 2"),
+        (dict(labels="nope"), "unknown labels"),
+    ):
         with pytest.raises(ConfigError, match=message):
             resolve_config(recipe="cpu", **{"labels": "instances", **flags})
 
 
-TRAIN = ("--recipe", "cpu", "--image-size", 32, "--batch-size", 8, "--embedding-size", 16, "--lr", 1e-3,
-         "--no-progress", "--num-workers", 0, "--mixup", "feature")
+TRAIN = (
+    "--recipe",
+    "cpu",
+    "--image-size",
+    32,
+    "--batch-size",
+    8,
+    "--embedding-size",
+    16,
+    "--lr",
+    1e-3,
+    "--no-progress",
+    "--num-workers",
+    0,
+    "--mixup",
+    "feature",
+)
 
 
 def test_instances_train_export_index_and_search_a_flat_folder(tmp_path):
@@ -153,7 +175,10 @@ def test_instances_train_export_index_and_search_a_flat_folder(tmp_path):
     failed = metrix_cli("evaluate", run, check=False)
     assert failed.returncode == 2 and "no test classes" in failed.stderr and failed.stderr.count("\n") == 1
     metrix_cli("export", run, "-o", tmp_path / "model.onnx")
-    assert "trained without labels (each image its own class)" in load_embedder(tmp_path / "model.onnx").metadata.provenance
+    assert (
+        "trained without labels (each image its own class)"
+        in load_embedder(tmp_path / "model.onnx").metadata.provenance
+    )
     metrix_cli("build-index", photos, "--model", tmp_path / "model.onnx", "--out", tmp_path / "idx", "--no-progress")
     hits = json.loads(metrix_cli("search", photos / "007.png", "--index", tmp_path / "idx", "-k", 3, "--json").stdout)
     assert hits["results"][0]["path"] == "007.png" and hits["results"][0]["label"] == ""
@@ -164,8 +189,24 @@ def test_clusters_train_and_resume_exactly(tmp_path):
     clusters kept in the checkpoint, and ends with the uninterrupted run's weights."""
     classes = tiny_dataset(tmp_path / "classes")
     whole = tmp_path / "whole"
-    result = metrix_cli("train", "--data", classes, "--train-classes", "10", "--labels", "clusters", "--clusters", 12,
-                        "--samples-per-class", 2, "--epochs", 2, "--out", whole, *TRAIN)
+    result = metrix_cli(
+        "train",
+        "--data",
+        classes,
+        "--train-classes",
+        "10",
+        "--labels",
+        "clusters",
+        "--clusters",
+        12,
+        "--samples-per-class",
+        2,
+        "--epochs",
+        2,
+        "--out",
+        whole,
+        *TRAIN,
+    )
     assert result.stdout.count("clusters of the current embeddings") == 1
     part = tmp_path / "part"
     shutil.copytree(whole, part)
@@ -204,14 +245,25 @@ def test_build_index_with_no_model_uses_the_untrained_backbone(tmp_path):
 
 
 def test_export_backbone(tmp_path):
-    result = metrix_cli("export", "--backbone", "timm:convnext_atto.d2_in1k", "--no-pretrained", "--image-size", 64,
-                        "-o", tmp_path / "floor.onnx")
+    result = metrix_cli(
+        "export",
+        "--backbone",
+        "timm:convnext_atto.d2_in1k",
+        "--no-pretrained",
+        "--image-size",
+        64,
+        "-o",
+        tmp_path / "floor.onnx",
+    )
     assert "random-weight timm:convnext_atto.d2_in1k with no training" in result.stdout
     assert result.stdout.count("parity  onnxruntime vs PyTorch") == 4  # embeddings and cells, batch 1 and 7
     assert "parity  onnxruntime vs PyTorch, cells at batch 7" in result.stdout
     meta = load_embedder(tmp_path / "floor.onnx").metadata
     assert (meta.image_size, meta.embedding_size, meta.train_classes) == (64, 320, 0)
-    for args, message in (((tmp_path, "--backbone", "efficientnet_lite0"), "exactly one"),
-                          ((), "exactly one"), ((tmp_path, "--image-size", 64), "go with --backbone")):
+    for args, message in (
+        ((tmp_path, "--backbone", "efficientnet_lite0"), "exactly one"),
+        ((), "exactly one"),
+        ((tmp_path, "--image-size", 64), "go with --backbone"),
+    ):
         failed = metrix_cli("export", *args, check=False)
         assert failed.returncode == 2 and message in failed.stderr

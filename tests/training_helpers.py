@@ -8,8 +8,16 @@ from pathlib import Path
 from metrix.datasets.synthetic import generate_synthetic
 
 TINY = dict(
-    recipe="full", backbone="efficientnet_lite0", image_size=32, embedding_size=32, epochs=3, batch_size=8,
-    samples_per_class=2, warmup_epochs=1, num_workers=2, val_fraction=0.2,
+    recipe="full",
+    backbone="efficientnet_lite0",
+    image_size=32,
+    embedding_size=32,
+    epochs=3,
+    batch_size=8,
+    samples_per_class=2,
+    warmup_epochs=1,
+    num_workers=2,
+    val_fraction=0.2,
 )
 
 
@@ -24,5 +32,6 @@ def write_config(path: Path, **overrides) -> Path:
 
 
 def metrix_cli(*args, check=True, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "metrix", *map(str, args)], capture_output=True, text=True,
-                          check=check, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "metrix", *map(str, args)], capture_output=True, text=True, check=check, **kwargs
+    )

@@ -14,6 +14,13 @@ from .registry import (
 )
 
 __all__ = [
-    "TIMM_PREFIX", "Backbone", "BackboneError", "Preprocessing", "create_backbone", "gap_gmp", "list_backbones",
-    "local_weights", "register_backbone",
+    "TIMM_PREFIX",
+    "Backbone",
+    "BackboneError",
+    "Preprocessing",
+    "create_backbone",
+    "gap_gmp",
+    "list_backbones",
+    "local_weights",
+    "register_backbone",
 ]

@@ -100,6 +100,7 @@ _LOCAL_WEIGHTS: dict[str, Callable[[], Path | None]] = {}
 def register_backbone(factory=None, *, local_weights: Callable[[], Path | None] | None = None):
     """`@register_backbone`, or `@register_backbone(local_weights=f)` where f() finds the
     pretrained weights on this machine (None: they would be downloaded)."""
+
     def register(factory: Callable[..., Backbone]) -> Callable[..., Backbone]:
         _REGISTRY[factory.__name__] = factory
         if local_weights is not None:
@@ -125,8 +126,9 @@ def list_backbones() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_backbone(name: str, pretrained: bool = True, image_size: int | None = None,
-                    weights: str | None = None) -> Backbone:
+def create_backbone(
+    name: str, pretrained: bool = True, image_size: int | None = None, weights: str | None = None
+) -> Backbone:
     """A registered backbone or `timm:NAME`, at `image_size` (None: its own). `weights`: a file
     of pretrained weights for a timm model instead of its download."""
     if name.startswith(TIMM_PREFIX):
@@ -135,8 +137,9 @@ def create_backbone(name: str, pretrained: bool = True, image_size: int | None =
         return TimmBackbone(name.removeprefix(TIMM_PREFIX), pretrained, image_size, weights)
     _import_builtin_backbones()
     if name not in _REGISTRY:
-        raise BackboneError(f"unknown backbone {name!r}; available: {', '.join(sorted(_REGISTRY))}, "
-                            f"or timm:NAME for any timm model")
+        raise BackboneError(
+            f"unknown backbone {name!r}; available: {', '.join(sorted(_REGISTRY))}, or timm:NAME for any timm model"
+        )
     if weights:
         raise BackboneError(f"--weights applies to timm:NAME backbones; {name} has its own weights")
     backbone = _REGISTRY[name](pretrained=pretrained)

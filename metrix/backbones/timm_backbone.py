@@ -34,9 +34,14 @@ from .registry import Backbone, BackboneError, Preprocessing, gap_gmp
 _HEAD_CHILDREN = {"global_pool", "fc", "classifier", "head", "head_drop", "fc_norm", "attn_pool", "head_dist"}
 #: Strong retrieval starting points (docs/backbones.md has their sizes and speeds).
 RECOMMENDED = (
-    "convnext_tiny.fb_in22k", "convnext_base.fb_in22k", "vit_small_patch14_dinov2.lvd142m",
-    "vit_base_patch14_dinov2.lvd142m", "vit_base_patch16_clip_224.openai", "vit_base_patch16_siglip_224.webli",
-    "efficientnet_b0.ra_in1k", "resnet50.a1_in1k",
+    "convnext_tiny.fb_in22k",
+    "convnext_base.fb_in22k",
+    "vit_small_patch14_dinov2.lvd142m",
+    "vit_base_patch14_dinov2.lvd142m",
+    "vit_base_patch16_clip_224.openai",
+    "vit_base_patch16_siglip_224.webli",
+    "efficientnet_b0.ra_in1k",
+    "resnet50.a1_in1k",
 )
 #: Seconds to wait for the hub (or the proxy) to answer before saying it cannot be reached.
 HUB_PROBE_TIMEOUT = 3.0
@@ -61,8 +66,9 @@ class TimmBackbone(Backbone):
             self.net = timm.create_model(name, pretrained=bool(pretrained or weights), **options)
         except (RuntimeError, KeyError, ValueError, OSError, safetensors.SafetensorError) as error:
             source = f"weights file {weights}" if weights else f"the pretrained weights of timm:{name}"
-            raise BackboneError(f"{source} cannot be loaded into {name} ({type(error).__name__}: "
-                                f"{str(error).splitlines()[0][:160]})") from None
+            raise BackboneError(
+                f"{source} cannot be loaded into {name} ({type(error).__name__}: {str(error).splitlines()[0][:160]})"
+            ) from None
         self.net.pretrained_cfg.pop("state_dict", None)  # do not keep a second copy of the weights
         data = timm.data.resolve_data_config(model=self.net)
         self.num_features = self.net.num_features
@@ -117,20 +123,27 @@ def weights_file(name: str, config: dict, weights: str | None) -> Path:
     cached = cached_weights(config)
     if cached is not None:
         return cached
-    advice = (f"on a machine with internet run `metrix backbones --download timm:{name}` and copy "
-              f"{_hf_cache_dir()} here, or pass --weights FILE (safetensors or a timm checkpoint), or --no-pretrained")
+    advice = (
+        f"on a machine with internet run `metrix backbones --download timm:{name}` and copy "
+        f"{_hf_cache_dir()} here, or pass --weights FILE (safetensors or a timm checkpoint), or --no-pretrained"
+    )
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
-        raise BackboneError(f"the weights of timm:{name} are not in the local cache and HF_HUB_OFFLINE is set; {advice}")
+        raise BackboneError(
+            f"the weights of timm:{name} are not in the local cache and HF_HUB_OFFLINE is set; {advice}"
+        )
     # huggingface_hub retries an unreachable hub for about 50 s: ask the network once, briefly, first.
-    host = urlparse(urllib.request.getproxies().get("https")
-                    or (constants.ENDPOINT if config.get("hf_hub_id") else config["url"]))
+    host = urlparse(
+        urllib.request.getproxies().get("https") or (constants.ENDPOINT if config.get("hf_hub_id") else config["url"])
+    )
     try:
         socket.create_connection((host.hostname, host.port or 443), timeout=HUB_PROBE_TIMEOUT).close()
     except OSError as error:
-        raise BackboneError(f"the weights of timm:{name} are not in the local cache and {host.hostname} "
-                            f"cannot be reached ({error.strerror or error}); {advice}") from None
+        raise BackboneError(
+            f"the weights of timm:{name} are not in the local cache and {host.hostname} "
+            f"cannot be reached ({error.strerror or error}); {advice}"
+        ) from None
     return _download(name, config)
 
 
@@ -156,9 +169,11 @@ def _download(name: str, config: dict) -> Path:
         download_url_to_file(config["url"], str(target), progress=False)
         return target
     except Exception as error:  # noqa: BLE001 - network and hub errors of every kind
-        raise BackboneError(f"could not download the weights of timm:{name} ({type(error).__name__}: "
-                            f"{str(error).splitlines()[0][:160] if str(error) else ''}); pass --weights FILE "
-                            f"or --no-pretrained") from None
+        raise BackboneError(
+            f"could not download the weights of timm:{name} ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:160] if str(error) else ''}); pass --weights FILE "
+            f"or --no-pretrained"
+        ) from None
 
 
 def cached_weights(config: dict) -> Path | None:
@@ -180,7 +195,9 @@ def _trunk_state(file: Path, config: dict) -> dict[str, Tensor]:
     from timm.models import load_state_dict
 
     heads = config.get("classifier") or ()
-    heads = {f"{head}.{part}" for head in ((heads,) if isinstance(heads, str) else heads) for part in ("weight", "bias")}
+    heads = {
+        f"{head}.{part}" for head in ((heads,) if isinstance(heads, str) else heads) for part in ("weight", "bias")
+    }
     return {k: v for k, v in load_state_dict(str(file)).items() if k not in heads}
 
 

@@ -17,10 +17,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
 def _show_version(value: bool) -> None:
     if value:
         typer.echo(f"metrix {__version__}")
         raise typer.Exit()
+
 
 @app.callback()
 def _root(
@@ -31,13 +33,16 @@ def _root(
 ) -> None:
     """Metrix: train an embedding model on a folder of images, index a gallery, search it."""
 
+
 def fail(error: Exception) -> None:
     typer.secho(f"error: {error}", err=True, fg="red")
     raise typer.Exit(code=2)
 
+
 index_app = typer.Typer(help="Look after an index folder.", no_args_is_help=True)
 
 app.add_typer(index_app, name="index")
+
 
 def path_str(path: Optional[Path]) -> Optional[str]:
     return None if path is None else str(path)

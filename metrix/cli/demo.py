@@ -37,17 +37,23 @@ def run_demo(data: Path | None = None, out: Path | None = None, log=print) -> tu
     log(f"    {model}")
 
     log("3/4 indexing the gallery of unseen (test) classes")
-    split = load_training_data(TrainConfig.from_dict(load_checkpoint(run, "best").config["train_config"]), log=lambda *a: None)
+    split = load_training_data(
+        TrainConfig.from_dict(load_checkpoint(run, "best").config["train_config"]), log=lambda *a: None
+    )
     gallery = _gallery(split, out / "gallery")
     report = build_index(gallery, model, out / "index", progress=False)
-    log(f"    {report.count} images of {len(split.test.classes)} classes in {report.index_dir} ({report.index['type']})")
+    log(
+        f"    {report.count} images of {len(split.test.classes)} classes in {report.index_dir} ({report.index['type']})"
+    )
 
     log("4/4 measuring: each test image searched against all the others")
     trained = evaluate_run(run, "best", log=lambda *a: None)
     floor = evaluate_run(run, "best", floor=True, log=lambda *a: None)
-    log(f"    R@1 trained {trained['recall_at_1']:.1f} vs untrained backbone {floor['recall_at_1']:.1f}; "
+    log(
+        f"    R@1 trained {trained['recall_at_1']:.1f} vs untrained backbone {floor['recall_at_1']:.1f}; "
         f"MAP@R {trained['map_at_r']:.1f} vs {floor['map_at_r']:.1f} ({trained['num_queries']} queries, "
-        f"{trained['num_classes']} unseen classes)")
+        f"{trained['num_classes']} unseen classes)"
+    )
     log(f"done in {(time.perf_counter() - started) / 60:.1f} min")
     return run, out / "index"
 

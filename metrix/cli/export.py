@@ -13,14 +13,40 @@ from .base import app, fail, path_str
 @app.command("export")
 def export_(
     run_dir: Annotated[Optional[Path], typer.Argument(help="A run directory written by metrix train.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the model. [default: model.onnx in the checkpoint folder; with --backbone, models/NAME-floor.onnx]")] = None,
-    checkpoint: Annotated[str, typer.Option(help="best (chosen on the validation classes; latest where the run has no validation split), latest, or a checkpoint folder name.")] = "best",
-    quantize: Annotated[Optional[str], typer.Option(help="int8: also write MODEL.int8.onnx, with its R@1 change measured on the test split.")] = None,
-    max_r1_drop: Annotated[float, typer.Option(help="Refuse an int8 model that loses more R@1 points than this.")] = 1.0,
-    backbone: Annotated[Optional[str], typer.Option(help="Instead of a run: this backbone untrained (its pooled pretrained features, the floor), to search with no training.")] = None,
+    output: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--output",
+            "-o",
+            help="Where to write the model. [default: model.onnx in the checkpoint folder; with --backbone, models/NAME-floor.onnx]",
+        ),
+    ] = None,
+    checkpoint: Annotated[
+        str,
+        typer.Option(
+            help="best (chosen on the validation classes; latest where the run has no validation split), latest, or a checkpoint folder name."
+        ),
+    ] = "best",
+    quantize: Annotated[
+        Optional[str],
+        typer.Option(help="int8: also write MODEL.int8.onnx, with its R@1 change measured on the test split."),
+    ] = None,
+    max_r1_drop: Annotated[
+        float, typer.Option(help="Refuse an int8 model that loses more R@1 points than this.")
+    ] = 1.0,
+    backbone: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Instead of a run: this backbone untrained (its pooled pretrained features, the floor), to search with no training."
+        ),
+    ] = None,
     image_size: Annotated[Optional[int], typer.Option(help="--backbone: input size. [default: the backbone's]")] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="--backbone timm:NAME: its pretrained weights from this file.")] = None,
-    pretrained: Annotated[bool, typer.Option("--pretrained/--no-pretrained", help="--backbone: pretrained weights.")] = True,
+    weights: Annotated[
+        Optional[Path], typer.Option(help="--backbone timm:NAME: its pretrained weights from this file.")
+    ] = None,
+    pretrained: Annotated[
+        bool, typer.Option("--pretrained/--no-pretrained", help="--backbone: pretrained weights.")
+    ] = True,
 ) -> None:
     """Export a trained run (or, with --backbone, an untrained backbone) to ONNX: uint8 NHWC images in, L2-normalised embeddings out, verified against PyTorch."""
     from metrix.backbones import BackboneError
@@ -40,8 +66,13 @@ def export_(
 
             output = output or floor_model_path(backbone)
             metadata, parity = export_backbone(backbone, output, image_size, pretrained, path_str(weights))
-            report = {"model": str(output), "metadata": metadata, "parity": parity, "verified_on": "seeded noise images",
-                      "checkpoint_choice": f"{backbone} with no training: its pooled features, L2-normalised"}
+            report = {
+                "model": str(output),
+                "metadata": metadata,
+                "parity": parity,
+                "verified_on": "seeded noise images",
+                "checkpoint_choice": f"{backbone} with no training: its pooled features, L2-normalised",
+            }
         else:
             report = export_run(run_dir, output, checkpoint, quantize, max_r1_drop)
     except (CheckpointError, ExportError, ModelError, BackboneError) as error:
@@ -49,17 +80,25 @@ def export_(
     meta = report["metadata"]
     typer.echo(report["checkpoint_choice"])
     typer.echo(f"wrote {report['model']}")
-    typer.echo(f"  input   images: {meta.input_layout} [batch, {meta.image_size}, {meta.image_size}, 3]; {meta.resize_policy}")
+    typer.echo(
+        f"  input   images: {meta.input_layout} [batch, {meta.image_size}, {meta.image_size}, 3]; {meta.resize_policy}"
+    )
     typer.echo(f"  output  embeddings: float32 [batch, {meta.embedding_size}], L2-normalised")
-    typer.echo(f"  output  cells: float32 [batch, h, w, {meta.embedding_size}], each location of the last feature map "
-               "embedded alone (the heat maps of `metrix explain`)")
-    typer.echo(f"  model   {meta.backbone}, loss {meta.loss}, mixup {meta.mixup}: {meta.provenance}; "
-               f"weights sha256 {meta.weights_sha256[:16]}")
+    typer.echo(
+        f"  output  cells: float32 [batch, h, w, {meta.embedding_size}], each location of the last feature map "
+        "embedded alone (the heat maps of `metrix explain`)"
+    )
+    typer.echo(
+        f"  model   {meta.backbone}, loss {meta.loss}, mixup {meta.mixup}: {meta.provenance}; "
+        f"weights sha256 {meta.weights_sha256[:16]}"
+    )
     typer.echo(f"  graph   {meta.exporter}, opset {meta.opset}; onnx.checker (full) passed")
     for parity in report["parity"]:
         typer.echo(f"  parity  onnxruntime vs PyTorch, {parity} ({report['verified_on']})")
     if "int8" in report:
         q = report["int8"]
         typer.echo(f"wrote {q['model']}")
-        typer.echo(f"  int8    R@1 on {q['data']} {q['split']} ({q['num_queries']} queries): fp32 {q['recall_at_1_fp32']:.2f}, "
-                   f"int8 {q['recall_at_1_int8']:.2f} ({q['recall_at_1_change']:+.2f})")
+        typer.echo(
+            f"  int8    R@1 on {q['data']} {q['split']} ({q['num_queries']} queries): fp32 {q['recall_at_1_fp32']:.2f}, "
+            f"int8 {q['recall_at_1_int8']:.2f} ({q['recall_at_1_change']:+.2f})"
+        )

@@ -12,19 +12,56 @@ from .base import app, fail, index_app
 
 @app.command("build-index")
 def build_index_(
-    gallery: Annotated[str, typer.Argument(help="A folder of images, or an object-store URL such as s3://bucket/prefix (searched recursively; top-level sub-folders are labels).")],
-    model: Annotated[Optional[Path], typer.Option(help="An exported model. [default: the newest model*.onnx of the newest run under runs/]")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Index folder. [default: indexes/<gallery folder name>]")] = None,
-    index_type: Annotated[Optional[str], typer.Option(help="auto (exact up to 100,000 images, IVF above, IVF-PQ when the budget asks), flat, ivf or ivfpq. [default: auto, or the index's]")] = None,
-    max_index_memory: Annotated[Optional[str], typer.Option(help="RAM the loaded index may take, e.g. 4GB; auto then picks the index that fits. [default: no limit, or the index's]")] = None,
+    gallery: Annotated[
+        str,
+        typer.Argument(
+            help="A folder of images, or an object-store URL such as s3://bucket/prefix (searched recursively; top-level sub-folders are labels)."
+        ),
+    ],
+    model: Annotated[
+        Optional[Path],
+        typer.Option(help="An exported model. [default: the newest model*.onnx of the newest run under runs/]"),
+    ] = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="Index folder. [default: indexes/<gallery folder name>]")
+    ] = None,
+    index_type: Annotated[
+        Optional[str],
+        typer.Option(
+            help="auto (exact up to 100,000 images, IVF above, IVF-PQ when the budget asks), flat, ivf or ivfpq. [default: auto, or the index's]"
+        ),
+    ] = None,
+    max_index_memory: Annotated[
+        Optional[str],
+        typer.Option(
+            help="RAM the loaded index may take, e.g. 4GB; auto then picks the index that fits. [default: no limit, or the index's]"
+        ),
+    ] = None,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Start over instead of updating.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 64,
-    engine: Annotated[str, typer.Option(help="local (this process) or ray (a Ray cluster; needs metrix[ray]).")] = "local",
-    ray_address: Annotated[Optional[str], typer.Option(help="The Ray cluster to use, e.g. ray://head:10001 or auto. [default: RAY_ADDRESS, else a local Ray]")] = None,
+    engine: Annotated[
+        str, typer.Option(help="local (this process) or ray (a Ray cluster; needs metrix[ray]).")
+    ] = "local",
+    ray_address: Annotated[
+        Optional[str],
+        typer.Option(
+            help="The Ray cluster to use, e.g. ray://head:10001 or auto. [default: RAY_ADDRESS, else a local Ray]"
+        ),
+    ] = None,
     workers: Annotated[int, typer.Option(help="--engine ray: embedding actors.")] = 2,
-    cpus_per_worker: Annotated[float, typer.Option(help="--engine ray: CPUs per actor (also its onnxruntime threads).")] = 1.0,
-    gpus_per_worker: Annotated[float, typer.Option(help="--engine ray: GPUs per actor (CUDA with onnxruntime-gpu).")] = 0.0,
-    keep: Annotated[int, typer.Option(min=1, help="Generations kept on disk after the build: the new one and the ones before it, so that a server still answering from the previous one can finish.")] = 2,
+    cpus_per_worker: Annotated[
+        float, typer.Option(help="--engine ray: CPUs per actor (also its onnxruntime threads).")
+    ] = 1.0,
+    gpus_per_worker: Annotated[
+        float, typer.Option(help="--engine ray: GPUs per actor (CUDA with onnxruntime-gpu).")
+    ] = 0.0,
+    keep: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Generations kept on disk after the build: the new one and the ones before it, so that a server still answering from the previous one can finish.",
+        ),
+    ] = 2,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Embed a gallery (folder or object store) into a faiss index with metadata; re-runs embed only what changed."""
@@ -44,29 +81,45 @@ def build_index_(
             model = _default_model()
         out = out or default_index_dir(gallery)
         budget = parse_memory(max_index_memory) if max_index_memory is not None else None
-        report = build_index(gallery, model, out, index_type, rebuild, batch_size, progress=progress, ray=ray,
-                             max_memory=budget, keep=keep)
+        report = build_index(
+            gallery,
+            model,
+            out,
+            index_type,
+            rebuild,
+            batch_size,
+            progress=progress,
+            ray=ray,
+            max_memory=budget,
+            keep=keep,
+        )
     except (GalleryIndexError, ModelError, ValueError) as error:
         fail(error)
     index = report.index
-    kind = index.get("type", "?") + (f", nprobe {index['nprobe']}, recall@10 {index['recall_at_10']:.3f} vs exact"
-                                     if "nprobe" in index else "")
+    kind = index.get("type", "?") + (
+        f", nprobe {index['nprobe']}, recall@10 {index['recall_at_10']:.3f} vs exact" if "nprobe" in index else ""
+    )
     if "rerank" in index:
         kind += f" after an exact re-rank of {index['rerank']}"
     if "estimated_bytes" in index:
         kind += f"; about {human(index['estimated_bytes'])} of RAM"
     typer.echo(f"{report.index_dir}: {report.count} images ({kind}), generation {report.generation}")
     if index.get("recall_at_10", 1.0) < TARGET_RECALL:
-        typer.echo(f"  warning: recall@10 {index['recall_at_10']:.3f} is below the {TARGET_RECALL} target even with every "
-                   "list probed; give a larger --max-index-memory or --index-type ivf")
-    typer.echo(f"  added {report.added}, changed {report.changed}, removed {report.removed}, unchanged {report.unchanged}; "
-               f"{report.embedded_per_s:.1f} images/s embedding, {report.seconds:.1f} s in all")
+        typer.echo(
+            f"  warning: recall@10 {index['recall_at_10']:.3f} is below the {TARGET_RECALL} target even with every "
+            "list probed; give a larger --max-index-memory or --index-type ivf"
+        )
+    typer.echo(
+        f"  added {report.added}, changed {report.changed}, removed {report.removed}, unchanged {report.unchanged}; "
+        f"{report.embedded_per_s:.1f} images/s embedding, {report.seconds:.1f} s in all"
+    )
     if report.failed:
         typer.echo(f"  skipped {len(report.failed)} file(s) (list in {report.index_dir / 'report.json'}):")
         for path, reason in report.failed[:20]:
             typer.echo(f"    {path}: {reason}")
         if len(report.failed) > 20:
             typer.echo(f"    ... and {len(report.failed) - 20} more")
+
 
 def _default_model() -> Path:
     from metrix.cli.models import FLOOR_BACKBONE, RUNS, default_model, floor_model
@@ -78,22 +131,44 @@ def _default_model() -> Path:
         return model
     except GalleryIndexError:
         model, exported = floor_model()
-    typer.echo(f"no --model given and no exported run under {RUNS}/: using the untrained pretrained {FLOOR_BACKBONE} "
-               f"({model}{', exported now' if exported else ''}); `metrix train` on your images, or "
-               f"`--labels none` without labels, then `metrix export`, gives a model fitted to them")
+    typer.echo(
+        f"no --model given and no exported run under {RUNS}/: using the untrained pretrained {FLOOR_BACKBONE} "
+        f"({model}{', exported now' if exported else ''}); `metrix train` on your images, or "
+        f"`--labels none` without labels, then `metrix export`, gives a model fitted to them"
+    )
     return model
+
 
 @app.command()
 def search(
     image: Annotated[Path, typer.Argument(help="The query image.")],
-    index: Annotated[Optional[Path], typer.Option(help="Index folder. [default: the most recently built under indexes/]")] = None,
+    index: Annotated[
+        Optional[Path], typer.Option(help="Index folder. [default: the most recently built under indexes/]")
+    ] = None,
     k: Annotated[int, typer.Option("-k", help="How many results.")] = 10,
-    model: Annotated[Optional[Path], typer.Option(help="The model to embed the query with. [default: the index's]")] = None,
-    box: Annotated[Optional[str], typer.Option(help="Search with this region of the image only: x0,y0,x1,y1 in pixels of the image as displayed.")] = None,
-    label: Annotated[Optional[list[str]], typer.Option(help="Only images with this label (top-level folder); repeat for several.")] = None,
-    path_prefix: Annotated[Optional[str], typer.Option(help="Only images whose path (relative to the gallery) starts with this.")] = None,
-    right: Annotated[Optional[list[str]], typer.Option(help="Relevance feedback: a right answer (id or gallery path); repeat for several.")] = None,
-    wrong: Annotated[Optional[list[str]], typer.Option(help="Relevance feedback: a wrong answer (id or gallery path); repeat for several.")] = None,
+    model: Annotated[
+        Optional[Path], typer.Option(help="The model to embed the query with. [default: the index's]")
+    ] = None,
+    box: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Search with this region of the image only: x0,y0,x1,y1 in pixels of the image as displayed."
+        ),
+    ] = None,
+    label: Annotated[
+        Optional[list[str]], typer.Option(help="Only images with this label (top-level folder); repeat for several.")
+    ] = None,
+    path_prefix: Annotated[
+        Optional[str], typer.Option(help="Only images whose path (relative to the gallery) starts with this.")
+    ] = None,
+    right: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Relevance feedback: a right answer (id or gallery path); repeat for several."),
+    ] = None,
+    wrong: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Relevance feedback: a wrong answer (id or gallery path); repeat for several."),
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
     """The gallery images most similar to IMAGE (or a region of it): path, cosine score and label;
@@ -110,32 +185,62 @@ def search(
     try:
         index = index or newest_index()
         opened, embedder = open_with_model(index, model)
-        refinement = Refinement(parse_box(box) if box else None, SearchFilter(tuple(label or ()), path_prefix or ""),
-                                resolve_ids(opened, right or (), "--right"), resolve_ids(opened, wrong or (), "--wrong"))
+        refinement = Refinement(
+            parse_box(box) if box else None,
+            SearchFilter(tuple(label or ()), path_prefix or ""),
+            resolve_ids(opened, right or (), "--right"),
+            resolve_ids(opened, wrong or (), "--wrong"),
+        )
         answer = search_image(opened, embedder, image, k, refinement=refinement)
     except (GalleryIndexError, ModelError, ImageDecodeError, ValueError) as error:
         fail(error)
     if json_output:
-        typer.echo(json.dumps({"query": str(image), "index": str(index), "applied": refinement.describe(), "results": [
-            {"rank": r, "path": h.path, "score": h.score, "label": h.label, "id": h.id} for r, h in enumerate(answer.hits, 1)],
-            "left_out": [{"path": path, "reason": reason} for path, reason in answer.left_out]},
-            indent=1, ensure_ascii=False))
+        typer.echo(
+            json.dumps(
+                {
+                    "query": str(image),
+                    "index": str(index),
+                    "applied": refinement.describe(),
+                    "results": [
+                        {"rank": r, "path": h.path, "score": h.score, "label": h.label, "id": h.id}
+                        for r, h in enumerate(answer.hits, 1)
+                    ],
+                    "left_out": [{"path": path, "reason": reason} for path, reason in answer.left_out],
+                },
+                indent=1,
+                ensure_ascii=False,
+            )
+        )
         return
     if refinement.describe():
         typer.echo(f"({refinement.describe()})")
     for rank, hit in enumerate(answer.hits, 1):
-        typer.echo(f"{rank:>3}  {hit.score:.4f}  {hit.path}" + (f"  [{hit.label}]" if hit.label else "") + f"  id {hit.id}")
+        typer.echo(
+            f"{rank:>3}  {hit.score:.4f}  {hit.path}" + (f"  [{hit.label}]" if hit.label else "") + f"  id {hit.id}"
+        )
     if answer.left_out:
-        typer.echo(f"left out {len(answer.left_out)} result(s) whose file is gone or changed since indexing "
-                   f"(e.g. {answer.left_out[0][0]}: {answer.left_out[0][1]}); {REBUILD_HINT}", err=True)
+        typer.echo(
+            f"left out {len(answer.left_out)} result(s) whose file is gone or changed since indexing "
+            f"(e.g. {answer.left_out[0][0]}: {answer.left_out[0][1]}); {REBUILD_HINT}",
+            err=True,
+        )
+
 
 @app.command()
 def explain(
     image: Annotated[Path, typer.Argument(help="The query image.")],
-    result: Annotated[str, typer.Argument(help="A gallery image of the index: its id (from `metrix search`) or its path in the gallery.")],
-    index: Annotated[Optional[Path], typer.Option(help="Index folder. [default: the most recently built under indexes/]")] = None,
+    result: Annotated[
+        str,
+        typer.Argument(help="A gallery image of the index: its id (from `metrix search`) or its path in the gallery."),
+    ],
+    index: Annotated[
+        Optional[Path], typer.Option(help="Index folder. [default: the most recently built under indexes/]")
+    ] = None,
     box: Annotated[Optional[str], typer.Option(help="The query's region, as in `metrix search --box`.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the picture: query, its heat map, the result's heat map, the result.")] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", "-o", help="Write the picture: query, its heat map, the result's heat map, the result."),
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the heat maps as JSON.")] = False,
 ) -> None:
     """Why RESULT matched IMAGE: a heat map over each picture of where it looks like the other
@@ -164,8 +269,10 @@ def explain(
         typer.echo(json.dumps({"query": str(image), "id": hit.id, "path": hit.path, **body}, indent=1))
         return
     low, high = explanation.scale
-    typer.echo(f"{hit.path} (id {hit.id}): cosine {explanation.score:.4f}; heat = each location's cosine with the other "
-               f"picture, from {low:.2f} to {high:.2f}")
+    typer.echo(
+        f"{hit.path} (id {hit.id}): cosine {explanation.score:.4f}; heat = each location's cosine with the other "
+        f"picture, from {low:.2f} to {high:.2f}"
+    )
     for title, grid in (("query", explanation.query_map), ("result", explanation.result_map)):
         typer.echo(f"  {title}:")
         for row in grid:
@@ -173,12 +280,23 @@ def explain(
     if out is not None:
         typer.echo(f"wrote {out}")
 
+
 @app.command()
 def duplicates(
-    index: Annotated[Optional[Path], typer.Argument(help="Index folder. [default: the most recently built under indexes/]")] = None,
-    threshold: Annotated[Optional[float], typer.Option(help="Cosine similarity in (0, 1] at which two images count as near-duplicates. [default: 0.88, chosen on copies planted among cub100 photos (docs/duplicates.md)]")] = None,
+    index: Annotated[
+        Optional[Path], typer.Argument(help="Index folder. [default: the most recently built under indexes/]")
+    ] = None,
+    threshold: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Cosine similarity in (0, 1] at which two images count as near-duplicates. [default: 0.88, chosen on copies planted among cub100 photos (docs/duplicates.md)]"
+        ),
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the groups as JSON.")] = False,
-    html: Annotated[Optional[Path], typer.Option("--html", help="Also write a page of the groups' pictures (thumbnails embedded) to this file.")] = None,
+    html: Annotated[
+        Optional[Path],
+        typer.Option("--html", help="Also write a page of the groups' pictures (thumbnails embedded) to this file."),
+    ] = None,
 ) -> None:
     """Groups of near-identical images in an index, largest first: ids, paths, labels, similarities."""
     import json
@@ -196,8 +314,9 @@ def duplicates(
     if html is not None:
         from metrix.app.duplicates_html import embedded_thumbnail, render_page
 
-        page = render_page(result, lambda image: embedded_thumbnail(opened.source, image["path"]),
-                           title=f"Near-duplicates in {index}")
+        page = render_page(
+            result, lambda image: embedded_thumbnail(opened.source, image["path"]), title=f"Near-duplicates in {index}"
+        )
         try:
             html.write_text(page, encoding="utf-8")
         except OSError as error:
@@ -206,14 +325,21 @@ def duplicates(
         typer.echo(json.dumps(result, indent=1, ensure_ascii=False))
         return
     typer.echo(f"{index} ({result['generation']}): {result['images']:,} images, search {result['search']}")
-    typer.echo(f"{len(result['groups'])} groups of near-duplicates ({result['grouped_images']} images) at cosine "
-               f"similarity >= {result['threshold']:g} ({result['seconds']:.1f} s)" + (f"; pictures in {html}" if html else ""))
+    typer.echo(
+        f"{len(result['groups'])} groups of near-duplicates ({result['grouped_images']} images) at cosine "
+        f"similarity >= {result['threshold']:g} ({result['seconds']:.1f} s)" + (f"; pictures in {html}" if html else "")
+    )
     for number, group in enumerate(result["groups"], 1):
         least = "-" if group["min_similarity"] is None else f"{group['min_similarity']:.4f}"
-        typer.echo(f"\ngroup {number}: {group['size']} images; least similar pair {least}, weakest link "
-                   f"{group['weakest_link']:.4f}")
+        typer.echo(
+            f"\ngroup {number}: {group['size']} images; least similar pair {least}, weakest link "
+            f"{group['weakest_link']:.4f}"
+        )
         for image in group["images"]:
-            typer.echo(f"  {image['similarity']:.4f}  {image['path']}" + (f"  [{image['label']}]" if image["label"] else ""))
+            typer.echo(
+                f"  {image['similarity']:.4f}  {image['path']}" + (f"  [{image['label']}]" if image["label"] else "")
+            )
+
 
 @index_app.command("verify")
 def index_verify(

@@ -15,6 +15,7 @@ from .base import app, fail
 #: Packages whose versions matter for reproducing a result.
 REPORTED_PACKAGES = ("torch", "torchvision", "numpy", "onnx", "onnxruntime", "faiss-cpu", "gradio", "typer")
 
+
 @app.command()
 def info() -> None:
     """Print versions, threads and accelerator: what a bug report or a benchmark needs."""
@@ -36,10 +37,18 @@ def info() -> None:
     else:
         typer.echo("accelerator none (CPU)")
 
+
 @app.command()
 def backbones(
-    search: Annotated[Optional[str], typer.Option(help="List timm's pretrained model names that match this pattern (* wildcards).")] = None,
-    download: Annotated[Optional[str], typer.Option(help="Fetch timm:NAME's pretrained weights into the local cache (needs internet) for later offline use.")] = None,
+    search: Annotated[
+        Optional[str], typer.Option(help="List timm's pretrained model names that match this pattern (* wildcards).")
+    ] = None,
+    download: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Fetch timm:NAME's pretrained weights into the local cache (needs internet) for later offline use."
+        ),
+    ] = None,
 ) -> None:
     """The backbones --backbone accepts, and which pretrained weights are on this machine."""
     from metrix.backbones import TIMM_PREFIX, BackboneError, list_backbones, local_weights
@@ -63,7 +72,9 @@ def backbones(
     typer.echo("registered (--backbone NAME):")
     for name in list_backbones():
         found = local_weights(name)
-        typer.echo(f"  {name:<20} " + (f"weights on this machine: {found}" if found else "weights downloaded on first use"))
+        typer.echo(
+            f"  {name:<20} " + (f"weights on this machine: {found}" if found else "weights downloaded on first use")
+        )
     typer.echo("any timm model (--backbone timm:NAME[.TAG]; `metrix backbones --search PATTERN` lists the names):")
     cache_dir, cached = cached_timm_models()
     typer.echo(f"  weights cached in {cache_dir}: " + (", ".join(TIMM_PREFIX + n for n in cached) or "none"))

@@ -18,7 +18,10 @@ def default_model(runs: Path = RUNS) -> Path:
     exported = sorted(runs.glob("*/checkpoints/*/model*.onnx"), key=lambda p: p.stat().st_mtime)
     if not exported:
         raise GalleryIndexError(f"no exported model under {runs}/: run `metrix export RUN_DIR` or pass --model")
-    newest_run = max({p.parents[2] for p in exported}, key=lambda run: max(p.stat().st_mtime for p in exported if p.parents[2] == run))
+    newest_run = max(
+        {p.parents[2] for p in exported},
+        key=lambda run: max(p.stat().st_mtime for p in exported if p.parents[2] == run),
+    )
     return [p for p in exported if p.parents[2] == newest_run][-1]
 
 
@@ -31,7 +34,9 @@ def default_index_dir(gallery: Path | str) -> Path:
 def newest_index(indexes: Path = INDEXES) -> Path:
     built = sorted(indexes.glob(f"*/{CURRENT}"), key=lambda p: p.stat().st_mtime)
     if not built:
-        raise GalleryIndexError(f"no index under {indexes}/: build one with `metrix build-index GALLERY` or pass --index")
+        raise GalleryIndexError(
+            f"no index under {indexes}/: build one with `metrix build-index GALLERY` or pass --index"
+        )
     return built[-1].parent
 
 

@@ -18,13 +18,21 @@ def describe(checkpoint: Checkpoint, model) -> ModelMetadata:
     config, pre = checkpoint.config, model.preprocessing
     data = config.get("data", {})
     return ModelMetadata(
-        image_size=pre.image_size, resize_size=pre.resize_size, interpolation=pre.interpolation,
-        embedding_size=model.embedding_size, backbone=config["model"]["backbone"],
-        loss=config.get("loss", "?"), mixup=config.get("mixup", "?"), labels=config.get("labels", "folder"),
+        image_size=pre.image_size,
+        resize_size=pre.resize_size,
+        interpolation=pre.interpolation,
+        embedding_size=model.embedding_size,
+        backbone=config["model"]["backbone"],
+        loss=config.get("loss", "?"),
+        mixup=config.get("mixup", "?"),
+        labels=config.get("labels", "folder"),
         training_data=f"{data.get('name', '?')}:{data.get('root', '?')}",
-        train_classes=len(data.get("train_classes", [])), weights_sha256=file_sha256(checkpoint.path / MODEL_FILE),
-        metrix_version=__version__, checkpoint=str(checkpoint.path),
-        exporter=f"torch.onnx dynamo (torch {torch.__version__})", opset=OPSET,
+        train_classes=len(data.get("train_classes", [])),
+        weights_sha256=file_sha256(checkpoint.path / MODEL_FILE),
+        metrix_version=__version__,
+        checkpoint=str(checkpoint.path),
+        exporter=f"torch.onnx dynamo (torch {torch.__version__})",
+        opset=OPSET,
     )
 
 
@@ -34,8 +42,13 @@ def export_checkpoint(ckpt: Checkpoint, output: Path, sample_paths: list[Path]) 
     return export_verified(ImageEmbedder(model).eval(), describe(ckpt, model), output, sample_paths)
 
 
-def export_run(run_dir: Path | str, output: Path | str | None = None, checkpoint: str = "best",
-               quantize: str | None = None, max_r1_drop: float = 1.0) -> dict:
+def export_run(
+    run_dir: Path | str,
+    output: Path | str | None = None,
+    checkpoint: str = "best",
+    quantize: str | None = None,
+    max_r1_drop: float = 1.0,
+) -> dict:
     """`metrix export`: the run's checkpoint (default: the one chosen on the validation classes,
     latest where the run has none) to ONNX (default: model.onnx in the checkpoint folder),
     verified on images of its test split (seeded noise where its data is unreachable); with
@@ -44,14 +57,21 @@ def export_run(run_dir: Path | str, output: Path | str | None = None, checkpoint
     output = Path(output) if output is not None else ckpt.path / "model.onnx"
     data = run_data(ckpt)
     metadata, parity = export_checkpoint(ckpt, output, [s.path for s in data.test.samples] if data else [])
-    report = {"model": str(output), "checkpoint_choice": ckpt.choice, "metadata": metadata, "parity": parity,
-              "verified_on": f"{data.name} test images" if data else "seeded noise images (the run's data is not reachable)"}
+    report = {
+        "model": str(output),
+        "checkpoint_choice": ckpt.choice,
+        "metadata": metadata,
+        "parity": parity,
+        "verified_on": f"{data.name} test images" if data else "seeded noise images (the run's data is not reachable)",
+    }
     if quantize is not None:
         if quantize != "int8":
             raise ExportError(f"--quantize {quantize}: only int8 is supported")
         if data is None:
-            raise ExportError(f"{output}: written; --quantize int8 needs the run's data to calibrate and measure on, "
-                              f"and {metadata.training_data} is not reachable")
+            raise ExportError(
+                f"{output}: written; --quantize int8 needs the run's data to calibrate and measure on, "
+                f"and {metadata.training_data} is not reachable"
+            )
         from metrix.export.quantize import quantize_run
 
         report["int8"] = quantize_run(output, data, max_r1_drop=max_r1_drop)

@@ -12,35 +12,97 @@ from .base import app, fail, path_str
 
 @app.command()
 def train(
-    data: Annotated[Optional[Path], typer.Option(help="An image folder, one sub-folder per class (with --labels none: any folder of images).")] = None,
+    data: Annotated[
+        Optional[Path],
+        typer.Option(help="An image folder, one sub-folder per class (with --labels none: any folder of images)."),
+    ] = None,
     dataset: Annotated[Optional[str], typer.Option(help="A benchmark: cub, cars, sop or inshop.")] = None,
     data_root: Annotated[Optional[Path], typer.Option(help="Where the benchmark was downloaded.")] = None,
     train_classes: Annotated[Optional[str], typer.Option(help="Image folder: N first classes, or names a,b,c.")] = None,
-    split_file: Annotated[Optional[Path], typer.Option(help='Image folder: JSON {"train": [...], "test": [...]}.')] = None,
-    val_fraction: Annotated[Optional[float], typer.Option(help="Share of training classes held out for validation (without labels: of images).")] = None,
-    labels: Annotated[Optional[str], typer.Option(help="folder (one sub-folder per class), or none to train without labels: instances (each image its own class) or clusters (k-means pseudo-labels); none picks the one measured best. [default: folder]")] = None,
-    clusters: Annotated[Optional[int], typer.Option(help="--labels clusters: how many. [default: one per 20 images]")] = None,
-    recluster_every: Annotated[Optional[int], typer.Option(help="--labels clusters: redraw the clusters every N epochs. [default: 2]")] = None,
-    loss: Annotated[Optional[str], typer.Option(help="contrastive, ms, pa, or pml-ms (pytorch-metric-learning's MS loss, a peer; --mixup none). [default: ms]")] = None,
+    split_file: Annotated[
+        Optional[Path], typer.Option(help='Image folder: JSON {"train": [...], "test": [...]}.')
+    ] = None,
+    val_fraction: Annotated[
+        Optional[float],
+        typer.Option(help="Share of training classes held out for validation (without labels: of images)."),
+    ] = None,
+    labels: Annotated[
+        Optional[str],
+        typer.Option(
+            help="folder (one sub-folder per class), or none to train without labels: instances (each image its own class) or clusters (k-means pseudo-labels); none picks the one measured best. [default: folder]"
+        ),
+    ] = None,
+    clusters: Annotated[
+        Optional[int], typer.Option(help="--labels clusters: how many. [default: one per 20 images]")
+    ] = None,
+    recluster_every: Annotated[
+        Optional[int], typer.Option(help="--labels clusters: redraw the clusters every N epochs. [default: 2]")
+    ] = None,
+    loss: Annotated[
+        Optional[str],
+        typer.Option(
+            help="contrastive, ms, pa, or pml-ms (pytorch-metric-learning's MS loss, a peer; --mixup none). [default: ms]"
+        ),
+    ] = None,
     mixup: Annotated[Optional[str], typer.Option(help="none, input, feature or embed. [default: feature]")] = None,
-    backbone: Annotated[Optional[str], typer.Option(help="A registered backbone, or timm:NAME for any timm model (`metrix backbones` lists them). [default: efficientnet_lite0]")] = None,
-    pretrained: Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained", help="Pretrained weights.")] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="A timm backbone's pretrained weights from this file (safetensors or a timm checkpoint) instead of the hub.")] = None,
-    embedding_size: Annotated[Optional[int], typer.Option(help="[default: 512; recipe cpu: the backbone's feature width]")] = None,
+    backbone: Annotated[
+        Optional[str],
+        typer.Option(
+            help="A registered backbone, or timm:NAME for any timm model (`metrix backbones` lists them). [default: efficientnet_lite0]"
+        ),
+    ] = None,
+    pretrained: Annotated[
+        Optional[bool], typer.Option("--pretrained/--no-pretrained", help="Pretrained weights.")
+    ] = None,
+    weights: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="A timm backbone's pretrained weights from this file (safetensors or a timm checkpoint) instead of the hub."
+        ),
+    ] = None,
+    embedding_size: Annotated[
+        Optional[int], typer.Option(help="[default: 512; recipe cpu: the backbone's feature width]")
+    ] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Input size. [default: the backbone's]")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="[default: 10]")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="[default: 100]")] = None,
-    samples_per_class: Annotated[Optional[int], typer.Option(help="K images per class in a batch. [default: 5]")] = None,
-    sampler: Annotated[Optional[str], typer.Option(help="balanced (P classes x K images) or random (the paper's for CUB and Cars). [default: balanced]")] = None,
-    pair_choice: Annotated[Optional[str], typer.Option(help="Metrix pairs: all (positive-negative and anchor-negative every step) or coin (the official code's: one kind per step). [default: all]")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="fp32, or bf16 autocast of the backbone (CPUs with AMX / AVX512-BF16, GPUs). [default: fp32]")] = None,
+    samples_per_class: Annotated[
+        Optional[int], typer.Option(help="K images per class in a batch. [default: 5]")
+    ] = None,
+    sampler: Annotated[
+        Optional[str],
+        typer.Option(
+            help="balanced (P classes x K images) or random (the paper's for CUB and Cars). [default: balanced]"
+        ),
+    ] = None,
+    pair_choice: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Metrix pairs: all (positive-negative and anchor-negative every step) or coin (the official code's: one kind per step). [default: all]"
+        ),
+    ] = None,
+    precision: Annotated[
+        Optional[str],
+        typer.Option(
+            help="fp32, or bf16 autocast of the backbone (CPUs with AMX / AVX512-BF16, GPUs). [default: fp32]"
+        ),
+    ] = None,
     lr: Annotated[Optional[float], typer.Option(help="[default: 1e-4]")] = None,
     seed: Annotated[Optional[int], typer.Option(help="[default: 0]")] = None,
     num_workers: Annotated[Optional[int], typer.Option(help="Image decoding processes. [default: 2]")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Run directory. [default: runs/<time>-<data>-<loss>-<mixup>]")] = None,
+    out: Annotated[
+        Optional[Path], typer.Option(help="Run directory. [default: runs/<time>-<data>-<loss>-<mixup>]")
+    ] = None,
     config: Annotated[Optional[Path], typer.Option(help="A JSON or TOML file of settings (flags override it).")] = None,
-    recipe: Annotated[Optional[str], typer.Option(help="cpu (cached frozen stages), full-cpu (the whole network trains at 96 px), full (the whole backbone at its own size, the default with a GPU) or paper (ResNet-50, the paper's protocol); docs/training.md says which is the default without a GPU and why.")] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this directory from its last checkpoint.")] = None,
+    recipe: Annotated[
+        Optional[str],
+        typer.Option(
+            help="cpu (cached frozen stages), full-cpu (the whole network trains at 96 px), full (the whole backbone at its own size, the default with a GPU) or paper (ResNet-50, the paper's protocol); docs/training.md says which is the default without a GPU and why."
+        ),
+    ] = None,
+    resume: Annotated[
+        Optional[Path], typer.Option(help="Continue the run in this directory from its last checkpoint.")
+    ] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Train a Metrix embedding model. With no data, trains on the built-in synthetic dataset."""
@@ -51,19 +113,41 @@ def train(
     from metrix.training.trainer import train as run_training
 
     flags = dict(
-        data=path_str(data), dataset=dataset, data_root=path_str(data_root), train_classes=train_classes,
-        split_file=path_str(split_file), val_fraction=val_fraction, labels=labels, clusters=clusters,
-        recluster_every=recluster_every, loss=loss, mixup=mixup, backbone=backbone,
-        pretrained=pretrained, weights=path_str(weights), embedding_size=embedding_size, image_size=image_size, epochs=epochs,
-        batch_size=batch_size, samples_per_class=samples_per_class, sampler=sampler, pair_choice=pair_choice,
-        precision=precision, lr=lr, seed=seed, num_workers=num_workers,
-        out=path_str(out), recipe=recipe,
+        data=path_str(data),
+        dataset=dataset,
+        data_root=path_str(data_root),
+        train_classes=train_classes,
+        split_file=path_str(split_file),
+        val_fraction=val_fraction,
+        labels=labels,
+        clusters=clusters,
+        recluster_every=recluster_every,
+        loss=loss,
+        mixup=mixup,
+        backbone=backbone,
+        pretrained=pretrained,
+        weights=path_str(weights),
+        embedding_size=embedding_size,
+        image_size=image_size,
+        epochs=epochs,
+        batch_size=batch_size,
+        samples_per_class=samples_per_class,
+        sampler=sampler,
+        pair_choice=pair_choice,
+        precision=precision,
+        lr=lr,
+        seed=seed,
+        num_workers=num_workers,
+        out=path_str(out),
+        recipe=recipe,
     )
     try:
         if resume is not None:
             given = [k for k, v in flags.items() if v is not None] + (["config"] if config else [])
             if given:
-                raise ConfigError(f"--resume continues a run with its own settings; drop {', '.join('--' + g.replace('_', '-') for g in given)}")
+                raise ConfigError(
+                    f"--resume continues a run with its own settings; drop {', '.join('--' + g.replace('_', '-') for g in given)}"
+                )
             run_training(None, resume=resume, progress=progress)
         else:
             resolved = resolve_config(config, **flags)
@@ -72,16 +156,27 @@ def train(
     except (ConfigError, DataError, BackboneError, CheckpointError) as error:
         fail(error)
 
+
 @app.command()
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run directory written by metrix train.")],
-    checkpoint: Annotated[str, typer.Option(help="best (chosen on the validation classes; latest where the run has no validation split), latest, or a checkpoint folder name.")] = "best",
+    checkpoint: Annotated[
+        str,
+        typer.Option(
+            help="best (chosen on the validation classes; latest where the run has no validation split), latest, or a checkpoint folder name."
+        ),
+    ] = "best",
     data: Annotated[Optional[Path], typer.Option(help="Evaluate on this image folder's test classes instead.")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="Or on this benchmark's test split.")] = None,
     data_root: Annotated[Optional[Path], typer.Option(help="Where that benchmark was downloaded.")] = None,
     floor: Annotated[bool, typer.Option("--floor", help="Also evaluate the untrained pretrained backbone.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
-    report: Annotated[Optional[Path], typer.Option(help="Also write an HTML report here: the metrics next to the floor (implies --floor), R@1 per class, the most confused classes, the worst queries with their neighbours.")] = None,
+    report: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Also write an HTML report here: the metrics next to the floor (implies --floor), R@1 per class, the most confused classes, the worst queries with their neighbours."
+        ),
+    ] = None,
 ) -> None:
     """Recall@K, MAP@R, R-precision, NMI and utilization of a trained run on unseen classes."""
     import json
@@ -103,15 +198,19 @@ def evaluate(
         else:
             reports = [evaluate_run(run_dir, checkpoint, path_str(data), dataset, path_str(data_root), log=log)]
             if floor:
-                reports.append(evaluate_run(run_dir, checkpoint, path_str(data), dataset, path_str(data_root), floor=True, log=log))
+                reports.append(
+                    evaluate_run(run_dir, checkpoint, path_str(data), dataset, path_str(data_root), floor=True, log=log)
+                )
     except (DataError, CheckpointError, BackboneError, ReportError) as error:
         fail(error)
     if json_output:
         typer.echo(json.dumps(reports[0] if not floor else {"trained": reports[0], "floor": reports[1]}, indent=2))
         return
     first = reports[0]
-    typer.echo(f"{first['run']} on {first['data']}, {first['split']}: {first['num_queries']} queries, "
-               f"{first['num_classes']} classes")
+    typer.echo(
+        f"{first['run']} on {first['data']}, {first['split']}: {first['num_queries']} queries, "
+        f"{first['num_classes']} classes"
+    )
     for line in format_table(reports):
         typer.echo(line)
     if report is not None:

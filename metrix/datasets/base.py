@@ -105,7 +105,9 @@ def check_trainable(split: Split, what: str) -> None:
         raise DataError(f"{what} has {len(counts)} class(es); metric learning needs at least 2")
     single = sorted(label for label, n in counts.items() if n < 2)
     if single:
-        raise DataError(f"{what} has {len(single)} class(es) with a single image (class ids {single[:10]}); each class needs at least 2")
+        raise DataError(
+            f"{what} has {len(single)} class(es) with a single image (class ids {single[:10]}); each class needs at least 2"
+        )
 
 
 def is_image_file(path: Path) -> bool:

@@ -42,7 +42,9 @@ def _rows(title: str, path: Path, fields: int, skip: int = 0) -> Iterator[tuple[
                 continue
             parts = line.strip().split(maxsplit=fields - 1)  # the last field (a path or name) may hold spaces
             if len(parts) != fields:
-                raise DataError(f"{title}: {path} line {number} has {len(parts)} fields, expected {fields}: {line.strip()!r}")
+                raise DataError(
+                    f"{title}: {path} line {number} has {len(parts)} fields, expected {fields}: {line.strip()!r}"
+                )
             yield number, parts
 
 
@@ -65,14 +67,18 @@ def _drop_missing(title: str, splits: dict[str, list[Sample]]) -> dict[str, Spli
             else:
                 missing.append(sample.path)
     if missing:
-        warnings.warn(f"{title}: skipped {len(missing)} listed image(s) missing on disk, the first {missing[0]}", stacklevel=3)
+        warnings.warn(
+            f"{title}: skipped {len(missing)} listed image(s) missing on disk, the first {missing[0]}", stacklevel=3
+        )
     for name, split in kept.items():
         if not split.samples:
             raise DataError(f"{title}: the {name} split has no images (none listed, or none found on disk)")
     return kept
 
 
-def _finish(name: str, root: Path, class_names: list[str], splits: dict[str, Split], val_fraction: float) -> RetrievalData:
+def _finish(
+    name: str, root: Path, class_names: list[str], splits: dict[str, Split], val_fraction: float
+) -> RetrievalData:
     train, val = carve_validation(splits["train"], val_fraction)
     return RetrievalData(name, root, class_names, train, val, splits["test"], splits.get("gallery"))
 

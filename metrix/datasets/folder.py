@@ -38,7 +38,9 @@ def _class_names(given: int | str | Sequence[str], names: list[str], root: Path)
         given = int(given)
     if isinstance(given, int):
         if not 0 < given < len(names):
-            raise DataError(f"train_classes={given} but {root} has {len(names)} classes with images; give 0 < N < {len(names)}")
+            raise DataError(
+                f"train_classes={given} but {root} has {len(names)} classes with images; give 0 < N < {len(names)}"
+            )
         return names[:given]
     if isinstance(given, str):
         given = given.split(",")
@@ -48,7 +50,9 @@ def _class_names(given: int | str | Sequence[str], names: list[str], root: Path)
 def _known(asked: list[str], names: list[str], root: Path, source: str) -> list[str]:
     unknown = [name for name in asked if name not in names]
     if unknown:
-        raise DataError(f"{source} names {len(unknown)} class(es) that are not class folders with images in {root}: {unknown[:10]}")
+        raise DataError(
+            f"{source} names {len(unknown)} class(es) that are not class folders with images in {root}: {unknown[:10]}"
+        )
     return asked
 
 
@@ -105,10 +109,14 @@ def load_image_folder(
         warnings.warn(f"skipped {len(empty)} class folder(s) without images in {root}: {empty[:10]}", stacklevel=2)
     names = list(images)
     if len(names) < 2:
-        raise DataError(f"image folder {root} has {len(names)} class folder(s) with images; need at least 2 (one sub-folder per class)")
+        raise DataError(
+            f"image folder {root} has {len(names)} class folder(s) with images; need at least 2 (one sub-folder per class)"
+        )
     single = [name for name in names if len(images[name]) == 1]
     if single:
-        raise DataError(f"image folder {root} has {len(single)} class folder(s) with a single image (each needs at least 2): {single[:10]}")
+        raise DataError(
+            f"image folder {root} has {len(single)} class folder(s) with a single image (each needs at least 2): {single[:10]}"
+        )
 
     test_names = None
     if split_file is not None:
@@ -122,7 +130,9 @@ def load_image_folder(
 
     def split(chosen: list[str]) -> Split:
         chosen = set(chosen)
-        return Split([Sample(path, label) for label, name in enumerate(names) if name in chosen for path in images[name]])
+        return Split(
+            [Sample(path, label) for label, name in enumerate(names) if name in chosen for path in images[name]]
+        )
 
     train, test = split(train_names), split(test_names)
     check_trainable(train, f"the training split of {root}")
@@ -152,5 +162,7 @@ def load_data(
     if data_root is None:
         raise DataError(f"--dataset {dataset} needs --data-root DIR, the folder it was downloaded to")
     if train_classes is not None or split_file is not None:
-        raise DataError(f"--dataset {dataset} uses its official split; --train-classes and --split-file apply only to --data DIR")
+        raise DataError(
+            f"--dataset {dataset} uses its official split; --train-classes and --split-file apply only to --data DIR"
+        )
     return load_benchmark(dataset, data_root, val_fraction)

@@ -33,14 +33,16 @@ SHAPES = ("circle", "triangle", "square", "star", "cross")
 PATTERNS = ("solid", "stripes", "dots", "checks")
 _RED, _YELLOW, _BLUE = (0.0, 0.85, 0.85), (0.14, 0.85, 0.92), (0.61, 0.8, 0.8)  # HSV
 PALETTES = {  # name: (fill, marks); the ordered pairs of three base colours
-    "sunset": (_RED, _YELLOW), "lemon": (_YELLOW, _RED), "berry": (_RED, _BLUE),
-    "navy": (_BLUE, _RED), "ocean": (_BLUE, _YELLOW), "sand": (_YELLOW, _BLUE),
+    "sunset": (_RED, _YELLOW),
+    "lemon": (_YELLOW, _RED),
+    "berry": (_RED, _BLUE),
+    "navy": (_BLUE, _RED),
+    "ocean": (_BLUE, _YELLOW),
+    "sand": (_YELLOW, _BLUE),
 }
 # Class k: the shape varies fastest, then the palette, then the pattern, so that a small
 # num_classes still mixes shapes and colours.
-CLASS_SPECS = tuple(
-    (shape, pattern, palette) for pattern in PATTERNS for palette in PALETTES for shape in SHAPES
-)
+CLASS_SPECS = tuple((shape, pattern, palette) for pattern in PATTERNS for palette in PALETTES for shape in SHAPES)
 
 
 def class_names(num_classes: int = SYNTHETIC_DEFAULTS["num_classes"]) -> list[str]:
@@ -56,6 +58,7 @@ def _name(class_index: int) -> str:
 
 def _outline(shape: str) -> np.ndarray:
     """Vertices of the shape at unit radius, as an (n, 2) array."""
+
     def ring(n, radius=1.0, start=-np.pi / 2):
         t = start + 2 * np.pi * np.arange(n) / n
         return np.stack([radius * np.cos(t), radius * np.sin(t)], 1)
@@ -70,8 +73,9 @@ def _outline(shape: str) -> np.ndarray:
         outer, inner = ring(5, 1.1), ring(5, 0.48, -np.pi / 2 + np.pi / 5)
         return np.stack([outer, inner], 1).reshape(-1, 2)
     a, b = 0.34, 0.95  # cross: arm half-width and length
-    return np.array([(-a, -b), (a, -b), (a, -a), (b, -a), (b, a), (a, a),
-                     (a, b), (-a, b), (-a, a), (-b, a), (-b, -a), (-a, -a)])
+    return np.array(
+        [(-a, -b), (a, -b), (a, -a), (b, -a), (b, a), (a, a), (a, b), (-a, b), (-a, a), (-b, a), (-b, -a), (-a, -a)]
+    )
 
 
 def _jitter(hsv, rng, hue, light) -> tuple[int, int, int]:
@@ -94,7 +98,7 @@ def _pattern(kind: str, u: np.ndarray, v: np.ndarray, rng) -> np.ndarray:
     if kind == "stripes":
         return (v / 0.42) % 1 < 0.4
     if kind == "dots":
-        return ((u / 0.5) % 1 - 0.5) ** 2 + ((v / 0.5) % 1 - 0.5) ** 2 < 0.32 ** 2
+        return ((u / 0.5) % 1 - 0.5) ** 2 + ((v / 0.5) % 1 - 0.5) ** 2 < 0.32**2
     if kind == "checks":
         return (np.floor(u / 0.4) + np.floor(v / 0.4)) % 2 == 1
     return np.zeros(u.shape, bool)
@@ -170,15 +174,23 @@ def render_image(class_index: int, index: int, image_size: int = 96, seed: int =
 
 
 def _manifest(num_classes, images_per_class, image_size, seed) -> dict:
-    return {"format": FORMAT_VERSION, "generator": "metrix.datasets.synthetic",
-            "num_classes": num_classes, "images_per_class": images_per_class,
-            "image_size": image_size, "seed": seed, "classes": class_names(num_classes)}
+    return {
+        "format": FORMAT_VERSION,
+        "generator": "metrix.datasets.synthetic",
+        "num_classes": num_classes,
+        "images_per_class": images_per_class,
+        "image_size": image_size,
+        "seed": seed,
+        "classes": class_names(num_classes),
+    }
 
 
-def default_synthetic_root(num_classes: int = SYNTHETIC_DEFAULTS["num_classes"],
-                           images_per_class: int = SYNTHETIC_DEFAULTS["images_per_class"],
-                           image_size: int = SYNTHETIC_DEFAULTS["image_size"],
-                           seed: int = SYNTHETIC_DEFAULTS["seed"]) -> Path:
+def default_synthetic_root(
+    num_classes: int = SYNTHETIC_DEFAULTS["num_classes"],
+    images_per_class: int = SYNTHETIC_DEFAULTS["images_per_class"],
+    image_size: int = SYNTHETIC_DEFAULTS["image_size"],
+    seed: int = SYNTHETIC_DEFAULTS["seed"],
+) -> Path:
     """$METRIX_CACHE (or ~/.cache/metrix) / synthetic-v<format>-<hash of the parameters>."""
     params = json.dumps(_manifest(num_classes, images_per_class, image_size, seed), sort_keys=True)
     return cache_root() / f"synthetic-v{FORMAT_VERSION}-{hashlib.sha256(params.encode()).hexdigest()[:12]}"
@@ -199,13 +211,18 @@ def _write_class(out: Path, class_index: int, images_per_class: int, image_size:
     folder.mkdir()
     for i in range(images_per_class):
         render_image(class_index, i, image_size, seed).save(
-            folder / f"{i:04d}.png", format="PNG", compress_level=6, optimize=False)
+            folder / f"{i:04d}.png", format="PNG", compress_level=6, optimize=False
+        )
 
 
-def generate_synthetic(root, num_classes: int = SYNTHETIC_DEFAULTS["num_classes"],
-                       images_per_class: int = SYNTHETIC_DEFAULTS["images_per_class"],
-                       image_size: int = SYNTHETIC_DEFAULTS["image_size"],
-                       seed: int = SYNTHETIC_DEFAULTS["seed"], workers: int | None = None) -> Path:
+def generate_synthetic(
+    root,
+    num_classes: int = SYNTHETIC_DEFAULTS["num_classes"],
+    images_per_class: int = SYNTHETIC_DEFAULTS["images_per_class"],
+    image_size: int = SYNTHETIC_DEFAULTS["image_size"],
+    seed: int = SYNTHETIC_DEFAULTS["seed"],
+    workers: int | None = None,
+) -> Path:
     """Write root/<class>/<index:04d>.png and root/synthetic.json; return root.
 
     A complete dataset with the same parameters is kept as it is. Anything else that is ours

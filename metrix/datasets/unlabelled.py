@@ -30,7 +30,12 @@ def load_unlabelled(
 ) -> RetrievalData:
     if dataset is not None or train_classes is not None or split_file is not None:
         labelled = load_data(data, dataset, data_root, train_classes, split_file, val_fraction=0)
-        pool, test, names, root = [s.path for s in labelled.train.samples], labelled.test, labelled.class_names, labelled.root
+        pool, test, names, root = (
+            [s.path for s in labelled.train.samples],
+            labelled.test,
+            labelled.class_names,
+            labelled.root,
+        )
         name = labelled.name
     else:
         if data is None:
@@ -52,8 +57,10 @@ def _hold_out_images(paths: list[Path], fraction: float) -> tuple[Split, Split]:
         raise DataError(f"the validation fraction must lie in [0, 1), got {fraction}")
     count = 0 if fraction == 0 else max(2, round(fraction * len(paths)))
     if len(paths) - count < MIN_IMAGES:
-        raise DataError(f"holding out {count} of {len(paths)} images for validation leaves fewer than {MIN_IMAGES} "
-                        "to train on; lower --val-fraction or add images")
+        raise DataError(
+            f"holding out {count} of {len(paths)} images for validation leaves fewer than {MIN_IMAGES} "
+            "to train on; lower --val-fraction or add images"
+        )
     held_out = set(random.Random(0).sample(range(len(paths)), count))
     kept = [p for i, p in enumerate(paths) if i not in held_out]
     validation = [p for i, p in enumerate(paths) if i in held_out]

@@ -100,9 +100,7 @@ def _as_labels(y, name: str) -> np.ndarray:
 
 def _check_lengths(emb, labels, emb_name: str, labels_name: str) -> None:
     if len(emb) != len(labels):
-        raise ValueError(
-            f"{emb_name} has {len(emb)} rows but {labels_name} has {len(labels)} labels"
-        )
+        raise ValueError(f"{emb_name} has {len(emb)} rows but {labels_name} has {len(labels)} labels")
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -154,9 +152,7 @@ def _checked(query_emb, query_labels, gallery_emb, gallery_labels, ks, batch_siz
         g_labels = _as_labels(gallery_labels, "gallery_labels")
         _check_lengths(gallery, g_labels, "gallery_emb", "gallery_labels")
         if gallery.shape[1] != query.shape[1]:
-            raise ValueError(
-                f"query_emb has dimension {query.shape[1]} but gallery_emb has {gallery.shape[1]}"
-            )
+            raise ValueError(f"query_emb has dimension {query.shape[1]} but gallery_emb has {gallery.shape[1]}")
 
     if len(query) == 0:
         raise ValueError("query_emb is empty")
@@ -167,13 +163,9 @@ def _checked(query_emb, query_labels, gallery_emb, gallery_labels, ks, batch_siz
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     num_reference = len(gallery) - int(exclude_self)
     if max(ks) > num_reference:
-        raise ValueError(
-            f"K = {max(ks)} is larger than the {num_reference} items each query is searched in"
-        )
+        raise ValueError(f"K = {max(ks)} is larger than the {num_reference} items each query is searched in")
     if not 0 <= neighbours <= num_reference:
-        raise ValueError(
-            f"neighbours = {neighbours} is not in 0..{num_reference}, the items each query is searched in"
-        )
+        raise ValueError(f"neighbours = {neighbours} is not in 0..{num_reference}, the items each query is searched in")
     return query, q_labels, gallery, g_labels, ks
 
 
@@ -199,8 +191,9 @@ def evaluate_retrieval(
     query's first results (reference indices) to keep there. A neighbours above max(ks) widens
     the search, which can only change which of exactly tied items come first.
     """
-    query, q_labels, gallery, g_labels, ks = _checked(query_emb, query_labels, gallery_emb, gallery_labels, ks,
-                                                      batch_size, neighbours)
+    query, q_labels, gallery, g_labels, ks = _checked(
+        query_emb, query_labels, gallery_emb, gallery_labels, ks, batch_size, neighbours
+    )
     exclude_self = gallery_emb is None
     num_reference = len(gallery) - int(exclude_self)
 
@@ -297,9 +290,7 @@ def utilization(test_emb, train_emb, batch_size: int = 4096) -> float:
     if len(test) == 0 or len(train) == 0:
         raise ValueError(f"need test and train embeddings, got {len(test)} and {len(train)}")
     if test.shape[1] != train.shape[1]:
-        raise ValueError(
-            f"test_emb has dimension {test.shape[1]} but train_emb has {train.shape[1]}"
-        )
+        raise ValueError(f"test_emb has dimension {test.shape[1]} but train_emb has {train.shape[1]}")
     index = _flat_ip_index(_normalise(train))
     test = _normalise(test)
     total = 0.0

@@ -76,8 +76,14 @@ def worst_queries(ap_at_r: np.ndarray, counted: np.ndarray, n: int = WORST) -> n
     return candidates[order[:n]]
 
 
-def report_data(run_dir: Path, checkpoint: str = "best", data: str | None = None, dataset: str | None = None,
-                data_root: str | None = None, log=print) -> Report:
+def report_data(
+    run_dir: Path,
+    checkpoint: str = "best",
+    data: str | None = None,
+    dataset: str | None = None,
+    data_root: str | None = None,
+    log=print,
+) -> Report:
     run = embed_run(run_dir, checkpoint, data, dataset, data_root, log=log)
     retrieval = retrieval_metrics(run, per_query=True, neighbours=TOP)
     trained = summarise(run, retrieval)
@@ -91,26 +97,41 @@ def report_data(run_dir: Path, checkpoint: str = "best", data: str | None = None
     counted = per_query.r > 0
     names = run.data.class_names
 
-    per_class = sorted(per_class_recall_at_1(labels, per_query.hits[:, 0], counted).items(),
-                       key=lambda item: (item[1][0], item[0]))
+    per_class = sorted(
+        per_class_recall_at_1(labels, per_query.hits[:, 0], counted).items(), key=lambda item: (item[1][0], item[0])
+    )
     first_image = {}
     for sample in [*queries, *references]:
         first_image.setdefault(sample.label, sample.path)
-    confused = [dict(a=names[a], b=names[b], a_to_b=ab, b_to_a=ba, example_a=first_image[a], example_b=first_image[b])
-                for a, b, ab, ba in confused_pairs(labels, reference_labels[per_query.neighbours[:, 0]], counted)]
+    confused = [
+        dict(a=names[a], b=names[b], a_to_b=ab, b_to_a=ba, example_a=first_image[a], example_b=first_image[b])
+        for a, b, ab, ba in confused_pairs(labels, reference_labels[per_query.neighbours[:, 0]], counted)
+    ]
     worst, shown = [], worst_queries(per_query.ap_at_r, counted)
     ap = np.round(per_query.ap_at_r, 12)  # as worst_queries compares them
     for i in shown:
-        worst.append(dict(
-            path=queries[i].path, label=names[labels[i]], ap_at_r=100 * per_query.ap_at_r[i],
-            recall_at_1=100 * float(per_query.hits[i, 0]),
-            neighbours=[(references[j].path, names[reference_labels[j]], bool(reference_labels[j] == labels[i]))
-                        for j in per_query.neighbours[i]]))
+        worst.append(
+            dict(
+                path=queries[i].path,
+                label=names[labels[i]],
+                ap_at_r=100 * per_query.ap_at_r[i],
+                recall_at_1=100 * float(per_query.hits[i, 0]),
+                neighbours=[
+                    (references[j].path, names[reference_labels[j]], bool(reference_labels[j] == labels[i]))
+                    for j in per_query.neighbours[i]
+                ],
+            )
+        )
     return Report(
-        trained=trained, floor=floor, root=run.data.root, lone_queries=int((~counted).sum()),
+        trained=trained,
+        floor=floor,
+        root=run.data.root,
+        lone_queries=int((~counted).sum()),
         per_class=[(names[label], 100 * r1, n) for label, (r1, n) in per_class],
-        confused=confused, worst=worst,
-        worst_tied=int((ap[counted] <= ap[shown[-1]]).sum()) if len(shown) else 0)
+        confused=confused,
+        worst=worst,
+        worst_tied=int((ap[counted] <= ap[shown[-1]]).sum()) if len(shown) else 0,
+    )
 
 
 def thumbnail(path: Path) -> str:
@@ -131,43 +152,67 @@ def render_html(report: Report) -> str:
     def img(path: Path, label: str, css: str = "") -> str:
         if path not in thumbs:
             thumbs[path] = thumbnail(path)
-        return (f'<img src="{thumbs[path]}" class="{css}" width="{THUMB}" height="{THUMB}" '
-                f'alt="{escape(label)}" title="{escape(label)}: {escape(_shown(path, report.root))}">')
+        return (
+            f'<img src="{thumbs[path]}" class="{css}" width="{THUMB}" height="{THUMB}" '
+            f'alt="{escape(label)}" title="{escape(label)}: {escape(_shown(path, report.root))}">'
+        )
 
     keys = [k for k, v in trained.items() if isinstance(v, float)]
     metric_rows = "".join(
         f"<tr><th>{key}</th><td>{trained[key]:.2f}</td><td>{floor[key]:.2f}</td><td>{trained[key] - floor[key]:+.2f}</td></tr>"
-        for key in keys)
+        for key in keys
+    )
     lone = f", {report.lone_queries} alone in their class (left out)" if report.lone_queries else ""
     pair_rows = "".join(
         f"<tr><td>{rank}</td><td><div class=cls>{img(p['example_a'], p['a'])}{escape(p['a'])}</div></td>"
         f"<td><div class=cls>{img(p['example_b'], p['b'])}{escape(p['b'])}</div></td>"
         f"<td class=num>{p['a_to_b'] + p['b_to_a']}</td><td class=num>{p['a_to_b']}</td><td class=num>{p['b_to_a']}</td></tr>"
-        for rank, p in enumerate(report.confused, 1))
+        for rank, p in enumerate(report.confused, 1)
+    )
     rows = []
     for rank, q in enumerate(report.worst, 1):
-        cells = "".join(img(path, label, "neighbour " + ("same" if same else "other")) for path, label, same in q["neighbours"])
+        cells = "".join(
+            img(path, label, "neighbour " + ("same" if same else "other")) for path, label, same in q["neighbours"]
+        )
         correct = sum(same for _, _, same in q["neighbours"])
         rows.append(
             f'<figure class="query-row"><div class="pictures">{img(q["path"], q["label"], "query")}'
             f'<span class="gap"></span>{cells}</div><figcaption>{rank}. {escape(_shown(q["path"], report.root))} '
-            f'&middot; class {escape(q["label"])} &middot; AP@R {q["ap_at_r"]:.1f} &middot; R@1 {q["recall_at_1"]:.0f} '
-            f'&middot; {correct}/{len(q["neighbours"])} of its class in the top {len(q["neighbours"])}</figcaption></figure>')
+            f"&middot; class {escape(q['label'])} &middot; AP@R {q['ap_at_r']:.1f} &middot; R@1 {q['recall_at_1']:.0f} "
+            f"&middot; {correct}/{len(q['neighbours'])} of its class in the top {len(q['neighbours'])}</figcaption></figure>"
+        )
     return PAGE.format(
-        title=escape(f"Evaluation of {trained['run']}"), style=STYLE, run=escape(trained["run"]),
-        data=escape(f"{trained['data']} ({report.root})"), split=escape(trained["split"]),
-        choice=escape(trained["checkpoint_choice"]), queries=trained["num_queries"], classes=trained["num_classes"],
-        lone=lone, trained_title=escape(trained["checkpoint"]), floor_title=escape(floor["checkpoint"]),
-        metric_rows=metric_rows, chart=_chart(report.per_class, trained["recall_at_1"]),
-        num_pairs=len(report.confused), pair_rows=pair_rows, num_worst=len(report.worst), top=TOP, same=SAME,
-        other=OTHER, tied=_tied(report), worst_rows="\n".join(rows))
+        title=escape(f"Evaluation of {trained['run']}"),
+        style=STYLE,
+        run=escape(trained["run"]),
+        data=escape(f"{trained['data']} ({report.root})"),
+        split=escape(trained["split"]),
+        choice=escape(trained["checkpoint_choice"]),
+        queries=trained["num_queries"],
+        classes=trained["num_classes"],
+        lone=lone,
+        trained_title=escape(trained["checkpoint"]),
+        floor_title=escape(floor["checkpoint"]),
+        metric_rows=metric_rows,
+        chart=_chart(report.per_class, trained["recall_at_1"]),
+        num_pairs=len(report.confused),
+        pair_rows=pair_rows,
+        num_worst=len(report.worst),
+        top=TOP,
+        same=SAME,
+        other=OTHER,
+        tied=_tied(report),
+        worst_rows="\n".join(rows),
+    )
 
 
 def _tied(report: Report) -> str:
     if report.worst_tied <= len(report.worst):
         return ""
-    return (f" {report.worst_tied} queries have an AP@R of {report.worst[-1]['ap_at_r']:.1f} or less; "
-            "these are the first of them in the test split's order.")
+    return (
+        f" {report.worst_tied} queries have an AP@R of {report.worst[-1]['ap_at_r']:.1f} or less; "
+        "these are the first of them in the test split's order."
+    )
 
 
 def _shown(path: Path, root: Path) -> str:
@@ -190,20 +235,30 @@ def _chart(per_class: list[tuple[str, float, int]], overall: float) -> str:
     def y(value):
         return top + height * (1 - value / 100)
 
-    parts = [f'<svg id="per-class" width="{width:.0f}" height="{total_height}" viewBox="0 0 {width:.0f} {total_height}" '
-             'role="img" aria-label="R@1 per test class">']
+    parts = [
+        f'<svg id="per-class" width="{width:.0f}" height="{total_height}" viewBox="0 0 {width:.0f} {total_height}" '
+        'role="img" aria-label="R@1 per test class">'
+    ]
     for tick in (0, 25, 50, 75, 100):
-        parts.append(f'<line x1="{left}" x2="{width - 10:.0f}" y1="{y(tick)}" y2="{y(tick)}" class="grid"/>'
-                     f'<text x="{left - 4}" y="{y(tick) + 4}" text-anchor="end">{tick}</text>')
+        parts.append(
+            f'<line x1="{left}" x2="{width - 10:.0f}" y1="{y(tick)}" y2="{y(tick)}" class="grid"/>'
+            f'<text x="{left - 4}" y="{y(tick) + 4}" text-anchor="end">{tick}</text>'
+        )
     for i, (name, r1, count) in enumerate(per_class):
         x = left + i * bar
-        parts.append(f'<rect class="bar" x="{x + 0.1 * bar:.2f}" y="{y(r1):.2f}" width="{0.8 * bar:.2f}" '
-                     f'height="{height * r1 / 100:.2f}"><title>{escape(name)}: R@1 {r1:.1f} ({count} queries)</title></rect>')
+        parts.append(
+            f'<rect class="bar" x="{x + 0.1 * bar:.2f}" y="{y(r1):.2f}" width="{0.8 * bar:.2f}" '
+            f'height="{height * r1 / 100:.2f}"><title>{escape(name)}: R@1 {r1:.1f} ({count} queries)</title></rect>'
+        )
         if labels:
-            parts.append(f'<text class="name" transform="translate({x + bar / 2 + 3:.1f},{top + height + 6}) rotate(-90)" '
-                         f'text-anchor="end">{escape(name)}</text>')
-    parts.append(f'<line class="overall" x1="{left}" x2="{width - 10:.0f}" y1="{y(overall):.2f}" y2="{y(overall):.2f}"/>'
-                 f'<text class="overall" x="{left + 4}" y="{y(overall) - 4:.2f}">overall R@1 {overall:.2f}</text></svg>')
+            parts.append(
+                f'<text class="name" transform="translate({x + bar / 2 + 3:.1f},{top + height + 6}) rotate(-90)" '
+                f'text-anchor="end">{escape(name)}</text>'
+            )
+    parts.append(
+        f'<line class="overall" x1="{left}" x2="{width - 10:.0f}" y1="{y(overall):.2f}" y2="{y(overall):.2f}"/>'
+        f'<text class="overall" x="{left + 4}" y="{y(overall) - 4:.2f}">overall R@1 {overall:.2f}</text></svg>'
+    )
     return "\n".join(parts)
 
 

@@ -38,9 +38,17 @@ class RunEmbeddings:
     train: np.ndarray
 
 
-def evaluate_run(run_dir: Path, checkpoint: str = "best", data: str | None = None, dataset: str | None = None,
-                 data_root: str | None = None, floor: bool = False, batch_size: int = 64, num_workers: int = 2,
-                 log=print) -> dict:
+def evaluate_run(
+    run_dir: Path,
+    checkpoint: str = "best",
+    data: str | None = None,
+    dataset: str | None = None,
+    data_root: str | None = None,
+    floor: bool = False,
+    batch_size: int = 64,
+    num_workers: int = 2,
+    log=print,
+) -> dict:
     """Metrics of the run's model (by default the checkpoint chosen on the validation classes);
     with floor=True, of the untrained pretrained backbone instead (pooled features, same split,
     same input size): what training has to beat."""
@@ -48,9 +56,17 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", data: str | None = Non
     return summarise(run, retrieval_metrics(run))
 
 
-def embed_run(run_dir: Path, checkpoint: str = "best", data: str | None = None, dataset: str | None = None,
-              data_root: str | None = None, floor: bool = False, batch_size: int = 64, num_workers: int = 2,
-              log=print) -> RunEmbeddings:
+def embed_run(
+    run_dir: Path,
+    checkpoint: str = "best",
+    data: str | None = None,
+    dataset: str | None = None,
+    data_root: str | None = None,
+    floor: bool = False,
+    batch_size: int = 64,
+    num_workers: int = 2,
+    log=print,
+) -> RunEmbeddings:
     """The test split (queries, and the gallery where there is one) and the training split embedded
     by the run's model, or with floor=True by the untrained backbone."""
     ckpt = load_checkpoint(run_dir, checkpoint)
@@ -66,21 +82,39 @@ def embed_run(run_dir: Path, checkpoint: str = "best", data: str | None = None, 
         config.labels = "folder"  # other data is evaluated on its test classes, however the run trained
     retrieval_data = load_training_data(config, log=log)
     if not len(retrieval_data.test):
-        raise DataError(f"{run_dir} trained without labels on {retrieval_data.root}, which has no test classes; "
-                        "evaluate it on labelled images: --data DIR (one sub-folder per class)")
+        raise DataError(
+            f"{run_dir} trained without labels on {retrieval_data.root}, which has no test classes; "
+            "evaluate it on labelled images: --data DIR (one sub-folder per class)"
+        )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
     frozen = config.frozen_stages(len(model.backbone.stages()))
 
     def embed(split):
-        return embed_samples(model, split.samples, batch_size=batch_size, num_workers=num_workers,
-                             device=device, channels_last=device == "cpu", frozen_stages=frozen)
+        return embed_samples(
+            model,
+            split.samples,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            device=device,
+            channels_last=device == "cpu",
+            frozen_stages=frozen,
+        )
 
     query, query_labels = embed(retrieval_data.test)
     gallery, gallery_labels = embed(retrieval_data.gallery) if retrieval_data.gallery is not None else (None, None)
     train, _ = embed(retrieval_data.train)
-    return RunEmbeddings(run_dir, "untrained backbone (floor)" if floor else ckpt.path.name, ckpt.choice,
-                         retrieval_data, query, query_labels, gallery, gallery_labels, train)
+    return RunEmbeddings(
+        run_dir,
+        "untrained backbone (floor)" if floor else ckpt.path.name,
+        ckpt.choice,
+        retrieval_data,
+        query,
+        query_labels,
+        gallery,
+        gallery_labels,
+        train,
+    )
 
 
 def retrieval_metrics(run: RunEmbeddings, per_query: bool = False, neighbours: int = 0) -> RetrievalReport:
@@ -89,19 +123,32 @@ def retrieval_metrics(run: RunEmbeddings, per_query: bool = False, neighbours: i
     ks = RECALL_KS.get(run.data.name, (1, 2, 4, 8))
     reference_size = len(run.gallery_labels) if run.gallery is not None else len(run.query_labels) - 1
     ks = tuple(k for k in ks if k <= reference_size)
-    return evaluate_retrieval(run.query, run.query_labels, run.gallery, run.gallery_labels, ks=ks, nmi=True,
-                              per_query=per_query, neighbours=min(neighbours, reference_size))
+    return evaluate_retrieval(
+        run.query,
+        run.query_labels,
+        run.gallery,
+        run.gallery_labels,
+        ks=ks,
+        nmi=True,
+        per_query=per_query,
+        neighbours=min(neighbours, reference_size),
+    )
 
 
 def summarise(run: RunEmbeddings, report: RetrievalReport) -> dict:
     """`metrix evaluate`'s result (what --json prints) from the run's embeddings and its metrics."""
     return {
-        "run": str(run.run_dir), "checkpoint": run.checkpoint, "checkpoint_choice": run.checkpoint_choice,
+        "run": str(run.run_dir),
+        "checkpoint": run.checkpoint,
+        "checkpoint_choice": run.checkpoint_choice,
         "data": run.data.name,
         "split": "test (query vs gallery)" if run.gallery is not None else "test (each image against all others)",
-        "num_queries": len(run.query_labels), "num_classes": len(set(run.query_labels.tolist())),
+        "num_queries": len(run.query_labels),
+        "num_classes": len(set(run.query_labels.tolist())),
         **{f"recall_at_{k}": v for k, v in report.recall_at.items()},
-        "map_at_r": report.map_at_r, "r_precision": report.r_precision, "nmi": report.nmi,
+        "map_at_r": report.map_at_r,
+        "r_precision": report.r_precision,
+        "nmi": report.nmi,
         "utilization": utilization(run.query if run.gallery is None else run.gallery, run.train),
     }
 
@@ -124,7 +171,8 @@ def _untrained_floor(ckpt, trained) -> PooledBackbone:
     config = TrainConfig.from_dict(ckpt.config["train_config"])
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
-        backbone = create_backbone(ckpt.config["model"]["backbone"], config.pretrained,
-                                   trained.preprocessing.image_size, config.weights)
+        backbone = create_backbone(
+            ckpt.config["model"]["backbone"], config.pretrained, trained.preprocessing.image_size, config.weights
+        )
     backbone.preprocessing = trained.preprocessing
     return PooledBackbone(backbone).eval()

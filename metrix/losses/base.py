@@ -151,9 +151,7 @@ def check_batch(embeddings: Tensor, labels: Tensor) -> None:
 
 def check_soft_labels(y: Tensor) -> None:
     if not ((y >= 0) & (y <= 1)).all():
-        raise ValueError(
-            f"soft labels must lie in [0, 1], got values in [{y.min().item():g}, {y.max().item():g}]"
-        )
+        raise ValueError(f"soft labels must lie in [0, 1], got values in [{y.min().item():g}, {y.max().item():g}]")
 
 
 def log1p_weighted_sum_exp(logits: Tensor, weight: Tensor, dim: int = 1) -> Tensor:

@@ -36,11 +36,20 @@ class Checkpoint:
         try:
             return torch.load(self.path / TRAINER_STATE_FILE, map_location="cpu", weights_only=False)
         except (OSError, RuntimeError, EOFError) as error:
-            raise CheckpointError(f"{self.path / TRAINER_STATE_FILE}: cannot read the optimizer state ({error})") from None
+            raise CheckpointError(
+                f"{self.path / TRAINER_STATE_FILE}: cannot read the optimizer state ({error})"
+            ) from None
 
 
-def save_checkpoint(run_dir: Path, epoch: int, model_state: dict, config: dict, trainer_state: dict,
-                    is_best: bool = False, keep_last: int = 2) -> Path:
+def save_checkpoint(
+    run_dir: Path,
+    epoch: int,
+    model_state: dict,
+    config: dict,
+    trainer_state: dict,
+    is_best: bool = False,
+    keep_last: int = 2,
+) -> Path:
     folder = run_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"epoch-{epoch:04d}"
@@ -129,8 +138,6 @@ def _describe_choice(name: str, reason: str, config: dict) -> str:
     return f"using checkpoint {name}" + (f" ({', '.join(details)})" if details else "")
 
 
-
-
 def _prune(run_dir: Path, keep_last: int) -> None:
     protected = {(run_dir / p).read_text().strip() for p in ("latest", "best") if (run_dir / p).is_file()}
     epochs = sorted(p for p in (run_dir / "checkpoints").glob("epoch-*") if p.is_dir())
@@ -147,11 +154,14 @@ def build_model(checkpoint: Checkpoint, pretrained: bool = False):
     described = checkpoint.config.get("model", {})
     try:
         preprocessing = Preprocessing.from_dict(described["preprocessing"])
-        model = EmbeddingModel.create(described["backbone"], described["embedding_size"], pretrained,
-                                      preprocessing.image_size)
+        model = EmbeddingModel.create(
+            described["backbone"], described["embedding_size"], pretrained, preprocessing.image_size
+        )
         model.backbone.preprocessing = preprocessing
     except (KeyError, TypeError, BackboneError) as error:
-        raise CheckpointError(f"{checkpoint.path / CONFIG_FILE} describes a model that cannot be built ({error})") from None
+        raise CheckpointError(
+            f"{checkpoint.path / CONFIG_FILE} describes a model that cannot be built ({error})"
+        ) from None
     state = {k.removeprefix("model."): v for k, v in checkpoint.model_state.items() if k.startswith("model.")}
     try:
         model.load_state_dict(state)

@@ -129,8 +129,10 @@ class TrainConfig:
         if self.mixed_reduction not in ("mean", "nonzero"):
             raise ConfigError(f"unknown mixed reduction {self.mixed_reduction!r}; choose mean or nonzero")
         if self.embed_anchor_negative_weight is not None and self.pair_choice != "coin":
-            raise ConfigError("embed-anchor-negative-weight weighs the anchor-negative steps of pair choice coin; "
-                              "set pair-choice coin")
+            raise ConfigError(
+                "embed-anchor-negative-weight weighs the anchor-negative steps of pair choice coin; "
+                "set pair-choice coin"
+            )
         if self.lr_schedule not in ("cosine", "step", "none"):
             raise ConfigError(f"unknown lr schedule {self.lr_schedule!r}; choose cosine, step or none")
         for name in ("epochs", "batch_size", "embedding_size"):
@@ -150,13 +152,17 @@ class TrainConfig:
             if self.loss in ("pa", "pml-ms"):
                 raise ConfigError(f"loss {self.loss} needs classes; training without labels uses ms or contrastive")
             if self.sampler != "balanced":
-                raise ConfigError("training without labels needs --sampler balanced (K views or members of each instance or cluster)")
+                raise ConfigError(
+                    "training without labels needs --sampler balanced (K views or members of each instance or cluster)"
+                )
             if self.clusters is not None and self.clusters < 2:
                 raise ConfigError(f"clusters must be at least 2, got {self.clusters}")
             if self.recluster_every < 1:
                 raise ConfigError(f"recluster-every must be at least 1, got {self.recluster_every}")
         if self.cached_views and self.mixup == "input":
-            raise ConfigError("input mixing needs pixels, but cached-views trains on cached features; use feature or embed")
+            raise ConfigError(
+                "input mixing needs pixels, but cached-views trains on cached features; use feature or embed"
+            )
 
 
 #: --labels: the folder's classes, or one of the ways to train without labels; "none" resolves to
@@ -173,13 +179,21 @@ IMAGES_PER_CLUSTER = 20
 #: element clipped at 10, the learning rate divided by 10 every 10 epochs, random batches for CUB
 #: and Cars, and one kind of Metrix pair per step (a coin flip).
 OFFICIAL_OPTIMISATION = dict(
-    optimizer="adam", weight_decay=1e-4, grad_clip=10.0, grad_clip_mode="value",
-    lr_schedule="step", lr_step_epochs=10, lr_gamma=0.1, sampler="random", pair_choice="coin",
+    optimizer="adam",
+    weight_decay=1e-4,
+    grad_clip=10.0,
+    grad_clip_mode="value",
+    lr_schedule="step",
+    lr_step_epochs=10,
+    lr_gamma=0.1,
+    sampler="random",
+    pair_choice="coin",
 )
 #: The official code's Metrix: every negative of the anchor, the contrastive mixed term averaged
 #: over its non-zero terms, 0.3 on the embed anchor-negative steps, its MS values and miner.
-OFFICIAL_MIXING = dict(negatives_per_anchor=None, mixed_reduction="nonzero", embed_anchor_negative_weight=0.3,
-                       ms_preset="metrix-code")
+OFFICIAL_MIXING = dict(
+    negatives_per_anchor=None, mixed_reduction="nonzero", embed_anchor_negative_weight=0.3, ms_preset="metrix-code"
+)
 #: Benchmarks the paper (and the official code) trains on balanced batches of 5 images per class.
 BALANCED_BATCH_DATASETS = ("sop", "inshop")
 
@@ -189,8 +203,16 @@ BALANCED_BATCH_DATASETS = ("sop", "inshop")
 RECIPES: dict[str, dict] = {
     "full": {},
     "paper": dict(
-        backbone="resnet50", embedding_size=512, image_size=224, batch_size=100, samples_per_class=5,
-        lr=1e-4, freeze_bn=True, warmup_epochs=5, epochs=60, **OFFICIAL_OPTIMISATION,
+        backbone="resnet50",
+        embedding_size=512,
+        image_size=224,
+        batch_size=100,
+        samples_per_class=5,
+        lr=1e-4,
+        freeze_bn=True,
+        warmup_epochs=5,
+        epochs=60,
+        **OFFICIAL_OPTIMISATION,
     ),
     # Two CPU cores: EfficientNet-Lite0 at 160 px; the stem and first five block stages frozen and
     # cached for 5 augmented views; the last two block stages, the head convolution and a
@@ -199,25 +221,56 @@ RECIPES: dict[str, dict] = {
     # at a low rate (docs/training.md, "The CPU recipe"). No mixing: in both CPU recipes it
     # measured best on the validation classes (docs/benchmarks.md, issues 4 and 13).
     "cpu": dict(
-        backbone="efficientnet_lite0", image_size=160, train_stages=3, cached_views=5, head_init="pca",
-        embedding_size=None, mixup="none",
-        lr=3e-5, epochs=10, warmup_epochs=0, freeze_bn=True, batch_size=100, samples_per_class=5,
+        backbone="efficientnet_lite0",
+        image_size=160,
+        train_stages=3,
+        cached_views=5,
+        head_init="pca",
+        embedding_size=None,
+        mixup="none",
+        lr=3e-5,
+        epochs=10,
+        warmup_epochs=0,
+        freeze_bn=True,
+        batch_size=100,
+        samples_per_class=5,
         lr_schedule="cosine",
     ),
     # Two CPU cores, the whole network trains (docs/training.md, "The full CPU recipe"):
     # EfficientNet-Lite0 at 96 px, the training images decoded once, a fresh random crop and flip
     # every epoch, one head-only warm-up epoch, the best epoch chosen on the validation classes.
     "full-cpu": dict(
-        backbone="efficientnet_lite0", image_size=96, embedding_size=512, decode_once=True, mixup="none",
-        lr=1e-4, epochs=20, warmup_epochs=1, freeze_bn=True, batch_size=100, samples_per_class=5,
-        lr_schedule="cosine", train_retrieval=True,
+        backbone="efficientnet_lite0",
+        image_size=96,
+        embedding_size=512,
+        decode_once=True,
+        mixup="none",
+        lr=1e-4,
+        epochs=20,
+        warmup_epochs=1,
+        freeze_bn=True,
+        batch_size=100,
+        samples_per_class=5,
+        lr_schedule="cosine",
+        train_retrieval=True,
     ),
     # The official code's variant of Metrix and its optimisation (docs/metrix.md) on the full-cpu
     # backbone, input size and epochs. Mixing feature, the official code's default.
     "metrix-code": dict(
-        backbone="efficientnet_lite0", image_size=96, embedding_size=512, decode_once=True, mixup="feature",
-        lr=1e-4, epochs=20, warmup_epochs=1, freeze_bn=True, batch_size=100, samples_per_class=5,
-        train_retrieval=True, **OFFICIAL_MIXING, **OFFICIAL_OPTIMISATION,
+        backbone="efficientnet_lite0",
+        image_size=96,
+        embedding_size=512,
+        decode_once=True,
+        mixup="feature",
+        lr=1e-4,
+        epochs=20,
+        warmup_epochs=1,
+        freeze_bn=True,
+        batch_size=100,
+        samples_per_class=5,
+        train_retrieval=True,
+        **OFFICIAL_MIXING,
+        **OFFICIAL_OPTIMISATION,
     ),
 }
 
@@ -247,13 +300,13 @@ def resolve_config(config_file: str | Path | None = None, **flags) -> TrainConfi
 #: Why each recipe exists, in one line (docs/training.md and docs/benchmarks.md have the evidence).
 RECIPE_NOTES = {
     "cpu": "frozen early stages cached for 5 views, the tail trains: about 5 min for cub100 on two cores, "
-           "the best validation result on photos (use full-cpu for images far from ImageNet)",
+    "the best validation result on photos (use full-cpu for images far from ImageNet)",
     "full-cpu": "the whole network trains on fresh augmentations at 96 px: about 9 min for cub100 on two cores, "
-                "the best validation result on handwriting, below cpu on photos",
+    "the best validation result on handwriting, below cpu on photos",
     "full": "the whole backbone trains at its own input size: the GPU recipe",
     "paper": "the ICLR 2022 protocol with ResNet-50: a GPU recipe",
     "metrix-code": "the official code's variant of Metrix and its optimisation on the full-cpu backbone: "
-                   "for comparison with the paper (docs/metrix.md)",
+    "for comparison with the paper (docs/metrix.md)",
 }
 
 
@@ -273,12 +326,11 @@ def explain_choices(config: TrainConfig, given: set[str]) -> str:
         why_mixup = "the recipe's default: no mixing measured best on the validation classes"
     else:
         why_mixup = "the recipe's default: the paper's method"
-    return (f"recipe {config.recipe} ({why_recipe}: {RECIPE_NOTES[config.recipe]}); "
-            f"mixing {config.mixup} ({why_mixup})")
+    return f"recipe {config.recipe} ({why_recipe}: {RECIPE_NOTES[config.recipe]}); mixing {config.mixup} ({why_mixup})"
 
 
 def default_recipe() -> str:
-    """"full" where a GPU is present, else "cpu" (training every stage at full size is several
+    """ "full" where a GPU is present, else "cpu" (training every stage at full size is several
     times slower per epoch on two CPU cores, and the cpu recipe is the one measured there)."""
     import torch
 
@@ -293,7 +345,9 @@ def read_config_file(path: str | Path) -> dict:
         text = path.read_text()
         values = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as error:
-        raise ConfigError(f"config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {error}") from None
+        raise ConfigError(
+            f"config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {error}"
+        ) from None
     return _known(values, f"config file {path}")
 
 

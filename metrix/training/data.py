@@ -13,8 +13,9 @@ def load_training_data(config: TrainConfig, log=print) -> RetrievalData:
     from ..datasets.unlabelled import load_unlabelled
 
     if config.unlabelled:
-        return load_unlabelled(config.data, config.dataset, config.data_root, config.train_classes,
-                               config.split_file, config.val_fraction)
+        return load_unlabelled(
+            config.data, config.dataset, config.data_root, config.train_classes, config.split_file, config.val_fraction
+        )
 
     if config.data is None and config.dataset is None:
         params = {
@@ -31,6 +32,10 @@ def load_training_data(config: TrainConfig, log=print) -> RetrievalData:
         data.name = "synthetic"
         return data
     return load_data(
-        data=config.data, dataset=config.dataset, data_root=config.data_root,
-        train_classes=config.train_classes, split_file=config.split_file, val_fraction=config.val_fraction,
+        data=config.data,
+        dataset=config.dataset,
+        data_root=config.data_root,
+        train_classes=config.train_classes,
+        split_file=config.split_file,
+        val_fraction=config.val_fraction,
     )

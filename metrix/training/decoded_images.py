@@ -24,8 +24,14 @@ class DecodedImages:
         self.samples, self.pixels, self.failures = list(samples), pixels, failures
 
     @classmethod
-    def decode(cls, samples: Sequence[Sample], short_side: int, interpolation: str = "bilinear",
-               threads: int = 2, progress: Callable[[int], None] | None = None) -> "DecodedImages":
+    def decode(
+        cls,
+        samples: Sequence[Sample],
+        short_side: int,
+        interpolation: str = "bilinear",
+        threads: int = 2,
+        progress: Callable[[int], None] | None = None,
+    ) -> "DecodedImages":
         resize = T.Resize(short_side, interpolation=INTERPOLATION[interpolation], antialias=True)  # as eval_transform
 
         def one(sample: Sample) -> np.ndarray | str:
@@ -51,8 +57,11 @@ class DecodedImages:
         return sum(p.nbytes for p in self.pixels if p is not None)
 
     def subset(self, indices: Sequence[int]) -> "DecodedImages":
-        return DecodedImages([self.samples[i] for i in indices], [self.pixels[i] for i in indices],
-                             {new: self.failures[old] for new, old in enumerate(indices) if old in self.failures})
+        return DecodedImages(
+            [self.samples[i] for i in indices],
+            [self.pixels[i] for i in indices],
+            {new: self.failures[old] for new, old in enumerate(indices) if old in self.failures},
+        )
 
     def open(self, index: int) -> Image.Image:
         if index in self.failures:

@@ -36,8 +36,10 @@ class Distributed:
             if local_rank >= torch.cuda.device_count():
                 from .config import ConfigError
 
-                raise ConfigError(f"torchrun started process {local_rank} on a machine with {torch.cuda.device_count()} GPU(s): "
-                                   "start at most one process per GPU (nccl refuses two on one GPU), or set \"device\": \"cpu\" in --config")
+                raise ConfigError(
+                    f"torchrun started process {local_rank} on a machine with {torch.cuda.device_count()} GPU(s): "
+                    'start at most one process per GPU (nccl refuses two on one GPU), or set "device": "cpu" in --config'
+                )
             torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl" if use_cuda else "gloo")
         if not use_cuda:  # share the cores instead of every process using all of them
@@ -123,7 +125,7 @@ class _GatherWithGradient(torch.autograd.Function):
 
         grad = grad.contiguous().clone()
         dist.all_reduce(grad)
-        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows], None, None
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows], None, None
 
 
 class GlobalBatch(nn.Module):

@@ -17,8 +17,15 @@ from .stage_cache import frozen_stage_outputs
 
 @torch.no_grad()
 def embed_samples(
-    model, samples: Sequence[Sample], batch_size: int = 64, num_workers: int = 0, device: str = "cpu",
-    channels_last: bool = False, progress=None, frozen_stages: int = 0, images: DecodedImages | None = None,
+    model,
+    samples: Sequence[Sample],
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str = "cpu",
+    channels_last: bool = False,
+    progress=None,
+    frozen_stages: int = 0,
+    images: DecodedImages | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Returns (embeddings [N, D] float32, labels [N]); unreadable images are replaced by another
     image of their class (see ImageDataset), so rows stay aligned with `samples`. With
@@ -30,13 +37,25 @@ def embed_samples(
     if channels_last:  # inputs and weights must share the layout, or every conv converts
         model.to(memory_format=torch.channels_last)
     if frozen_stages:
-        cached = frozen_stage_outputs(model.backbone, frozen_stages, samples, num_workers=num_workers,
-                                      batch_size=batch_size, channels_last=channels_last, dtype=torch.float32)[:, 0]
-        batches = ((cached[i : i + batch_size], len(cached[i : i + batch_size]))
-                   for i in range(0, len(cached), batch_size))
+        cached = frozen_stage_outputs(
+            model.backbone,
+            frozen_stages,
+            samples,
+            num_workers=num_workers,
+            batch_size=batch_size,
+            channels_last=channels_last,
+            dtype=torch.float32,
+        )[:, 0]
+        batches = (
+            (cached[i : i + batch_size], len(cached[i : i + batch_size])) for i in range(0, len(cached), batch_size)
+        )
     else:
-        loader = DataLoader(ImageDataset(samples, eval_transform(model.preprocessing), images=images), batch_size=batch_size,
-                            num_workers=num_workers, shuffle=False)
+        loader = DataLoader(
+            ImageDataset(samples, eval_transform(model.preprocessing), images=images),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            shuffle=False,
+        )
         batches = ((batch, len(batch)) for batch, _ in loader)
     chunks = []
     for inputs, count in batches:

@@ -23,8 +23,14 @@ from .decoded_images import DecodedImages
 
 
 class ImageDataset(Dataset):
-    def __init__(self, samples: Sequence[Sample], transform: Callable, label_map: dict[int, int] | None = None,
-                 seed: int | None = None, images: DecodedImages | None = None):
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        transform: Callable,
+        label_map: dict[int, int] | None = None,
+        seed: int | None = None,
+        images: DecodedImages | None = None,
+    ):
         self.samples = list(samples)
         self.images = images
         self.seed = seed
@@ -46,7 +52,9 @@ class ImageDataset(Dataset):
         seed_index, index = index, index % len(self.samples)
         for candidate in self._candidates(index):
             try:
-                image = self.images.open(candidate) if self.images is not None else open_rgb(self.samples[candidate].path)
+                image = (
+                    self.images.open(candidate) if self.images is not None else open_rgb(self.samples[candidate].path)
+                )
             except ImageDecodeError as error:
                 if candidate not in self.bad:
                     self.bad.add(candidate)

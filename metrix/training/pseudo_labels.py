@@ -16,8 +16,15 @@ def cluster_labels(embeddings: np.ndarray, k: int, seed: int, iterations: int = 
 
     points = np.ascontiguousarray(embeddings, dtype=np.float32)
     points /= np.linalg.norm(points, axis=1, keepdims=True).clip(min=1e-12)
-    kmeans = faiss.Kmeans(points.shape[1], k, niter=iterations, seed=seed, spherical=True,
-                          min_points_per_centroid=1, max_points_per_centroid=max(256, len(points)))
+    kmeans = faiss.Kmeans(
+        points.shape[1],
+        k,
+        niter=iterations,
+        seed=seed,
+        spherical=True,
+        min_points_per_centroid=1,
+        max_points_per_centroid=max(256, len(points)),
+    )
     kmeans.train(points, init_centroids=kmeans_plus_plus(points, k, np.random.default_rng(seed)))
     _, assigned = kmeans.index.search(points, 1)
     _, first, renumbered = np.unique(assigned[:, 0], return_index=True, return_inverse=True)

@@ -44,8 +44,14 @@ def plot_curves(run_dir: Path) -> Path:
     for split, style in (("val", "-"), ("train", "--")):
         for key, name, color in (("recall_at_1", "R@1", "C0"), ("map_at_r", "MAP@R", "C1")):
             if records and f"{split}_{key}" in records[0]:
-                right.plot(epochs, [r[f"{split}_{key}"] for r in records], style, marker="o", color=color,
-                           label=f"{name} {'validation' if split == 'val' else 'training'} classes")
+                right.plot(
+                    epochs,
+                    [r[f"{split}_{key}"] for r in records],
+                    style,
+                    marker="o",
+                    color=color,
+                    label=f"{name} {'validation' if split == 'val' else 'training'} classes",
+                )
     right.set_xlabel("epoch")
     right.set_title("retrieval on held-out training classes (and on training classes), %")
     right.legend()

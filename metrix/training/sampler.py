@@ -142,8 +142,15 @@ class DistinctRepeats(BatchSampler):
         return batches
 
 
-def build_sampler(kind: str, labels: Sequence[int], batch_size: int, samples_per_class: int, seed: int = 0,
-                  rank: int = 0, world_size: int = 1) -> BatchSampler:
+def build_sampler(
+    kind: str,
+    labels: Sequence[int],
+    batch_size: int,
+    samples_per_class: int,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> BatchSampler:
     if kind == "random":
         return RandomBatchSampler(len(labels), batch_size, seed, rank, world_size)
     return PKSampler(labels, batch_size, samples_per_class, seed, rank, world_size)

@@ -57,6 +57,7 @@ class TrainingRun:
     eta_pending: bool = True
     log: Callable = print
 
+
 def build_run(config: TrainConfig, resume: Path | None, log, distributed: Distributed, why: str | None) -> TrainingRun:
     if distributed.world_size > 1 and config.mixup == "input":
         raise ConfigError("input mixing is not supported with several processes yet; use --mixup feature or embed")
@@ -81,8 +82,10 @@ def build_run(config: TrainConfig, resume: Path | None, log, distributed: Distri
         freeze_batchnorm(model)
     stages = model.backbone.stages()
     if config.train_stages is not None and len(stages) == 1:
-        raise ConfigError(f"{config.backbone} runs as one stage (its forward is not a sequence of modules), so "
-                          f"train-stages cannot freeze part of it; use --recipe full-cpu or full")
+        raise ConfigError(
+            f"{config.backbone} runs as one stage (its forward is not a sequence of modules), so "
+            f"train-stages cannot freeze part of it; use --recipe full-cpu or full"
+        )
     first_trained = config.frozen_stages(len(stages))
     for stage in stages[:first_trained]:
         stage.requires_grad_(False)
@@ -95,7 +98,8 @@ def build_run(config: TrainConfig, resume: Path | None, log, distributed: Distri
             {"params": list(model.embedding_head.parameters()), "lr": config.lr, "name": "head"},
             *loss.parameter_groups(config.lr),
         ],
-        lr=config.lr, weight_decay=config.weight_decay,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config))
     sampler = make_sampler(config, data.train.labels, distributed, unlabelled=not data.labelled)
@@ -107,15 +111,32 @@ def build_run(config: TrainConfig, resume: Path | None, log, distributed: Distri
     if resume is None and distributed.is_main:
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
         log(f"training on {data.describe()}")
-        log(f"recipe {config.recipe}, {config.backbone} at {model.preprocessing.image_size} px -> "
+        log(
+            f"recipe {config.recipe}, {config.backbone} at {model.preprocessing.image_size} px -> "
             f"{config.embedding_size}-d, loss {config.loss}, Metrix {config.mixup}"
             + (f", no labels: {describe_labels(config, len(data.train))}" if config.unlabelled else "")
             + (f" ({config.pair_choice} pairs)" if config.mixup != "none" else "")
             + f", {config.epochs} epochs, {config.sampler} batches of {config.batch_size} ({len(sampler)}/epoch), "
             f"{config.precision}, device {device}"
-            + (f", {distributed.world_size} processes" if distributed.world_size > 1 else ""))
-    return TrainingRun(config, run_dir, data, model, metrix, optimizer, scheduler, sampler, label_map, device,
-                       distributed, trained_params, first_trained, log=log)
+            + (f", {distributed.world_size} processes" if distributed.world_size > 1 else "")
+        )
+    return TrainingRun(
+        config,
+        run_dir,
+        data,
+        model,
+        metrix,
+        optimizer,
+        scheduler,
+        sampler,
+        label_map,
+        device,
+        distributed,
+        trained_params,
+        first_trained,
+        log=log,
+    )
+
 
 def prepare_run(run: TrainingRun, fresh: bool, progress: bool, log) -> None:
     """Cache the frozen stages' outputs and initialise the head, as the config asks."""
@@ -125,17 +146,30 @@ def prepare_run(run: TrainingRun, fresh: bool, progress: bool, log) -> None:
         total = config.cached_views * len(run.data.train)
         with ProgressBar(progress, f"caching {config.cached_views} views", total) as advance:
             run.cache = FeatureCache.build(
-                run.model, run.data.train.samples, run.label_map, run.first_trained_stage, config.cached_views,
-                config.seed, num_workers=config.num_workers, progress=advance,
+                run.model,
+                run.data.train.samples,
+                run.label_map,
+                run.first_trained_stage,
+                config.cached_views,
+                config.seed,
+                num_workers=config.num_workers,
+                progress=advance,
                 channels_last=channels_last(run),
             )
-        log(f"cached {config.cached_views} views of {len(run.data.train)} images "
-            f"({run.cache.features.numel() * 2 / 1e6:.0f} MB) in {time.perf_counter() - start:.0f} s")
+        log(
+            f"cached {config.cached_views} views of {len(run.data.train)} images "
+            f"({run.cache.features.numel() * 2 / 1e6:.0f} MB) in {time.perf_counter() - start:.0f} s"
+        )
     if config.decode_once and not config.cached_views:
         run.decoded = _decode_once(run, progress, log)
     if not run.data.labelled and len(run.data.val):
-        run.val_views = view_inputs(run.model, run.first_trained_stage, run.data.val.samples,
-                                    num_workers=config.num_workers, channels_last=channels_last(run))
+        run.val_views = view_inputs(
+            run.model,
+            run.first_trained_stage,
+            run.data.val.samples,
+            num_workers=config.num_workers,
+            channels_last=channels_last(run),
+        )
     if config.train_retrieval and len(run.data.val) and run.data.labelled:
         chosen = train_eval_indices(run.data.train.samples, len(run.data.val.classes), config.seed)
         run.train_eval = [run.data.train.samples[i] for i in chosen]
@@ -145,8 +179,10 @@ def prepare_run(run: TrainingRun, fresh: bool, progress: bool, log) -> None:
         init_head_with_pca(run.model.embedding_head, _pooled_training_features(run))
         log("head initialised with the principal directions of the pooled pretrained features")
 
+
 #: More decoded pixels than this are not kept in memory; the images are decoded every epoch instead.
 DECODE_ONCE_MAX_BYTES = 8 * 2**30
+
 
 def _decode_once(run: TrainingRun, progress: bool, log) -> dict[str, DecodedImages] | None:
     pre = run.model.preprocessing
@@ -162,13 +198,19 @@ def _decode_once(run: TrainingRun, progress: bool, log) -> dict[str, DecodedImag
         return None
     start = time.perf_counter()
     with ProgressBar(progress, "decoding images once", count) as advance:
-        decoded = {name: DecodedImages.decode(samples, pre.resize_size, pre.interpolation,
-                                              threads=max(1, run.config.num_workers), progress=advance)
-                   for name, samples in splits.items()}
+        decoded = {
+            name: DecodedImages.decode(
+                samples, pre.resize_size, pre.interpolation, threads=max(1, run.config.num_workers), progress=advance
+            )
+            for name, samples in splits.items()
+        }
     size = sum(d.nbytes for d in decoded.values())
-    log(f"decoded {count:,} images once ({size / 1e6:.0f} MB at short side {pre.resize_size} px) "
-        f"in {time.perf_counter() - start:.0f} s")
+    log(
+        f"decoded {count:,} images once ({size / 1e6:.0f} MB at short side {pre.resize_size} px) "
+        f"in {time.perf_counter() - start:.0f} s"
+    )
     return decoded
+
 
 def train_eval_indices(samples: list, num_classes: int, seed: int) -> list[int]:
     """Indices of the images of `num_classes` training classes (seeded): retrieval among as many
@@ -181,37 +223,58 @@ def train_eval_indices(samples: list, num_classes: int, seed: int) -> list[int]:
     random.Random(seed).shuffle(classes)
     return [index for label in classes[:num_classes] for index in by_class[label]]
 
+
 @torch.no_grad()
 def _pooled_training_features(run: TrainingRun) -> torch.Tensor:
     was_training = run.model.training
     run.model.eval()
     if run.cache is not None:
         tail = CachedTail(run.model, run.first_trained_stage)
-        maps = (tail.features(run.cache.features[i : i + 64, 0].float().to(run.device))
-                for i in range(0, len(run.cache.labels), 64))
+        maps = (
+            tail.features(run.cache.features[i : i + 64, 0].float().to(run.device))
+            for i in range(0, len(run.cache.labels), 64)
+        )
     else:
-        maps = (run.model.features(images.to(run.device)) for images, _ in DataLoader(
-            ImageDataset(run.data.train.samples, eval_transform(run.model.preprocessing)), batch_size=64))
+        maps = (
+            run.model.features(images.to(run.device))
+            for images, _ in DataLoader(
+                ImageDataset(run.data.train.samples, eval_transform(run.model.preprocessing)), batch_size=64
+            )
+        )
     pooled = torch.cat([run.model.backbone.pool(m) for m in maps])
     run.model.train(was_training)
     return pooled
 
+
 def channels_last(run: TrainingRun) -> bool:
     return run.config.channels_last and run.device.type == "cpu"
 
+
 def make_sampler(config: TrainConfig, labels: list[int], distributed: Distributed, unlabelled: bool) -> BatchSampler:
-    sampler = build_sampler(config.sampler, labels, config.batch_size, config.samples_per_class,
-                            seed=config.seed, rank=distributed.rank, world_size=distributed.world_size)
+    sampler = build_sampler(
+        config.sampler,
+        labels,
+        config.batch_size,
+        config.samples_per_class,
+        seed=config.seed,
+        rank=distributed.rank,
+        world_size=distributed.world_size,
+    )
     return DistinctRepeats(sampler, len(labels)) if unlabelled else sampler
+
 
 def describe_labels(config: TrainConfig, num_images: int) -> str:
     if config.labels == "instances":
         return f"each image its own class, {config.samples_per_class} augmented views of it per batch"
-    return (f"{config.clusters or default_clusters(num_images)} k-means clusters of the embeddings, "
-            f"redrawn every {config.recluster_every} epoch(s)")
+    return (
+        f"{config.clusters or default_clusters(num_images)} k-means clusters of the embeddings, "
+        f"redrawn every {config.recluster_every} epoch(s)"
+    )
+
 
 def default_clusters(num_images: int) -> int:
     return max(2, num_images // IMAGES_PER_CLUSTER)
+
 
 def lr_factor(config: TrainConfig):
     if config.lr_schedule == "cosine":
@@ -219,6 +282,7 @@ def lr_factor(config: TrainConfig):
     if config.lr_schedule == "step":
         return lambda epoch: config.lr_gamma ** (epoch // config.lr_step_epochs)
     return lambda epoch: 1.0
+
 
 def new_run_dir(config: TrainConfig, data: RetrievalData) -> Path:
     if config.out:

@@ -44,9 +44,17 @@ def view_seeds(views: int, seed: int) -> list[int]:
 
 @torch.no_grad()
 def frozen_stage_outputs(
-    backbone, start: int, samples: Sequence[Sample], seeds: Sequence[int | None] = (None,), *,
-    num_workers: int = 0, batch_size: int = 64, progress=None, channels_last: bool = False,
-    dtype: torch.dtype = torch.float16, persist: bool = True,
+    backbone,
+    start: int,
+    samples: Sequence[Sample],
+    seeds: Sequence[int | None] = (None,),
+    *,
+    num_workers: int = 0,
+    batch_size: int = 64,
+    progress=None,
+    channels_last: bool = False,
+    dtype: torch.dtype = torch.float16,
+    persist: bool = True,
 ) -> Tensor:
     """Outputs of backbone stages [0, start) as [N, V, C, h, w] of `dtype`: one view per entry of
     `seeds`, the seeded training augmentation, or the evaluation transform for None. Training
@@ -84,8 +92,17 @@ def frozen_stage_outputs(
 
 def _key(backbone, start: int, samples: Sequence[Sample], seeds: Sequence[int | None], dtype: torch.dtype) -> str:
     digest = hashlib.sha256()
-    digest.update(json.dumps({"format": FORMAT, "start": start, "seeds": list(seeds), "dtype": str(dtype),
-                              "preprocessing": backbone.preprocessing.to_dict()}).encode())
+    digest.update(
+        json.dumps(
+            {
+                "format": FORMAT,
+                "start": start,
+                "seeds": list(seeds),
+                "dtype": str(dtype),
+                "preprocessing": backbone.preprocessing.to_dict(),
+            }
+        ).encode()
+    )
     for stage in backbone.stages()[:start]:
         for name, tensor in stage.state_dict().items():
             digest.update(name.encode())
@@ -115,8 +132,9 @@ class FeatureCache:
         return self.features.shape[1]
 
     @classmethod
-    def build(cls, model, samples: list[Sample], label_map: dict[int, int], start: int, views: int, seed: int,
-              **options) -> "FeatureCache":
+    def build(
+        cls, model, samples: list[Sample], label_map: dict[int, int], start: int, views: int, seed: int, **options
+    ) -> "FeatureCache":
         """Outputs of backbone stages [0, start) for `views` augmented views of each sample;
         `options` go to frozen_stage_outputs."""
         features = frozen_stage_outputs(model.backbone, start, samples, view_seeds(views, seed), **options)

@@ -41,8 +41,14 @@ from .stage_cache import CachedTail
 from .validation import test_class_metrics, validate
 
 
-def train(config: TrainConfig, resume: Path | None = None, progress: bool = True, log=print,
-          why: str | None = None, probe: Callable[[EmbeddingModel, int], dict] | None = None) -> Path:
+def train(
+    config: TrainConfig,
+    resume: Path | None = None,
+    progress: bool = True,
+    log=print,
+    why: str | None = None,
+    probe: Callable[[EmbeddingModel, int], dict] | None = None,
+) -> Path:
     """Train (or resume) a run; returns the run directory. `why`: a line saying which recipe and
     mixing run and why, printed once the data has loaded. `probe(model, frozen_stages)`: extra
     metrics logged every epoch as probe_*, for benchmarks that follow other images than the run's
@@ -79,8 +85,11 @@ def train(config: TrainConfig, resume: Path | None = None, progress: bool = True
             score = val.get("view_agreement", val.get("map_at_r", -stats["loss"]))
             is_best = score > best
             best = max(best, score)
-            record = {"epoch": epoch + 1, **stats,
-                      **{k if k.startswith("train_") else f"val_{k}": v for k, v in val.items()}}
+            record = {
+                "epoch": epoch + 1,
+                **stats,
+                **{k if k.startswith("train_") else f"val_{k}": v for k, v in val.items()},
+            }
             if config.record_test and len(run.data.test):  # reported only: `best` follows validation
                 record.update({f"test_{k}": v for k, v in test_class_metrics(run).items()})
             if probe is not None:
@@ -94,19 +103,29 @@ def train(config: TrainConfig, resume: Path | None = None, progress: bool = True
     distributed.close()
     return run.run_dir
 
+
 def _recluster(run: TrainingRun, epoch: int) -> None:
     """labels=clusters: the training images' pseudo-labels from the current model."""
     config = run.config
     images = [Sample(s.path, i) for i, s in enumerate(run.data.train.samples)]  # stable: the stage cache's key
-    embeddings, _ = embed_samples(run.model, images, batch_size=64, num_workers=config.num_workers,
-                                  device=str(run.device), channels_last=channels_last(run),
-                                  frozen_stages=run.first_trained_stage)
+    embeddings, _ = embed_samples(
+        run.model,
+        images,
+        batch_size=64,
+        num_workers=config.num_workers,
+        device=str(run.device),
+        channels_last=channels_last(run),
+        frozen_stages=run.first_trained_stage,
+    )
     k = min(config.clusters or default_clusters(len(embeddings)), len(embeddings))
     labels = cluster_labels(embeddings, k, seed=config.seed * 1_000 + epoch)
     _set_labels(run, labels.tolist())
     sizes = np.bincount(labels)
-    run.log(f"epoch {epoch + 1}: {len(sizes)} clusters of the current embeddings "
-            f"(median {int(np.median(sizes))} images, largest {sizes.max()})")
+    run.log(
+        f"epoch {epoch + 1}: {len(sizes)} clusters of the current embeddings "
+        f"(median {int(np.median(sizes))} images, largest {sizes.max()})"
+    )
+
 
 def _set_labels(run: TrainingRun, labels: list[int]) -> None:
     run.pseudo_labels = list(labels)
@@ -116,12 +135,14 @@ def _set_labels(run: TrainingRun, labels: list[int]) -> None:
         run.cache.labels = torch.tensor(labels)
     run.sampler = make_sampler(run.config, labels, run.distributed, unlabelled=True)
 
+
 def _seed_epoch(seed: int, epoch: int) -> int:
     value = (seed * 1_000_003 + epoch * 7919) % (2**31)
     torch.manual_seed(value)
     random.seed(value)
     np.random.seed(value)
     return value
+
 
 def _train_epoch(run: TrainingRun, epoch: int, progress: bool) -> dict:
     config, model = run.config, run.model
@@ -144,11 +165,15 @@ def _train_epoch(run: TrainingRun, epoch: int, progress: bool) -> dict:
     else:
         split_model = model
         decoded = run.decoded["train"] if run.decoded else None
-        dataset = ImageDataset(run.data.train.samples, train_transform(model.preprocessing), run.label_map,
-                               seed=epoch_seed, images=decoded)
+        dataset = ImageDataset(
+            run.data.train.samples, train_transform(model.preprocessing), run.label_map, seed=epoch_seed, images=decoded
+        )
         loader = DataLoader(  # cropping decoded pixels is cheap next to a training step: no workers
-            dataset, batch_sampler=run.sampler, num_workers=0 if decoded else config.num_workers,
-            generator=torch.Generator().manual_seed(epoch_seed), persistent_workers=False,
+            dataset,
+            batch_sampler=run.sampler,
+            num_workers=0 if decoded else config.num_workers,
+            generator=torch.Generator().manual_seed(epoch_seed),
+            persistent_workers=False,
         )
     if config.precision == "bf16":
         split_model = BFloat16Features(split_model)
@@ -185,14 +210,18 @@ def _train_epoch(run: TrainingRun, epoch: int, progress: bool) -> dict:
     seconds = time.perf_counter() - start
     return {
         **{k: v / max(steps, 1) for k, v in totals.items()},
-        "lr": run.optimizer.param_groups[0]["lr"], "images_per_s": images_seen / seconds, "seconds": seconds,
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "images_per_s": images_seen / seconds,
+        "seconds": seconds,
     }
+
 
 #: What an epoch's progress bar shows beside the batches done.
 EPOCH_VALUES = {"loss": "loss {:.4f}", "speed": "{:.1f} img/s"}
 
 #: Steps of the first fully training epoch after which `metrix train` estimates its time.
 ETA_AFTER_STEPS = 3
+
 
 def _log_eta(run: TrainingRun, epoch: int, seconds_per_step: float) -> None:
     config = run.config
@@ -202,14 +231,19 @@ def _log_eta(run: TrainingRun, epoch: int, seconds_per_step: float) -> None:
     minutes = (steps_left * seconds_per_step + eval_seconds * (config.epochs - epoch)) / 60
     run.log(f"estimated {minutes:.0f} min to go ({seconds_per_step:.2f} s per step in the first batches)")
 
+
 def _save(run: TrainingRun, epoch: int, record: dict, best: float, is_best: bool) -> None:
     model_state = {f"model.{k}": v for k, v in run.model.state_dict().items()}
     model_state.update({f"loss.{k}": v for k, v in run.metrix.loss.state_dict().items()})
     trainer_state = {
-        "epoch": epoch, "best": best, "pseudo_labels": run.pseudo_labels,
-        "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+        "epoch": epoch,
+        "best": best,
+        "pseudo_labels": run.pseudo_labels,
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
     }
     save_checkpoint(run.run_dir, epoch + 1, model_state, describe_run(run, epoch, record), trainer_state, is_best)
+
 
 def describe_run(run: TrainingRun, epoch: int, record: dict) -> dict:
     """config.json of a checkpoint: everything needed to rebuild and to describe the model."""
@@ -226,10 +260,12 @@ def describe_run(run: TrainingRun, epoch: int, record: dict) -> dict:
         "mixup": run.config.mixup,
         "labels": run.config.labels,
         "data": {
-            "name": data.name, "root": str(data.root),
+            "name": data.name,
+            "root": str(data.root),
             "train_classes": [data.class_names[c] for c in data.train.classes] if data.labelled else [],
             "val_classes": [data.class_names[c] for c in data.val.classes] if data.labelled else [],
-            "num_train_images": len(data.train), "num_val_images": len(data.val),
+            "num_train_images": len(data.train),
+            "num_val_images": len(data.val),
         },
         "seed": run.config.seed,
         "metrics": record,
@@ -237,11 +273,13 @@ def describe_run(run: TrainingRun, epoch: int, record: dict) -> dict:
         "versions": versions(),
     }
 
+
 def _load_model_state(run: TrainingRun, state: dict) -> None:
     model_state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     loss_state = {k.removeprefix("loss."): v for k, v in state.items() if k.startswith("loss.")}
     run.model.load_state_dict(model_state)
     run.metrix.loss.load_state_dict(loss_state)
+
 
 def _config_of_run(run_dir: Path) -> TrainConfig:
     path = Path(run_dir) / "config.json"
@@ -249,9 +287,12 @@ def _config_of_run(run_dir: Path) -> TrainConfig:
         raise CheckpointError(f"{run_dir} is not a run directory (no config.json)")
     return TrainConfig.from_dict(json.loads(path.read_text()))
 
+
 def _describe_epoch(record: dict, epochs: int) -> str:
-    text = (f"epoch {record['epoch']}/{epochs}: loss {record['loss']:.4f} (clean {record['clean']:.4f}, "
-            f"mixed {record['mixed']:.4f}), {record['images_per_s']:.1f} img/s, {record['seconds']:.0f} s")
+    text = (
+        f"epoch {record['epoch']}/{epochs}: loss {record['loss']:.4f} (clean {record['clean']:.4f}, "
+        f"mixed {record['mixed']:.4f}), {record['images_per_s']:.1f} img/s, {record['seconds']:.0f} s"
+    )
     if "val_map_at_r" in record:
         text += f"; val R@1 {record['val_recall_at_1']:.1f}, MAP@R {record['val_map_at_r']:.1f}"
     if "test_map_at_r" in record:

@@ -18,6 +18,7 @@ def validate(run: TrainingRun, samples: list, split: str) -> dict:
     report = evaluate_retrieval(*_embed(run, samples, split), ks=(1, 2, 4, 8), nmi=False)
     return {"recall_at_1": report.recall_at[1], "map_at_r": report.map_at_r, "r_precision": report.r_precision}
 
+
 def test_class_metrics(run: TrainingRun) -> dict:
     """The test classes, measured as `metrix evaluate` measures them (each query against the
     gallery or against every other test image), for the best-epoch-on-test protocol's report."""
@@ -26,13 +27,22 @@ def test_class_metrics(run: TrainingRun) -> dict:
     reference_size = len(gallery_labels) if gallery is not None else len(query_labels) - 1
     ks = tuple(k for k in RECALL_KS.get(run.data.name, (1, 2, 4, 8)) if k <= reference_size)
     report = evaluate_retrieval(query, query_labels, gallery, gallery_labels, ks=ks, nmi=False)
-    return {**{f"recall_at_{k}": v for k, v in report.recall_at.items()},
-            "map_at_r": report.map_at_r, "r_precision": report.r_precision}
+    return {
+        **{f"recall_at_{k}": v for k, v in report.recall_at.items()},
+        "map_at_r": report.map_at_r,
+        "r_precision": report.r_precision,
+    }
+
 
 def _embed(run: TrainingRun, samples: list, split: str) -> tuple[np.ndarray, np.ndarray]:
     decoded = run.decoded.get(split) if run.decoded else None
     return embed_samples(
-        run.model, samples, batch_size=64, num_workers=0 if decoded else run.config.num_workers,
-        device=str(run.device), channels_last=channels_last(run),
-        frozen_stages=run.first_trained_stage, images=decoded,
+        run.model,
+        samples,
+        batch_size=64,
+        num_workers=0 if decoded else run.config.num_workers,
+        device=str(run.device),
+        channels_last=channels_last(run),
+        frozen_stages=run.first_trained_stage,
+        images=decoded,
     )

@@ -22,8 +22,9 @@ VIEW_SEEDS = (7_001, 7_002)
 
 def view_inputs(model, start: int, samples: list[Sample], **options) -> Tensor:
     """The inputs to stage `start` for two augmented views of each sample: [M, 2, ...] float32."""
-    return frozen_stage_outputs(model.backbone, start, samples, VIEW_SEEDS, dtype=torch.float32, persist=False,
-                                **options)
+    return frozen_stage_outputs(
+        model.backbone, start, samples, VIEW_SEEDS, dtype=torch.float32, persist=False, **options
+    )
 
 
 @torch.no_grad()
