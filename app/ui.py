@@ -12,292 +12,153 @@ app/search.py, as the JSON API's do.
 
 from __future__ import annotations
 
-import html
-import logging
-from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
-from PIL import ImageDraw
 
-from metrix.export.explain import data_url
-from metrix.export.runtime import ModelError
-from metrix.images import ImageDecodeError, decode_rgb, format_box, parse_box
 from metrix.index.live import LiveIndex
-from metrix.index.query import Refinement
-from metrix.index.store import GalleryIndex, GalleryIndexError, Hit
 
 from .access import Access
-from .api import image_url
-from .search import DEFAULT_K, MAX_K, explain_match, run_query
-
-log = logging.getLogger("metrix.app")
-PROMPT = "Upload or paste a photo to search the gallery."
-THUMBNAIL, QUERY_PREVIEW, HEATMAP = 320, 512, 256
-#: The labels menu's value for images directly in the gallery root (whose label is ""): no folder is called "/".
-ROOT = "/"
-BOX_COLOUR = "#ff2d55"
+from .page import PROMPT, Page, drawn, header, label_choices
+from .search import DEFAULT_K, MAX_K
 
 
-#: What each path measured with the CPU recipe on the unseen test classes of cub100 (photos) and
-#: omniglot_small (handwriting), MAP@R (docs/benchmarks.md, issues 4 and 17).
-PATH_EFFECTS = {
-    "floor": "Untrained, it measured MAP@R 37.1 on cub100 and 21.0 on omniglot_small; training on your images raises that.",
-    "without labels": "Trained without labels, it measured MAP@R 41.0 on cub100 and 30.8 on omniglot_small "
-    "(untrained: 37.1 and 21.0).",
-    "with labels": "Trained with labels, it measured MAP@R 42.4 on cub100 and 35.4 on omniglot_small (untrained: 37.1 and 21.0).",
-}
-
-
-def caption(hit: Hit) -> str:
-    return f"{hit.score:.3f} · {hit.label or '-'} · {hit.path}"
-
-
-def header(index: GalleryIndex) -> str:
-    manifest, model = index.manifest, index.manifest["model"]
-    kind = manifest["index"]["type"] + (
-        f" (nprobe {manifest['index']['nprobe']}, recall@10 {manifest['index']['recall_at_10']:.3f})"
-        if "nprobe" in manifest["index"]
-        else ""
-    )
-    return (
-        f"## Metrix image search\n"
-        f"**{len(index):,} images** from `{manifest['gallery_root']}` · model **{model['backbone']}** "
-        f"({model['loss']}, mixup {model['mixup']}, {model['embedding_size']}-d, weights "
-        f"`{model['weights_sha256'][:12]}`) · index {kind} ({index.generation}) · built {manifest['updated']}"
-        f" · [near-duplicates](duplicates)"
-        + (
-            f"\n\nModel: {model['provenance']}. {PATH_EFFECTS[model['training_path']]}"
-            if "training_path" in model
-            else ""
-        )
-    )
-
-
-def label_choices(index: GalleryIndex) -> list[tuple[str, str]]:
-    return [(f"{label or '(gallery root)'} ({count:,})", label or ROOT) for label, count in index.labels()]
-
-
-def details(hit: dict) -> str:
-    return "\n".join(
-        [
-            f"**{hit['path']}**",
-            "",
-            f"- similarity: {hit['score']:.4f}",
-            f"- label: {hit['label'] or '-'}",
-            f"- size: {hit['width']} x {hit['height']} px",
-            f"- id: {hit['id']}",
-        ]
-    )
-
-
-def request_base(request: gr.Request | None) -> str:
-    inner = getattr(request, "request", None)
-    if inner is not None and hasattr(inner, "base_url"):
-        return str(inner.base_url)
-    headers = getattr(request, "headers", {}) or {}
-    return f"{headers.get('x-forwarded-proto', 'http')}://{headers.get('host', '127.0.0.1')}/"
-
-
-def new_query(name: str, data: bytes) -> dict:
-    """What the page keeps of a query: its bytes (Gradio's cache is swept), its size as displayed
-    and a preview to select a region on. ImageDecodeError for a picture that cannot be read."""
-    preview, size = decode_rgb(name, data, min_short_side=QUERY_PREVIEW // 2)
-    preview.thumbnail((QUERY_PREVIEW, QUERY_PREVIEW))
-    return {"name": name, "data": data, "size": size, "preview": preview}
-
-
-def drawn(query: dict, box, corner) -> object:
-    """The query's preview with the selected region (or the first corner clicked) drawn on it."""
-    picture = query["preview"].copy()
-    scale = picture.width / query["size"][0]
-    draw = ImageDraw.Draw(picture)
-    if box is not None:
-        draw.rectangle([v * scale for v in box], outline=BOX_COLOUR, width=3)
-    elif corner is not None:
-        x, y = corner[0] * scale, corner[1] * scale
-        draw.ellipse([x - 5, y - 5, x + 5, y + 5], outline=BOX_COLOUR, width=3)
-    return picture
-
-
-def heatmaps(hit: dict, explanation) -> str:
-    query, result = explanation.overlays(HEATMAP)
-    low, high = explanation.scale
-    figure = 'style="flex: 1; margin: 0"'
-    return (
-        f'<div class="why"><div style="display: flex; gap: 8px">'
-        f'<figure {figure}><img src="{data_url(query)}" alt="query heat map" class="why-query" style="width: 100%">'
-        f"<figcaption>the query: where it looks like this result</figcaption></figure>"
-        f'<figure {figure}><img src="{data_url(result)}" alt="result heat map" class="why-result" style="width: 100%">'
-        f"<figcaption>{html.escape(hit['path'])}: where it looks like the query</figcaption></figure></div>"
-        f"<p>Why this match: each location's cosine with the other picture's embedding, "
-        f"from {low:.2f} (dark blue) to {high:.2f} (yellow); the two pictures' cosine is {explanation.score:.3f}.</p></div>"
-    )
-
-
-def feedback_boxes(hits: list[dict], marks: dict):
-    """The right / wrong checkboxes for the results shown, ticked where already marked."""
-    choices = [(f"{rank}. {hit['path']}", str(hit["id"])) for rank, hit in enumerate(hits, 1)]
-    shown = {str(hit["id"]) for hit in hits}
-    return (
-        gr.CheckboxGroup(choices=choices, value=[i for i, m in marks.items() if m == "right" and i in shown]),
-        gr.CheckboxGroup(choices=choices, value=[i for i, m in marks.items() if m == "wrong" and i in shown]),
-    )
-
-
-class Page:
-    """The page's handlers, over one live index and its access rules."""
-
-    def __init__(self, live: LiveIndex, access: Access):
-        self.live, self.access = live, access
-
-    def search(self, query: dict | None, box_text: str, k, labels, prefix: str, marks: dict, request: gr.Request):
-        """-> gallery items, status line, hits (the page's state)."""
-        if not query:
-            return [], PROMPT, []
-        try:
-            refinement = Refinement.from_form(
-                box_text,
-                ["" if label == ROOT else label for label in labels or ()],
-                prefix,
-                [i for i, m in marks.items() if m == "right"],
-                [i for i, m in marks.items() if m == "wrong"],
+def _components(live: LiveIndex, default_k: int) -> SimpleNamespace:
+    """The page's components, laid out (called inside the Blocks)."""
+    title = gr.Markdown(header(live.snapshot().index))
+    hits_state, selected_state = gr.State([]), gr.State(None)
+    query_state, marks_state, corner_state = gr.State(None), gr.State({}), gr.State(None)
+    with gr.Row():
+        with gr.Column(scale=1):
+            query = gr.Image(label="Query", type="filepath", sources=["upload", "clipboard"], height=320)
+            # Hand the uploaded file over untouched: gr.Image would decode it first and turn an
+            # unreadable upload into a bare "Error"; our decoder says what is wrong. (An instance
+            # override, because subclassing a Gradio component writes a .pyi beside this file.)
+            query.preprocess = lambda payload: None if payload is None else payload.path
+            region = gr.Image(
+                label="Region: click two opposite corners to search that part only",
+                interactive=False,
+                height=240,
+                elem_id="region",
+                buttons=[],
             )
-            result = run_query(self.live, query["name"], int(k), query["data"], refinement)
-        except ImageDecodeError as error:
-            return [], f"That query cannot be searched: {error.reason}.", []
-        except (ValueError, GalleryIndexError) as error:
-            return [], f"That search cannot be run: {error}.", []
-        except Exception:  # never show a stack trace in the UI; the server log has it
-            log.exception("search failed")
-            return [], "The search failed on the server; the log says why.", []
-        base = request_base(request)
-        hits = [{**vars(hit), "url": image_url(base, self.access, hit.id)} for hit in result.hits]
-        items = [(image_url(base, self.access, hit.id, THUMBNAIL), caption(hit)) for hit in result.hits]
-        return items, result.status(), hits
-
-    def upload(self, path, k, labels, prefix, request: gr.Request):
-        """A new query from an upload: whole picture, no feedback yet."""
-        if not path:
-            return [], PROMPT, [], None, {}, None
-        try:
-            query = new_query(Path(path).name, Path(path).read_bytes())
-        except ImageDecodeError as error:
-            return (
-                [],
-                f"That upload cannot be searched: {error.reason}. Try a JPEG, PNG or WebP photo.",
-                [],
-                None,
-                {},
-                None,
+            with gr.Row():
+                box = gr.Textbox(label="Region x0,y0,x1,y1 (px; empty: the whole picture)", elem_id="box", scale=3)
+                whole = gr.Button("Whole picture", scale=1, size="sm")
+            k = gr.Slider(1, MAX_K, value=default_k, step=1, label="Results (k)")
+            labels = gr.Dropdown(
+                label="Only these labels",
+                choices=label_choices(live.snapshot().index),
+                multiselect=True,
+                value=[],
+                elem_id="labels",
             )
-        return (*self.search(query, "", k, labels, prefix, {}, request), query, {}, None)
-
-    def show_query(self, query: dict | None, hits: list[dict], marks: dict):
-        picture = drawn(query, None, None) if query else None
-        return (picture, "", *feedback_boxes(hits, marks))
-
-    def rerun(self, query, box_text, k, labels, prefix, marks, request: gr.Request):
-        items, status, hits = self.search(query, box_text, k, labels, prefix, marks, request)
-        return items, status, hits, *feedback_boxes(hits, marks)
-
-    def click_region(
-        self, query: dict | None, corner, k, labels, prefix, marks, event: gr.SelectData, request: gr.Request
-    ):
-        """First click: a corner; second click: the opposite corner, and the region is searched."""
-        unchanged = (gr.skip(),) * 5
-        if not query or not event.index:
-            return gr.skip(), gr.skip(), None, *unchanged
-        scale = query["size"][0] / query["preview"].width
-        point = (round(event.index[0] * scale), round(event.index[1] * scale))
-        if corner is None:
-            return (
-                drawn(query, None, point),
-                gr.skip(),
-                point,
-                gr.skip(),
-                "Now click the opposite corner of the region.",
-                *unchanged[2:],
+            prefix = gr.Textbox("", label="Only paths starting with (Enter to apply)", elem_id="prefix")
+            status = gr.Markdown(PROMPT, elem_id="status")
+        with gr.Column(scale=2):
+            results = gr.Gallery(
+                label="Most similar",
+                columns=4,
+                height="auto",
+                object_fit="contain",
+                allow_preview=False,
+                elem_id="results",
             )
-        # both clicked pixels belong to the region: x1, y1 are exclusive
-        box = (
-            min(corner[0], point[0]),
-            min(corner[1], point[1]),
-            min(max(corner[0], point[0]) + 1, query["size"][0]),
-            min(max(corner[1], point[1]) + 1, query["size"][1]),
-        )
-        box_text = format_box(box)
-        return (
-            drawn(query, box, None),
-            box_text,
-            None,
-            *self.rerun(query, box_text, k, labels, prefix, marks, request),
-        )
+            with gr.Row():
+                right = gr.CheckboxGroup(label="Right", elem_id="right")
+                wrong = gr.CheckboxGroup(label="Wrong", elem_id="wrong")
+            with gr.Row():
+                feedback = gr.Button("Search again with feedback", elem_id="feedback")
+                forget = gr.Button("Forget feedback", size="sm")
+    with gr.Row():
+        with gr.Column(scale=1):
+            large = gr.HTML(elem_id="selected")
+        with gr.Column(scale=1):
+            why = gr.HTML(elem_id="why")
+        with gr.Column(scale=1):
+            info = gr.Markdown("Click a result to see it larger, with why it matched.")
+            again = gr.Button("Search with this image")
+    return SimpleNamespace(
+        title=title,
+        hits_state=hits_state,
+        selected_state=selected_state,
+        query_state=query_state,
+        marks_state=marks_state,
+        corner_state=corner_state,
+        query=query,
+        region=region,
+        box=box,
+        whole=whole,
+        k=k,
+        labels=labels,
+        prefix=prefix,
+        status=status,
+        results=results,
+        right=right,
+        wrong=wrong,
+        feedback=feedback,
+        forget=forget,
+        large=large,
+        why=why,
+        info=info,
+        again=again,
+    )
 
-    def typed_box(self, query, box_text, k, labels, prefix, marks, request: gr.Request):
-        try:
-            box = parse_box(box_text) if box_text and box_text.strip() else None
-        except ValueError as error:
-            return gr.skip(), [], f"{error}.", [], *feedback_boxes([], {})
-        return (
-            drawn(query, box, None) if query else None,
-            *self.rerun(query, box_text, k, labels, prefix, marks, request),
-        )
 
-    def apply_feedback(self, query, box_text, k, labels, prefix, marks: dict, right, wrong, hits, request: gr.Request):
-        """Marks of the results shown replace theirs; marks of earlier rounds stay."""
-        both = set(right or ()) & set(wrong or ())
-        if both:
-            return (
-                marks,
-                gr.skip(),
-                "A result cannot be both right and wrong; untick one.",
-                gr.skip(),
-                gr.skip(),
-                gr.skip(),
-            )
-        marks = {i: m for i, m in marks.items() if i not in {str(hit["id"]) for hit in hits}}
-        marks.update({i: "right" for i in right or ()} | {i: "wrong" for i in wrong or ()})
-        items, status, new_hits = self.search(query, box_text, k, labels, prefix, marks, request)
-        return (marks, items, status, new_hits, *feedback_boxes(new_hits, marks))
-
-    def clear_feedback(self, query, box_text, k, labels, prefix, request: gr.Request):
-        items, status, hits = self.search(query, box_text, k, labels, prefix, {}, request)
-        return ({}, items, status, hits, *feedback_boxes(hits, {}))
-
-    def select(self, hits: list[dict], query: dict | None, box_text: str, event: gr.SelectData):
-        if not hits or event.index is None or event.index >= len(hits):
-            return "", "", "", None
-        hit = hits[event.index]
-        large = f'<img src="{html.escape(hit["url"])}" alt="{html.escape(hit["path"])}" class="selected-result">'
-        why = ""
-        if query:
-            try:
-                box = parse_box(box_text) if box_text and box_text.strip() else None
-                _, explanation = explain_match(self.live, query["name"], query["data"], box, hit["id"])
-                why = heatmaps(hit, explanation)
-            except (LookupError, ModelError, ValueError) as error:
-                why = f"<p>No heat map: {html.escape(str(error.args[0] if error.args else error))}.</p>"
-            except Exception:
-                log.exception("explaining a match failed")
-                why = "<p>No heat map: it failed on the server; the log says why.</p>"
-        return large, why, details(hit), hit
-
-    def search_with(self, hit: dict | None, k, labels, prefix, request: gr.Request):
-        """Search with a result: read from the gallery on the server (the page only has its URL)."""
-        if not hit:
-            return gr.skip(), None, {}, None, [], PROMPT, []
-        source = self.live.snapshot().index.source
-        try:
-            query = new_query(source.name(hit["path"]), source.read(hit["path"]))
-        except OSError as error:
-            return gr.skip(), None, {}, None, [], f"{hit['path']} cannot be read: {error.strerror or error}.", []
-        except ImageDecodeError as error:
-            return gr.skip(), None, {}, None, [], f"{hit['path']} cannot be searched: {error.reason}.", []
-        return (query["preview"], query, {}, None, *self.search(query, "", k, labels, prefix, {}, request))
-
-    def on_load(self):
-        index = self.live.snapshot().index
-        return header(index), gr.Dropdown(choices=label_choices(index))
+def _wire(app: gr.Blocks, page: Page, ui: SimpleNamespace) -> None:
+    """What each component's events run."""
+    searched = [ui.results, ui.status, ui.hits_state]
+    filters = [ui.k, ui.labels, ui.prefix]
+    current = [ui.query_state, ui.box, *filters, ui.marks_state]
+    boxes = [ui.right, ui.wrong]
+    # upload, not change: "Search with this image" sets the query's picture too, and must not search twice
+    ui.query.upload(
+        page.upload,
+        [ui.query, *filters],
+        [*searched, ui.query_state, ui.marks_state, ui.corner_state],
+        api_name="search",
+    ).then(
+        page.show_query, [ui.query_state, ui.hits_state, ui.marks_state], [ui.region, ui.box, *boxes], api_name=False
+    )
+    for event in (ui.k.release, ui.labels.input, ui.prefix.submit):
+        event(page.rerun, current, [*searched, *boxes], api_name=False)
+    ui.region.select(
+        page.click_region,
+        [ui.query_state, ui.corner_state, *filters, ui.marks_state],
+        [ui.region, ui.box, ui.corner_state, *searched, *boxes],
+        api_name=False,
+    )
+    ui.box.submit(page.typed_box, current, [ui.region, *searched, *boxes], api_name=False)
+    ui.whole.click(
+        lambda q: (drawn(q, None, None) if q else None, "", None),
+        [ui.query_state],
+        [ui.region, ui.box, ui.corner_state],
+        api_name=False,
+    ).then(page.rerun, current, [*searched, *boxes], api_name=False)
+    ui.feedback.click(
+        page.apply_feedback,
+        [*current, ui.right, ui.wrong, ui.hits_state],
+        [ui.marks_state, *searched, *boxes],
+        api_name=False,
+    )
+    ui.forget.click(
+        page.clear_feedback, [ui.query_state, ui.box, *filters], [ui.marks_state, *searched, *boxes], api_name=False
+    )
+    ui.results.select(
+        page.select,
+        [ui.hits_state, ui.query_state, ui.box],
+        [ui.large, ui.why, ui.info, ui.selected_state],
+        api_name=False,
+    )
+    ui.again.click(
+        page.search_with,
+        [ui.selected_state, *filters],
+        [ui.query, ui.query_state, ui.marks_state, ui.corner_state, *searched],
+        api_name=False,
+    ).then(
+        page.show_query, [ui.query_state, ui.hits_state, ui.marks_state], [ui.region, ui.box, *boxes], api_name=False
+    )
+    app.load(page.on_load, None, [ui.title, ui.labels], api_name=False)
 
 
 def build_app(
@@ -306,95 +167,6 @@ def build_app(
 
     page = Page(live, access)
     with gr.Blocks(title="Metrix image search", delete_cache=delete_cache) as app:
-        title = gr.Markdown(header(live.snapshot().index))
-        hits_state, selected_state = gr.State([]), gr.State(None)
-        query_state, marks_state, corner_state = gr.State(None), gr.State({}), gr.State(None)
-        with gr.Row():
-            with gr.Column(scale=1):
-                query = gr.Image(label="Query", type="filepath", sources=["upload", "clipboard"], height=320)
-                # Hand the uploaded file over untouched: gr.Image would decode it first and turn an
-                # unreadable upload into a bare "Error"; our decoder says what is wrong. (An instance
-                # override, because subclassing a Gradio component writes a .pyi beside this file.)
-                query.preprocess = lambda payload: None if payload is None else payload.path
-                region = gr.Image(
-                    label="Region: click two opposite corners to search that part only",
-                    interactive=False,
-                    height=240,
-                    elem_id="region",
-                    buttons=[],
-                )
-                with gr.Row():
-                    box = gr.Textbox(label="Region x0,y0,x1,y1 (px; empty: the whole picture)", elem_id="box", scale=3)
-                    whole = gr.Button("Whole picture", scale=1, size="sm")
-                k = gr.Slider(1, MAX_K, value=default_k, step=1, label="Results (k)")
-                labels = gr.Dropdown(
-                    label="Only these labels",
-                    choices=label_choices(live.snapshot().index),
-                    multiselect=True,
-                    value=[],
-                    elem_id="labels",
-                )
-                prefix = gr.Textbox("", label="Only paths starting with (Enter to apply)", elem_id="prefix")
-                status = gr.Markdown(PROMPT, elem_id="status")
-            with gr.Column(scale=2):
-                results = gr.Gallery(
-                    label="Most similar",
-                    columns=4,
-                    height="auto",
-                    object_fit="contain",
-                    allow_preview=False,
-                    elem_id="results",
-                )
-                with gr.Row():
-                    right = gr.CheckboxGroup(label="Right", elem_id="right")
-                    wrong = gr.CheckboxGroup(label="Wrong", elem_id="wrong")
-                with gr.Row():
-                    feedback = gr.Button("Search again with feedback", elem_id="feedback")
-                    forget = gr.Button("Forget feedback", size="sm")
-        with gr.Row():
-            with gr.Column(scale=1):
-                large = gr.HTML(elem_id="selected")
-            with gr.Column(scale=1):
-                why = gr.HTML(elem_id="why")
-            with gr.Column(scale=1):
-                info = gr.Markdown("Click a result to see it larger, with why it matched.")
-                again = gr.Button("Search with this image")
-
-        searched = [results, status, hits_state]
-        filters = [k, labels, prefix]
-        current = [query_state, box, *filters, marks_state]
-        boxes = [right, wrong]
-        # upload, not change: "Search with this image" sets the query's picture too, and must not search twice
-        query.upload(
-            page.upload, [query, *filters], [*searched, query_state, marks_state, corner_state], api_name="search"
-        ).then(page.show_query, [query_state, hits_state, marks_state], [region, box, *boxes], api_name=False)
-        for event in (k.release, labels.input, prefix.submit):
-            event(page.rerun, current, [*searched, *boxes], api_name=False)
-        region.select(
-            page.click_region,
-            [query_state, corner_state, *filters, marks_state],
-            [region, box, corner_state, *searched, *boxes],
-            api_name=False,
-        )
-        box.submit(page.typed_box, current, [region, *searched, *boxes], api_name=False)
-        whole.click(
-            lambda q: (drawn(q, None, None) if q else None, "", None),
-            [query_state],
-            [region, box, corner_state],
-            api_name=False,
-        ).then(page.rerun, current, [*searched, *boxes], api_name=False)
-        feedback.click(
-            page.apply_feedback, [*current, right, wrong, hits_state], [marks_state, *searched, *boxes], api_name=False
-        )
-        forget.click(
-            page.clear_feedback, [query_state, box, *filters], [marks_state, *searched, *boxes], api_name=False
-        )
-        results.select(page.select, [hits_state, query_state, box], [large, why, info, selected_state], api_name=False)
-        again.click(
-            page.search_with,
-            [selected_state, *filters],
-            [query, query_state, marks_state, corner_state, *searched],
-            api_name=False,
-        ).then(page.show_query, [query_state, hits_state, marks_state], [region, box, *boxes], api_name=False)
-        app.load(page.on_load, None, [title, labels], api_name=False)
+        ui = _components(live, default_k)
+        _wire(app, page, ui)
     return app

@@ -157,7 +157,7 @@ def _update(
     index_type,
     rebuild: bool,
     batch_size: int,
-    workers,
+    workers,  # fmt: skip
     progress: bool,
     ray,
     max_memory,
@@ -189,12 +189,7 @@ def _update(
     database = None
     try:
         database = copy_rows(index_dir, old.generation if old else None, rows_file)
-        with database:  # first, so that a changed file's new row can take its path
-            database.executemany("DELETE FROM images WHERE id = ?", [(i,) for i in removed_ids])
-            database.executemany(
-                "UPDATE images SET size = ?, mtime_ns = ? WHERE id = ?",
-                [(f.size, f.mtime_ns, known[f.path][0]) for f in touched],
-            )
+        _remove_and_touch(database, removed_ids, touched, known)
         if ray is None:
             embedded = embed_locally(embedder, source, todo, batch_size, workers)
         else:
@@ -213,18 +208,7 @@ def _update(
             report.generation, report.count, report.index = old.generation, len(old), old.manifest["index"]
         else:
             index, full = updated_index(old, removed_ids, spool, plan, staging)
-            params = {
-                "type": plan.factory,
-                "kind": plan.kind,
-                "requested": requested,
-                "max_memory": max_memory,
-                "estimated_bytes": plan.bytes,
-                "metric": "inner_product",
-            }
-            if plan.kind == "ivf":
-                params["nprobe"], params["recall_at_10"] = tune_nprobe(index)
-            elif plan.kind == "ivfpq":
-                params["nprobe"], params["recall_at_10"], params["rerank"] = tune_ivfpq(index, full, plan.rerank)
+            params = _index_params(index, full, plan, requested, max_memory)
             database.close()
             report.count, report.index = index.ntotal, params
             report.generation = write_generation(
@@ -243,6 +227,35 @@ def _update(
         spool.close()
         if old is not None:
             old.close()
+
+
+def _remove_and_touch(database, removed_ids: list[int], touched: list, known: dict) -> None:
+    """The rows of removed (and changed) files go, first, so that a changed file's new row can take
+    its path; files touched but unchanged get their new size and mtime."""
+    with database:
+        database.executemany("DELETE FROM images WHERE id = ?", [(i,) for i in removed_ids])
+        database.executemany(
+            "UPDATE images SET size = ?, mtime_ns = ? WHERE id = ?",
+            [(f.size, f.mtime_ns, known[f.path][0]) for f in touched],
+        )
+
+
+def _index_params(index, full, plan, requested: str, max_memory: int | None) -> dict:
+    """The manifest's account of the index: its kind, the budget it was chosen for, and for IVF the
+    nprobe measured to reach the recall target on the gallery's own vectors."""
+    params = {
+        "type": plan.factory,
+        "kind": plan.kind,
+        "requested": requested,
+        "max_memory": max_memory,
+        "estimated_bytes": plan.bytes,
+        "metric": "inner_product",
+    }
+    if plan.kind == "ivf":
+        params["nprobe"], params["recall_at_10"] = tune_nprobe(index)
+    elif plan.kind == "ivfpq":
+        params["nprobe"], params["recall_at_10"], params["rerank"] = tune_ivfpq(index, full, plan.rerank)
+    return params
 
 
 def _collect(

@@ -233,7 +233,7 @@ def test_build_index_with_no_model_uses_the_untrained_backbone(tmp_path):
     generation = (manifest_dir / "CURRENT").read_text().strip()
     manifest = json.loads((manifest_dir / generation / "manifest.json").read_text())
     assert manifest["model"]["provenance"] == meta.provenance and manifest["count"] == 6
-    from metrix.app.ui import PATH_EFFECTS, header
+    from metrix.app.page import PATH_EFFECTS, header
     from metrix.index.store import open_index
 
     index = open_index(manifest_dir)

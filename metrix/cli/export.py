@@ -9,44 +9,50 @@ import typer
 
 from .base import app, fail, path_str
 
+RunDirOption = Annotated[Optional[Path], typer.Argument(help="A run directory written by metrix train.")]
+OutputOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--output",
+        "-o",
+        help="Where to write the model. [default: model.onnx in the checkpoint folder; with --backbone, models/NAME-floor.onnx]",
+    ),
+]
+CheckpointOption = Annotated[
+    str,
+    typer.Option(
+        help="best (chosen on the validation classes; latest where the run has no validation split), latest, or a checkpoint folder name."
+    ),
+]
+QuantizeOption = Annotated[
+    Optional[str],
+    typer.Option(help="int8: also write MODEL.int8.onnx, with its R@1 change measured on the test split."),
+]
+MaxR1DropOption = Annotated[float, typer.Option(help="Refuse an int8 model that loses more R@1 points than this.")]
+BackboneOption = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Instead of a run: this backbone untrained (its pooled pretrained features, the floor), to search with no training."
+    ),
+]
+ImageSizeOption = Annotated[Optional[int], typer.Option(help="--backbone: input size. [default: the backbone's]")]
+WeightsOption = Annotated[
+    Optional[Path], typer.Option(help="--backbone timm:NAME: its pretrained weights from this file.")
+]
+PretrainedOption = Annotated[bool, typer.Option("--pretrained/--no-pretrained", help="--backbone: pretrained weights.")]
+
 
 @app.command("export")
 def export_(
-    run_dir: Annotated[Optional[Path], typer.Argument(help="A run directory written by metrix train.")] = None,
-    output: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--output",
-            "-o",
-            help="Where to write the model. [default: model.onnx in the checkpoint folder; with --backbone, models/NAME-floor.onnx]",
-        ),
-    ] = None,
-    checkpoint: Annotated[
-        str,
-        typer.Option(
-            help="best (chosen on the validation classes; latest where the run has no validation split), latest, or a checkpoint folder name."
-        ),
-    ] = "best",
-    quantize: Annotated[
-        Optional[str],
-        typer.Option(help="int8: also write MODEL.int8.onnx, with its R@1 change measured on the test split."),
-    ] = None,
-    max_r1_drop: Annotated[
-        float, typer.Option(help="Refuse an int8 model that loses more R@1 points than this.")
-    ] = 1.0,
-    backbone: Annotated[
-        Optional[str],
-        typer.Option(
-            help="Instead of a run: this backbone untrained (its pooled pretrained features, the floor), to search with no training."
-        ),
-    ] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="--backbone: input size. [default: the backbone's]")] = None,
-    weights: Annotated[
-        Optional[Path], typer.Option(help="--backbone timm:NAME: its pretrained weights from this file.")
-    ] = None,
-    pretrained: Annotated[
-        bool, typer.Option("--pretrained/--no-pretrained", help="--backbone: pretrained weights.")
-    ] = True,
+    run_dir: RunDirOption = None,
+    output: OutputOption = None,
+    checkpoint: CheckpointOption = "best",
+    quantize: QuantizeOption = None,
+    max_r1_drop: MaxR1DropOption = 1.0,
+    backbone: BackboneOption = None,
+    image_size: ImageSizeOption = None,
+    weights: WeightsOption = None,
+    pretrained: PretrainedOption = True,
 ) -> None:
     """Export a trained run (or, with --backbone, an untrained backbone) to ONNX: uint8 NHWC images in, L2-normalised embeddings out, verified against PyTorch."""
     from metrix.backbones import BackboneError

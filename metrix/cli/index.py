@@ -9,60 +9,71 @@ import typer
 
 from .base import app, fail, index_app
 
+GalleryOption = Annotated[
+    str,
+    typer.Argument(
+        help="A folder of images, or an object-store URL such as s3://bucket/prefix (searched recursively; top-level sub-folders are labels)."
+    ),
+]
+ModelOption = Annotated[
+    Optional[Path],
+    typer.Option(help="An exported model. [default: the newest model*.onnx of the newest run under runs/]"),
+]
+OutOption = Annotated[
+    Optional[Path], typer.Option("--out", "-o", help="Index folder. [default: indexes/<gallery folder name>]")
+]
+IndexTypeOption = Annotated[
+    Optional[str],
+    typer.Option(
+        help="auto (exact up to 100,000 images, IVF above, IVF-PQ when the budget asks), flat, ivf or ivfpq. [default: auto, or the index's]"
+    ),
+]
+MaxIndexMemoryOption = Annotated[
+    Optional[str],
+    typer.Option(
+        help="RAM the loaded index may take, e.g. 4GB; auto then picks the index that fits. [default: no limit, or the index's]"
+    ),
+]
+RebuildOption = Annotated[bool, typer.Option("--rebuild", help="Start over instead of updating.")]
+BatchSizeOption = Annotated[int, typer.Option(help="Images per model call.")]
+EngineOption = Annotated[str, typer.Option(help="local (this process) or ray (a Ray cluster; needs metrix[ray]).")]
+RayAddressOption = Annotated[
+    Optional[str],
+    typer.Option(
+        help="The Ray cluster to use, e.g. ray://head:10001 or auto. [default: RAY_ADDRESS, else a local Ray]"
+    ),
+]
+WorkersOption = Annotated[int, typer.Option(help="--engine ray: embedding actors.")]
+CpusPerWorkerOption = Annotated[
+    float, typer.Option(help="--engine ray: CPUs per actor (also its onnxruntime threads).")
+]
+GpusPerWorkerOption = Annotated[float, typer.Option(help="--engine ray: GPUs per actor (CUDA with onnxruntime-gpu).")]
+KeepOption = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Generations kept on disk after the build: the new one and the ones before it, so that a server still answering from the previous one can finish.",
+    ),
+]
+ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
+
 
 @app.command("build-index")
 def build_index_(
-    gallery: Annotated[
-        str,
-        typer.Argument(
-            help="A folder of images, or an object-store URL such as s3://bucket/prefix (searched recursively; top-level sub-folders are labels)."
-        ),
-    ],
-    model: Annotated[
-        Optional[Path],
-        typer.Option(help="An exported model. [default: the newest model*.onnx of the newest run under runs/]"),
-    ] = None,
-    out: Annotated[
-        Optional[Path], typer.Option("--out", "-o", help="Index folder. [default: indexes/<gallery folder name>]")
-    ] = None,
-    index_type: Annotated[
-        Optional[str],
-        typer.Option(
-            help="auto (exact up to 100,000 images, IVF above, IVF-PQ when the budget asks), flat, ivf or ivfpq. [default: auto, or the index's]"
-        ),
-    ] = None,
-    max_index_memory: Annotated[
-        Optional[str],
-        typer.Option(
-            help="RAM the loaded index may take, e.g. 4GB; auto then picks the index that fits. [default: no limit, or the index's]"
-        ),
-    ] = None,
-    rebuild: Annotated[bool, typer.Option("--rebuild", help="Start over instead of updating.")] = False,
-    batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 64,
-    engine: Annotated[
-        str, typer.Option(help="local (this process) or ray (a Ray cluster; needs metrix[ray]).")
-    ] = "local",
-    ray_address: Annotated[
-        Optional[str],
-        typer.Option(
-            help="The Ray cluster to use, e.g. ray://head:10001 or auto. [default: RAY_ADDRESS, else a local Ray]"
-        ),
-    ] = None,
-    workers: Annotated[int, typer.Option(help="--engine ray: embedding actors.")] = 2,
-    cpus_per_worker: Annotated[
-        float, typer.Option(help="--engine ray: CPUs per actor (also its onnxruntime threads).")
-    ] = 1.0,
-    gpus_per_worker: Annotated[
-        float, typer.Option(help="--engine ray: GPUs per actor (CUDA with onnxruntime-gpu).")
-    ] = 0.0,
-    keep: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            help="Generations kept on disk after the build: the new one and the ones before it, so that a server still answering from the previous one can finish.",
-        ),
-    ] = 2,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    gallery: GalleryOption,
+    model: ModelOption = None,
+    out: OutOption = None,
+    index_type: IndexTypeOption = None,
+    max_index_memory: MaxIndexMemoryOption = None,
+    rebuild: RebuildOption = False,
+    batch_size: BatchSizeOption = 64,
+    engine: EngineOption = "local",
+    ray_address: RayAddressOption = None,
+    workers: WorkersOption = 2,
+    cpus_per_worker: CpusPerWorkerOption = 1.0,
+    gpus_per_worker: GpusPerWorkerOption = 0.0,
+    keep: KeepOption = 2,
+    progress: ProgressOption = True,
 ) -> None:
     """Embed a gallery (folder or object store) into a faiss index with metadata; re-runs embed only what changed."""
     from metrix.cli.models import default_index_dir
@@ -139,37 +150,47 @@ def _default_model() -> Path:
     return model
 
 
+ImageOption = Annotated[Path, typer.Argument(help="The query image.")]
+IndexOption = Annotated[
+    Optional[Path], typer.Option(help="Index folder. [default: the most recently built under indexes/]")
+]
+KOption = Annotated[int, typer.Option("-k", help="How many results.")]
+QueryModelOption = Annotated[
+    Optional[Path], typer.Option(help="The model to embed the query with. [default: the index's]")
+]
+BoxOption = Annotated[
+    Optional[str],
+    typer.Option(help="Search with this region of the image only: x0,y0,x1,y1 in pixels of the image as displayed."),
+]
+LabelOption = Annotated[
+    Optional[list[str]], typer.Option(help="Only images with this label (top-level folder); repeat for several.")
+]
+PathPrefixOption = Annotated[
+    Optional[str], typer.Option(help="Only images whose path (relative to the gallery) starts with this.")
+]
+RightOption = Annotated[
+    Optional[list[str]],
+    typer.Option(help="Relevance feedback: a right answer (id or gallery path); repeat for several."),
+]
+WrongOption = Annotated[
+    Optional[list[str]],
+    typer.Option(help="Relevance feedback: a wrong answer (id or gallery path); repeat for several."),
+]
+JsonOutputOption = Annotated[bool, typer.Option("--json", help="Print the results as JSON.")]
+
+
 @app.command()
 def search(
-    image: Annotated[Path, typer.Argument(help="The query image.")],
-    index: Annotated[
-        Optional[Path], typer.Option(help="Index folder. [default: the most recently built under indexes/]")
-    ] = None,
-    k: Annotated[int, typer.Option("-k", help="How many results.")] = 10,
-    model: Annotated[
-        Optional[Path], typer.Option(help="The model to embed the query with. [default: the index's]")
-    ] = None,
-    box: Annotated[
-        Optional[str],
-        typer.Option(
-            help="Search with this region of the image only: x0,y0,x1,y1 in pixels of the image as displayed."
-        ),
-    ] = None,
-    label: Annotated[
-        Optional[list[str]], typer.Option(help="Only images with this label (top-level folder); repeat for several.")
-    ] = None,
-    path_prefix: Annotated[
-        Optional[str], typer.Option(help="Only images whose path (relative to the gallery) starts with this.")
-    ] = None,
-    right: Annotated[
-        Optional[list[str]],
-        typer.Option(help="Relevance feedback: a right answer (id or gallery path); repeat for several."),
-    ] = None,
-    wrong: Annotated[
-        Optional[list[str]],
-        typer.Option(help="Relevance feedback: a wrong answer (id or gallery path); repeat for several."),
-    ] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    image: ImageOption,
+    index: IndexOption = None,
+    k: KOption = 10,
+    model: QueryModelOption = None,
+    box: BoxOption = None,
+    label: LabelOption = None,
+    path_prefix: PathPrefixOption = None,
+    right: RightOption = None,
+    wrong: WrongOption = None,
+    json_output: JsonOutputOption = False,
 ) -> None:
     """The gallery images most similar to IMAGE (or a region of it): path, cosine score and label;
     within labels or a path prefix, and moved by feedback on earlier results."""

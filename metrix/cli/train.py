@@ -9,138 +9,131 @@ import typer
 
 from .base import app, fail, path_str
 
+DataOption = Annotated[
+    Optional[Path],
+    typer.Option(help="An image folder, one sub-folder per class (with --labels none: any folder of images)."),
+]
+DatasetOption = Annotated[Optional[str], typer.Option(help="A benchmark: cub, cars, sop or inshop.")]
+DataRootOption = Annotated[Optional[Path], typer.Option(help="Where the benchmark was downloaded.")]
+TrainClassesOption = Annotated[Optional[str], typer.Option(help="Image folder: N first classes, or names a,b,c.")]
+SplitFileOption = Annotated[Optional[Path], typer.Option(help='Image folder: JSON {"train": [...], "test": [...]}.')]
+ValFractionOption = Annotated[
+    Optional[float],
+    typer.Option(help="Share of training classes held out for validation (without labels: of images)."),
+]
+LabelsOption = Annotated[
+    Optional[str],
+    typer.Option(
+        help="folder (one sub-folder per class), or none to train without labels: instances (each image its own class) or clusters (k-means pseudo-labels); none picks the one measured best. [default: folder]"
+    ),
+]
+ClustersOption = Annotated[
+    Optional[int], typer.Option(help="--labels clusters: how many. [default: one per 20 images]")
+]
+ReclusterEveryOption = Annotated[
+    Optional[int], typer.Option(help="--labels clusters: redraw the clusters every N epochs. [default: 2]")
+]
+LossOption = Annotated[
+    Optional[str],
+    typer.Option(
+        help="contrastive, ms, pa, or pml-ms (pytorch-metric-learning's MS loss, a peer; --mixup none). [default: ms]"
+    ),
+]
+MixupOption = Annotated[Optional[str], typer.Option(help="none, input, feature or embed. [default: feature]")]
+BackboneOption = Annotated[
+    Optional[str],
+    typer.Option(
+        help="A registered backbone, or timm:NAME for any timm model (`metrix backbones` lists them). [default: efficientnet_lite0]"
+    ),
+]
+PretrainedOption = Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained", help="Pretrained weights.")]
+WeightsOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        help="A timm backbone's pretrained weights from this file (safetensors or a timm checkpoint) instead of the hub."
+    ),
+]
+EmbeddingSizeOption = Annotated[
+    Optional[int], typer.Option(help="[default: 512; recipe cpu: the backbone's feature width]")
+]
+ImageSizeOption = Annotated[Optional[int], typer.Option(help="Input size. [default: the backbone's]")]
+EpochsOption = Annotated[Optional[int], typer.Option(help="[default: 10]")]
+BatchSizeOption = Annotated[Optional[int], typer.Option(help="[default: 100]")]
+SamplesPerClassOption = Annotated[Optional[int], typer.Option(help="K images per class in a batch. [default: 5]")]
+SamplerOption = Annotated[
+    Optional[str],
+    typer.Option(help="balanced (P classes x K images) or random (the paper's for CUB and Cars). [default: balanced]"),
+]
+PairChoiceOption = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Metrix pairs: all (positive-negative and anchor-negative every step) or coin (the official code's: one kind per step). [default: all]"
+    ),
+]
+PrecisionOption = Annotated[
+    Optional[str],
+    typer.Option(help="fp32, or bf16 autocast of the backbone (CPUs with AMX / AVX512-BF16, GPUs). [default: fp32]"),
+]
+LrOption = Annotated[Optional[float], typer.Option(help="[default: 1e-4]")]
+SeedOption = Annotated[Optional[int], typer.Option(help="[default: 0]")]
+NumWorkersOption = Annotated[Optional[int], typer.Option(help="Image decoding processes. [default: 2]")]
+OutOption = Annotated[Optional[Path], typer.Option(help="Run directory. [default: runs/<time>-<data>-<loss>-<mixup>]")]
+ConfigOption = Annotated[Optional[Path], typer.Option(help="A JSON or TOML file of settings (flags override it).")]
+RecipeOption = Annotated[
+    Optional[str],
+    typer.Option(
+        help="cpu (cached frozen stages), full-cpu (the whole network trains at 96 px), full (the whole backbone at its own size, the default with a GPU) or paper (ResNet-50, the paper's protocol); docs/training.md says which is the default without a GPU and why."
+    ),
+]
+ResumeOption = Annotated[
+    Optional[Path], typer.Option(help="Continue the run in this directory from its last checkpoint.")
+]
+ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
+
 
 @app.command()
 def train(
-    data: Annotated[
-        Optional[Path],
-        typer.Option(help="An image folder, one sub-folder per class (with --labels none: any folder of images)."),
-    ] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="A benchmark: cub, cars, sop or inshop.")] = None,
-    data_root: Annotated[Optional[Path], typer.Option(help="Where the benchmark was downloaded.")] = None,
-    train_classes: Annotated[Optional[str], typer.Option(help="Image folder: N first classes, or names a,b,c.")] = None,
-    split_file: Annotated[
-        Optional[Path], typer.Option(help='Image folder: JSON {"train": [...], "test": [...]}.')
-    ] = None,
-    val_fraction: Annotated[
-        Optional[float],
-        typer.Option(help="Share of training classes held out for validation (without labels: of images)."),
-    ] = None,
-    labels: Annotated[
-        Optional[str],
-        typer.Option(
-            help="folder (one sub-folder per class), or none to train without labels: instances (each image its own class) or clusters (k-means pseudo-labels); none picks the one measured best. [default: folder]"
-        ),
-    ] = None,
-    clusters: Annotated[
-        Optional[int], typer.Option(help="--labels clusters: how many. [default: one per 20 images]")
-    ] = None,
-    recluster_every: Annotated[
-        Optional[int], typer.Option(help="--labels clusters: redraw the clusters every N epochs. [default: 2]")
-    ] = None,
-    loss: Annotated[
-        Optional[str],
-        typer.Option(
-            help="contrastive, ms, pa, or pml-ms (pytorch-metric-learning's MS loss, a peer; --mixup none). [default: ms]"
-        ),
-    ] = None,
-    mixup: Annotated[Optional[str], typer.Option(help="none, input, feature or embed. [default: feature]")] = None,
-    backbone: Annotated[
-        Optional[str],
-        typer.Option(
-            help="A registered backbone, or timm:NAME for any timm model (`metrix backbones` lists them). [default: efficientnet_lite0]"
-        ),
-    ] = None,
-    pretrained: Annotated[
-        Optional[bool], typer.Option("--pretrained/--no-pretrained", help="Pretrained weights.")
-    ] = None,
-    weights: Annotated[
-        Optional[Path],
-        typer.Option(
-            help="A timm backbone's pretrained weights from this file (safetensors or a timm checkpoint) instead of the hub."
-        ),
-    ] = None,
-    embedding_size: Annotated[
-        Optional[int], typer.Option(help="[default: 512; recipe cpu: the backbone's feature width]")
-    ] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Input size. [default: the backbone's]")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="[default: 10]")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="[default: 100]")] = None,
-    samples_per_class: Annotated[
-        Optional[int], typer.Option(help="K images per class in a batch. [default: 5]")
-    ] = None,
-    sampler: Annotated[
-        Optional[str],
-        typer.Option(
-            help="balanced (P classes x K images) or random (the paper's for CUB and Cars). [default: balanced]"
-        ),
-    ] = None,
-    pair_choice: Annotated[
-        Optional[str],
-        typer.Option(
-            help="Metrix pairs: all (positive-negative and anchor-negative every step) or coin (the official code's: one kind per step). [default: all]"
-        ),
-    ] = None,
-    precision: Annotated[
-        Optional[str],
-        typer.Option(
-            help="fp32, or bf16 autocast of the backbone (CPUs with AMX / AVX512-BF16, GPUs). [default: fp32]"
-        ),
-    ] = None,
-    lr: Annotated[Optional[float], typer.Option(help="[default: 1e-4]")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="[default: 0]")] = None,
-    num_workers: Annotated[Optional[int], typer.Option(help="Image decoding processes. [default: 2]")] = None,
-    out: Annotated[
-        Optional[Path], typer.Option(help="Run directory. [default: runs/<time>-<data>-<loss>-<mixup>]")
-    ] = None,
-    config: Annotated[Optional[Path], typer.Option(help="A JSON or TOML file of settings (flags override it).")] = None,
-    recipe: Annotated[
-        Optional[str],
-        typer.Option(
-            help="cpu (cached frozen stages), full-cpu (the whole network trains at 96 px), full (the whole backbone at its own size, the default with a GPU) or paper (ResNet-50, the paper's protocol); docs/training.md says which is the default without a GPU and why."
-        ),
-    ] = None,
-    resume: Annotated[
-        Optional[Path], typer.Option(help="Continue the run in this directory from its last checkpoint.")
-    ] = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    data: DataOption = None,
+    dataset: DatasetOption = None,
+    data_root: DataRootOption = None,
+    train_classes: TrainClassesOption = None,
+    split_file: SplitFileOption = None,
+    val_fraction: ValFractionOption = None,
+    labels: LabelsOption = None,
+    clusters: ClustersOption = None,
+    recluster_every: ReclusterEveryOption = None,
+    loss: LossOption = None,
+    mixup: MixupOption = None,
+    backbone: BackboneOption = None,
+    pretrained: PretrainedOption = None,
+    weights: WeightsOption = None,
+    embedding_size: EmbeddingSizeOption = None,
+    image_size: ImageSizeOption = None,
+    epochs: EpochsOption = None,
+    batch_size: BatchSizeOption = None,
+    samples_per_class: SamplesPerClassOption = None,
+    sampler: SamplerOption = None,
+    pair_choice: PairChoiceOption = None,
+    precision: PrecisionOption = None,
+    lr: LrOption = None,
+    seed: SeedOption = None,
+    num_workers: NumWorkersOption = None,
+    out: OutOption = None,
+    config: ConfigOption = None,
+    recipe: RecipeOption = None,
+    resume: ResumeOption = None,
+    progress: ProgressOption = True,
 ) -> None:
     """Train a Metrix embedding model. With no data, trains on the built-in synthetic dataset."""
+    # every option but these three is a setting of the same name (paths as text)
+    given_values = {name: value for name, value in locals().items() if name not in ("config", "resume", "progress")}
     from metrix.backbones import BackboneError
     from metrix.datasets import DataError
     from metrix.training.checkpoint import CheckpointError
     from metrix.training.config import ConfigError, explain_choices, read_config_file, resolve_config
     from metrix.training.trainer import train as run_training
 
-    flags = dict(
-        data=path_str(data),
-        dataset=dataset,
-        data_root=path_str(data_root),
-        train_classes=train_classes,
-        split_file=path_str(split_file),
-        val_fraction=val_fraction,
-        labels=labels,
-        clusters=clusters,
-        recluster_every=recluster_every,
-        loss=loss,
-        mixup=mixup,
-        backbone=backbone,
-        pretrained=pretrained,
-        weights=path_str(weights),
-        embedding_size=embedding_size,
-        image_size=image_size,
-        epochs=epochs,
-        batch_size=batch_size,
-        samples_per_class=samples_per_class,
-        sampler=sampler,
-        pair_choice=pair_choice,
-        precision=precision,
-        lr=lr,
-        seed=seed,
-        num_workers=num_workers,
-        out=path_str(out),
-        recipe=recipe,
-    )
+    flags = {name: path_str(value) if isinstance(value, Path) else value for name, value in given_values.items()}
     try:
         if resume is not None:
             given = [k for k, v in flags.items() if v is not None] + (["config"] if config else [])
