@@ -194,6 +194,21 @@ OFFICIAL_OPTIMISATION = dict(
 OFFICIAL_MIXING = dict(
     negatives_per_anchor=None, mixed_reduction="nonzero", embed_anchor_negative_weight=0.3, ms_preset="metrix-code"
 )
+#: The whole network of EfficientNet-Lite0 training at 96 px on two CPU cores (the full-cpu recipe's
+#: model, data and epochs; metrix-code runs the official code's variant on the same).
+FULL_CPU = dict(
+    backbone="efficientnet_lite0",
+    image_size=96,
+    embedding_size=512,
+    decode_once=True,
+    lr=1e-4,
+    epochs=20,
+    warmup_epochs=1,
+    freeze_bn=True,
+    batch_size=100,
+    samples_per_class=5,
+    train_retrieval=True,
+)
 #: Benchmarks the paper (and the official code) trains on balanced batches of 5 images per class.
 BALANCED_BATCH_DATASETS = ("sop", "inshop")
 
@@ -239,39 +254,10 @@ RECIPES: dict[str, dict] = {
     # Two CPU cores, the whole network trains (docs/training.md, "The full CPU recipe"):
     # EfficientNet-Lite0 at 96 px, the training images decoded once, a fresh random crop and flip
     # every epoch, one head-only warm-up epoch, the best epoch chosen on the validation classes.
-    "full-cpu": dict(
-        backbone="efficientnet_lite0",
-        image_size=96,
-        embedding_size=512,
-        decode_once=True,
-        mixup="none",
-        lr=1e-4,
-        epochs=20,
-        warmup_epochs=1,
-        freeze_bn=True,
-        batch_size=100,
-        samples_per_class=5,
-        lr_schedule="cosine",
-        train_retrieval=True,
-    ),
+    "full-cpu": dict(**FULL_CPU, mixup="none", lr_schedule="cosine"),
     # The official code's variant of Metrix and its optimisation (docs/metrix.md) on the full-cpu
     # backbone, input size and epochs. Mixing feature, the official code's default.
-    "metrix-code": dict(
-        backbone="efficientnet_lite0",
-        image_size=96,
-        embedding_size=512,
-        decode_once=True,
-        mixup="feature",
-        lr=1e-4,
-        epochs=20,
-        warmup_epochs=1,
-        freeze_bn=True,
-        batch_size=100,
-        samples_per_class=5,
-        train_retrieval=True,
-        **OFFICIAL_MIXING,
-        **OFFICIAL_OPTIMISATION,
-    ),
+    "metrix-code": dict(**FULL_CPU, mixup="feature", **OFFICIAL_MIXING, **OFFICIAL_OPTIMISATION),
 }
 
 
