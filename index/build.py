@@ -23,7 +23,7 @@ from metrix.progress import ProgressBar
 from .errors import write_fault
 from .gallery import GalleryFile
 from .local_engine import embed_locally
-from .plan import plan_index
+from .plan import human, plan_index
 from .source import open_source
 from .spool import VectorSpool
 from .store import (
@@ -38,7 +38,7 @@ from .store import (
     write_generation,
 )
 from .update import updated_index
-from .vectors import tune_ivfpq, tune_nprobe
+from .vectors import TARGET_RECALL, tune_ivfpq, tune_nprobe
 
 if TYPE_CHECKING:
     from .ray_engine import RayOptions
@@ -59,6 +59,33 @@ class BuildReport:
     seconds: float = 0.0
     index: dict = field(default_factory=dict)
     failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self, most_failures: int = 20) -> list[str]:
+        """What `metrix build-index` prints: the index, what changed, and the files skipped."""
+        index = self.index
+        kind = index.get("type", "?")
+        if "nprobe" in index:
+            kind += f", nprobe {index['nprobe']}, recall@10 {index['recall_at_10']:.3f} vs exact"
+        if "rerank" in index:
+            kind += f" after an exact re-rank of {index['rerank']}"
+        if "estimated_bytes" in index:
+            kind += f"; about {human(index['estimated_bytes'])} of RAM"
+        lines = [f"{self.index_dir}: {self.count} images ({kind}), generation {self.generation}"]
+        if index.get("recall_at_10", 1.0) < TARGET_RECALL:
+            lines.append(
+                f"  warning: recall@10 {index['recall_at_10']:.3f} is below the {TARGET_RECALL} target even with "
+                "every list probed; give a larger --max-index-memory or --index-type ivf"
+            )
+        lines.append(
+            f"  added {self.added}, changed {self.changed}, removed {self.removed}, unchanged {self.unchanged}; "
+            f"{self.embedded_per_s:.1f} images/s embedding, {self.seconds:.1f} s in all"
+        )
+        if self.failed:
+            lines.append(f"  skipped {len(self.failed)} file(s) (list in {self.index_dir / REPORT_FILE}):")
+            lines += [f"    {path}: {reason}" for path, reason in self.failed[:most_failures]]
+            if len(self.failed) > most_failures:
+                lines.append(f"    ... and {len(self.failed) - most_failures} more")
+        return lines
 
     def to_dict(self) -> dict:
         return {

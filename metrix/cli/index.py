@@ -79,10 +79,9 @@ def build_index_(
     from metrix.cli.models import default_index_dir
     from metrix.export.runtime import ModelError
     from metrix.index.build import build_index
-    from metrix.index.plan import human, parse_memory
+    from metrix.index.plan import parse_memory
     from metrix.index.ray_engine import RayOptions
     from metrix.index.store import GalleryIndexError
-    from metrix.index.vectors import TARGET_RECALL
 
     if engine not in ("local", "ray"):
         fail(f"--engine {engine}: choose local or ray")
@@ -106,30 +105,8 @@ def build_index_(
         )
     except (GalleryIndexError, ModelError, ValueError) as error:
         fail(error)
-    index = report.index
-    kind = index.get("type", "?") + (
-        f", nprobe {index['nprobe']}, recall@10 {index['recall_at_10']:.3f} vs exact" if "nprobe" in index else ""
-    )
-    if "rerank" in index:
-        kind += f" after an exact re-rank of {index['rerank']}"
-    if "estimated_bytes" in index:
-        kind += f"; about {human(index['estimated_bytes'])} of RAM"
-    typer.echo(f"{report.index_dir}: {report.count} images ({kind}), generation {report.generation}")
-    if index.get("recall_at_10", 1.0) < TARGET_RECALL:
-        typer.echo(
-            f"  warning: recall@10 {index['recall_at_10']:.3f} is below the {TARGET_RECALL} target even with every "
-            "list probed; give a larger --max-index-memory or --index-type ivf"
-        )
-    typer.echo(
-        f"  added {report.added}, changed {report.changed}, removed {report.removed}, unchanged {report.unchanged}; "
-        f"{report.embedded_per_s:.1f} images/s embedding, {report.seconds:.1f} s in all"
-    )
-    if report.failed:
-        typer.echo(f"  skipped {len(report.failed)} file(s) (list in {report.index_dir / 'report.json'}):")
-        for path, reason in report.failed[:20]:
-            typer.echo(f"    {path}: {reason}")
-        if len(report.failed) > 20:
-            typer.echo(f"    ... and {len(report.failed) - 20} more")
+    for line in report.summary():
+        typer.echo(line)
 
 
 def _default_model() -> Path:
