@@ -8,6 +8,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from metrix.cli import app
+from metrix.training.config import resolve_config
+from metrix.training.setup import fit_batch
 
 from .training_helpers import TINY, metrix_cli, tiny_dataset, write_config
 
@@ -104,8 +106,32 @@ def test_benchmark_root_without_its_split_files(tmp_path):
     _fails(["--dataset", "cub", "--data-root", tmp_path / "empty"], "images.txt", tmp_path)
 
 
-def test_batch_the_sampler_cannot_fill(tmp_path):
-    _fails(["--data", tiny_dataset(tmp_path / "d"), "--batch-size", "100"], "classes per batch", tmp_path)
+def test_a_small_folder_trains_with_the_batch_it_can_fill(tmp_path):
+    """A first try is a small folder (issue 28): 4 training classes cannot fill 50 classes of 2, so
+    the batch shrinks to every class, says so, and the run trains."""
+    out = tmp_path / "run"
+    result = metrix_cli(
+        "train",
+        "--data",
+        tiny_dataset(tmp_path / "d"),
+        "--config",
+        write_config(tmp_path / "c.json", epochs=1),
+        "--batch-size",
+        "100",
+        "--out",
+        out,
+        "--no-progress",
+    )
+    assert "batches of 16 (8 classes x 2 images) instead of 100: the training split has 8 classes" in result.stdout
+    assert json.loads((out / "config.json").read_text())["batch_size"] == 16 and (out / "latest").is_file()
+
+
+def test_fit_batch_takes_what_the_split_has_and_nothing_else():
+    config = resolve_config(recipe="full", batch_size=100, samples_per_class=5)
+    assert fit_batch(config, [0, 0, 1, 1, 2], world_size=1) is not None and config.batch_size == 15
+    assert fit_batch(config, list(range(100)), world_size=1) is None and config.batch_size == 15
+    config = resolve_config(recipe="full", batch_size=100, sampler="random")
+    assert "has 51 images" in fit_batch(config, [0, 1] * 25 + [3], world_size=2) and config.batch_size == 50
 
 
 def test_batch_not_a_multiple_of_k(tmp_path):

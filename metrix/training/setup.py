@@ -102,9 +102,12 @@ def build_run(config: TrainConfig, resume: Path | None, log, distributed: Distri
         weight_decay=config.weight_decay,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config))
+    fitted = fit_batch(config, data.train.labels, distributed.world_size)
     sampler = make_sampler(config, data.train.labels, distributed, unlabelled=not data.labelled)
     if why and distributed.is_main:
         log(why)
+    if fitted and distributed.is_main:
+        log(fitted)
     run_dir = Path(distributed.broadcast(str(resume or new_run_dir(config, data))))
     if distributed.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -267,13 +270,39 @@ def describe_labels(config: TrainConfig, num_images: int) -> str:
     if config.labels == "instances":
         return f"each image its own class, {config.samples_per_class} augmented views of it per batch"
     return (
-        f"{config.clusters or default_clusters(num_images)} k-means clusters of the embeddings, "
+        f"{config.clusters or default_clusters(num_images, config)} k-means clusters of the embeddings, "
         f"redrawn every {config.recluster_every} epoch(s)"
     )
 
 
-def default_clusters(num_images: int) -> int:
-    return max(2, num_images // IMAGES_PER_CLUSTER)
+def default_clusters(num_images: int, config: TrainConfig) -> int:
+    """One cluster per IMAGES_PER_CLUSTER images, but at least as many as a balanced batch holds
+    classes, while the clusters still average K images."""
+    classes_per_batch = config.batch_size // config.samples_per_class
+    enough = min(classes_per_batch, num_images // config.samples_per_class)
+    return max(2, num_images // IMAGES_PER_CLUSTER, enough)
+
+
+def fit_batch(config: TrainConfig, labels: list[int], world_size: int = 1) -> str | None:
+    """Shrink the batch to what the training split can fill, since a first try is usually a small
+    folder: balanced batches of P classes x K images take at most every class, random batches at
+    most every image. Returns what was chosen and why (the run prints it), or None."""
+    before, k = config.batch_size, config.samples_per_class
+    if config.sampler == "balanced":
+        classes = len(set(labels))
+        if classes * k >= before or classes < 2:
+            return None
+        config.batch_size = classes * k
+        why = f"the training split has {classes} classes, fewer than the {before // k} a batch of {before} needs"
+    else:
+        if len(labels) >= before or len(labels) < 2:
+            return None
+        config.batch_size = len(labels)
+        why = f"the training split has {len(labels)} images"
+    while config.batch_size % world_size or (config.sampler == "balanced" and config.batch_size % k):
+        config.batch_size -= 1
+    shape = f" ({config.batch_size // k} classes x {k} images)" if config.sampler == "balanced" else ""
+    return f"batches of {config.batch_size}{shape} instead of {before}: {why}"
 
 
 def lr_factor(config: TrainConfig):

@@ -34,6 +34,7 @@ from .setup import (
     build_run,
     channels_last,
     default_clusters,
+    fit_batch,
     make_sampler,
     prepare_run,
 )
@@ -117,7 +118,7 @@ def _recluster(run: TrainingRun, epoch: int) -> None:
         channels_last=channels_last(run),
         frozen_stages=run.first_trained_stage,
     )
-    k = min(config.clusters or default_clusters(len(embeddings)), len(embeddings))
+    k = min(config.clusters or default_clusters(len(embeddings), config), len(embeddings))
     labels = cluster_labels(embeddings, k, seed=config.seed * 1_000 + epoch)
     _set_labels(run, labels.tolist())
     sizes = np.bincount(labels)
@@ -133,6 +134,9 @@ def _set_labels(run: TrainingRun, labels: list[int]) -> None:
     run.label_map = {label: label for label in set(labels)}
     if run.cache is not None:
         run.cache.labels = torch.tensor(labels)
+    fitted = fit_batch(run.config, labels, run.distributed.world_size)
+    if fitted:
+        run.log(fitted)
     run.sampler = make_sampler(run.config, labels, run.distributed, unlabelled=True)
 
 
