@@ -247,3 +247,9 @@ def indexed_image(
     encoded = io.BytesIO()
     picture.save(encoded, "JPEG", quality=85)
     return Response(encoded.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.api_route("/{unknown:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+def unknown_route(unknown: str):
+    """Last of the routes: any other /api path answers in the API's shape, not the page's."""
+    return error(404, f"/api/{unknown}: no such route (the routes are listed at /docs)")

@@ -13,6 +13,7 @@ import gradio as gr
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from metrix import __version__
 from metrix.index.live import LiveIndex
@@ -52,6 +53,13 @@ def make_app(
         if request.url.path.endswith("/api/search") and length.isdigit() and int(length) > MAX_UPLOAD_BYTES + 65536:
             return error(413, f"upload of {int(length):,} bytes: larger than the {MAX_UPLOAD_BYTES // 2**20} MB limit")
         return await call_next(request)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def framework_error(request: Request, failure: StarletteHTTPException):
+        """The framework's own refusals (a body that does not parse, an unknown route) in the
+        API's shape too: {"error": one line}."""
+        detail = str(failure.detail or "").strip().splitlines()
+        return error(failure.status_code, detail[0] if detail else f"HTTP {failure.status_code}")
 
     @api.exception_handler(RequestValidationError)
     async def one_line(request: Request, failure: RequestValidationError):

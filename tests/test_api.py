@@ -108,6 +108,21 @@ def test_missing_image_field_is_a_400(open_server):
     assert response.status_code == 400 and response.json()["error"].startswith("image: ")
 
 
+def test_the_frameworks_own_errors_come_in_the_apis_shape(open_server):
+    """A multipart body that does not parse and an unknown route: {"error": one line}, not FastAPI's
+    {"detail": ...} (issue 28)."""
+    url, client = open_server
+    broken = client.post(
+        f"{url}api/search",
+        content=b'--xyz\r\nContent-Disposition: form-data; name="image"\r\n',
+        headers={"Content-Type": "multipart/form-data; boundary=xyz"},
+    )
+    missing = client.get(f"{url}api/nothing-here")
+    for response, status in ((broken, 400), (missing, 404)):
+        assert response.status_code == status and set(response.json()) == {"error"}, response.text
+        assert response.json()["error"] and "\n" not in response.json()["error"]
+
+
 def test_only_indexed_images_can_be_fetched(open_server, gallery_index):
     url, client = open_server
     root, index_dir = gallery_index

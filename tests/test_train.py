@@ -1,6 +1,7 @@
 """`metrix train` and `metrix evaluate` on real (small) data, and bad input failing fast."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -222,3 +223,11 @@ def test_evaluate_without_a_validation_split_uses_latest_and_says_so(run_without
     assert f"run has no validation split: using latest ({latest})" in lines
     header = next(i for i, line in enumerate(lines) if line.startswith(f"{run} on folder"))
     assert lines[header + 1].split() == [latest]  # the table's one column is the latest checkpoint
+
+
+def test_train_help_reads_in_labelled_panels_at_100_columns():
+    result = metrix_cli("train", "--help", env={**os.environ, "COLUMNS": "100"})
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 100 and len(lines) < 100
+    for panel in ("Data", "Model", "Loss and Metrix", "Schedule", "Output and settings"):
+        assert any(line.startswith(f"╭─ {panel} ─") for line in lines), panel

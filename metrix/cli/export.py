@@ -15,7 +15,7 @@ OutputOption = Annotated[
     typer.Option(
         "--output",
         "-o",
-        help="Where to write the model. [default: model.onnx in the checkpoint folder; with --backbone, models/NAME-floor.onnx]",
+        help="Where to write the model. \\[default: model.onnx in the checkpoint folder; with --backbone, models/NAME-floor.onnx]",
     ),
 ]
 CheckpointOption = Annotated[
@@ -35,7 +35,7 @@ BackboneOption = Annotated[
         help="Instead of a run: this backbone untrained (its pooled pretrained features, the floor), to search with no training."
     ),
 ]
-ImageSizeOption = Annotated[Optional[int], typer.Option(help="--backbone: input size. [default: the backbone's]")]
+ImageSizeOption = Annotated[Optional[int], typer.Option(help="--backbone: input size. \\[default: the backbone's]")]
 WeightsOption = Annotated[
     Optional[Path], typer.Option(help="--backbone timm:NAME: its pretrained weights from this file.")
 ]

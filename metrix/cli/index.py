@@ -17,21 +17,21 @@ GalleryOption = Annotated[
 ]
 ModelOption = Annotated[
     Optional[Path],
-    typer.Option(help="An exported model. [default: the newest model*.onnx of the newest run under runs/]"),
+    typer.Option(help="An exported model. \\[default: the newest model*.onnx of the newest run under runs/]"),
 ]
 OutOption = Annotated[
-    Optional[Path], typer.Option("--out", "-o", help="Index folder. [default: indexes/<gallery folder name>]")
+    Optional[Path], typer.Option("--out", "-o", help="Index folder. \\[default: indexes/<gallery folder name>]")
 ]
 IndexTypeOption = Annotated[
     Optional[str],
     typer.Option(
-        help="auto (exact up to 100,000 images, IVF above, IVF-PQ when the budget asks), flat, ivf or ivfpq. [default: auto, or the index's]"
+        help="auto (exact up to 100,000 images, IVF above, IVF-PQ when the budget asks), flat, ivf or ivfpq. \\[default: auto, or the index's]"
     ),
 ]
 MaxIndexMemoryOption = Annotated[
     Optional[str],
     typer.Option(
-        help="RAM the loaded index may take, e.g. 4GB; auto then picks the index that fits. [default: no limit, or the index's]"
+        help="RAM the loaded index may take, e.g. 4GB; auto then picks the index that fits. \\[default: no limit, or the index's]"
     ),
 ]
 RebuildOption = Annotated[bool, typer.Option("--rebuild", help="Start over instead of updating.")]
@@ -40,7 +40,7 @@ EngineOption = Annotated[str, typer.Option(help="local (this process) or ray (a 
 RayAddressOption = Annotated[
     Optional[str],
     typer.Option(
-        help="The Ray cluster to use, e.g. ray://head:10001 or auto. [default: RAY_ADDRESS, else a local Ray]"
+        help="The Ray cluster to use, e.g. ray://head:10001 or auto. \\[default: RAY_ADDRESS, else a local Ray]"
     ),
 ]
 WorkersOption = Annotated[int, typer.Option(help="--engine ray: embedding actors.")]
@@ -129,11 +129,11 @@ def _default_model() -> Path:
 
 ImageOption = Annotated[Path, typer.Argument(help="The query image.")]
 IndexOption = Annotated[
-    Optional[Path], typer.Option(help="Index folder. [default: the most recently built under indexes/]")
+    Optional[Path], typer.Option(help="Index folder. \\[default: the most recently built under indexes/]")
 ]
 KOption = Annotated[int, typer.Option("-k", help="How many results.")]
 QueryModelOption = Annotated[
-    Optional[Path], typer.Option(help="The model to embed the query with. [default: the index's]")
+    Optional[Path], typer.Option(help="The model to embed the query with. \\[default: the index's]")
 ]
 BoxOption = Annotated[
     Optional[str],
@@ -232,7 +232,7 @@ def explain(
         typer.Argument(help="A gallery image of the index: its id (from `metrix search`) or its path in the gallery."),
     ],
     index: Annotated[
-        Optional[Path], typer.Option(help="Index folder. [default: the most recently built under indexes/]")
+        Optional[Path], typer.Option(help="Index folder. \\[default: the most recently built under indexes/]")
     ] = None,
     box: Annotated[Optional[str], typer.Option(help="The query's region, as in `metrix search --box`.")] = None,
     out: Annotated[
@@ -282,12 +282,12 @@ def explain(
 @app.command()
 def duplicates(
     index: Annotated[
-        Optional[Path], typer.Argument(help="Index folder. [default: the most recently built under indexes/]")
+        Optional[Path], typer.Argument(help="Index folder. \\[default: the most recently built under indexes/]")
     ] = None,
     threshold: Annotated[
         Optional[float],
         typer.Option(
-            help="Cosine similarity in (0, 1] at which two images count as near-duplicates. [default: 0.88, chosen on copies planted among cub100 photos (docs/duplicates.md)]"
+            help="Cosine similarity in (0, 1] at which two images count as near-duplicates. \\[default: 0.88, chosen on copies planted among cub100 photos (docs/duplicates.md)]"
         ),
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the groups as JSON.")] = False,

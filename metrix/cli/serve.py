@@ -13,12 +13,12 @@ from .base import app, fail
 @app.command()
 def serve(
     index: Annotated[
-        Optional[Path], typer.Option(help="Index folder. [default: the most recently built under indexes/]")
+        Optional[Path], typer.Option(help="Index folder. \\[default: the most recently built under indexes/]")
     ] = None,
     host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 exposes the app to the network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 7860,
     model: Annotated[
-        Optional[Path], typer.Option(help="The model to embed queries with. [default: the index's]")
+        Optional[Path], typer.Option(help="The model to embed queries with. \\[default: the index's]")
     ] = None,
     auth: Annotated[
         Optional[str], typer.Option(help="USER:PASSWORD for the page (and HTTP Basic on the API). [env: METRIX_AUTH]")
@@ -69,10 +69,10 @@ def serve(
 def demo(
     data: Annotated[
         Optional[Path],
-        typer.Option(help="Your image folder (one sub-folder per class). [default: the built-in synthetic dataset]"),
+        typer.Option(help="Your image folder (one sub-folder per class). \\[default: the built-in synthetic dataset]"),
     ] = None,
     out: Annotated[
-        Optional[Path], typer.Option(help="Where the run, gallery and index go. [default: runs/demo-<time>]")
+        Optional[Path], typer.Option(help="Where the run, gallery and index go. \\[default: runs/demo-<time>]")
     ] = None,
     serve_: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve the web UI at the end.")] = True,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",

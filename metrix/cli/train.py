@@ -11,84 +11,139 @@ from .base import app, fail, path_str
 
 DataOption = Annotated[
     Optional[Path],
-    typer.Option(help="An image folder, one sub-folder per class (with --labels none: any folder of images)."),
+    typer.Option(
+        rich_help_panel="Data",
+        help="An image folder, one sub-folder per class (with --labels none: any folder of images).",
+    ),
 ]
-DatasetOption = Annotated[Optional[str], typer.Option(help="A benchmark: cub, cars, sop or inshop.")]
-DataRootOption = Annotated[Optional[Path], typer.Option(help="Where the benchmark was downloaded.")]
-TrainClassesOption = Annotated[Optional[str], typer.Option(help="Image folder: N first classes, or names a,b,c.")]
-SplitFileOption = Annotated[Optional[Path], typer.Option(help='Image folder: JSON {"train": [...], "test": [...]}.')]
+DatasetOption = Annotated[
+    Optional[str], typer.Option(rich_help_panel="Data", help="A benchmark: cub, cars, sop or inshop.")
+]
+DataRootOption = Annotated[
+    Optional[Path], typer.Option(rich_help_panel="Data", help="Where the benchmark was downloaded.")
+]
+TrainClassesOption = Annotated[
+    Optional[str], typer.Option(rich_help_panel="Data", help="Image folder: N first classes, or names a,b,c.")
+]
+SplitFileOption = Annotated[
+    Optional[Path], typer.Option(rich_help_panel="Data", help='Image folder: JSON {"train": [...], "test": [...]}.')
+]
 ValFractionOption = Annotated[
     Optional[float],
-    typer.Option(help="Share of training classes held out for validation (without labels: of images)."),
+    typer.Option(
+        rich_help_panel="Data", help="Share of training classes held out for validation (without labels: of images)."
+    ),
 ]
 LabelsOption = Annotated[
     Optional[str],
     typer.Option(
-        help="folder (one sub-folder per class), or none to train without labels: instances (each image its own class) or clusters (k-means pseudo-labels); none picks the one measured best. [default: folder]"
+        rich_help_panel="Data",
+        help="folder (one sub-folder per class), or none to train without labels: instances (each image its own class) or clusters (k-means pseudo-labels); none picks the one measured best. \\[default: folder]",
     ),
 ]
 ClustersOption = Annotated[
-    Optional[int], typer.Option(help="--labels clusters: how many. [default: one per 20 images]")
+    Optional[int],
+    typer.Option(
+        rich_help_panel="Data",
+        help="--labels clusters: how many. \\[default: one per 20 images, at least the classes of a batch]",
+    ),
 ]
 ReclusterEveryOption = Annotated[
-    Optional[int], typer.Option(help="--labels clusters: redraw the clusters every N epochs. [default: 2]")
+    Optional[int],
+    typer.Option(rich_help_panel="Data", help="--labels clusters: redraw the clusters every N epochs. \\[default: 2]"),
 ]
 LossOption = Annotated[
     Optional[str],
     typer.Option(
-        help="contrastive, ms, pa, or pml-ms (pytorch-metric-learning's MS loss, a peer; --mixup none). [default: ms]"
+        rich_help_panel="Loss and Metrix",
+        help="contrastive, ms, pa, or pml-ms (pytorch-metric-learning's MS loss, a peer; --mixup none). \\[default: ms]",
     ),
 ]
-MixupOption = Annotated[Optional[str], typer.Option(help="none, input, feature or embed. [default: feature]")]
+MixupOption = Annotated[
+    Optional[str],
+    typer.Option(rich_help_panel="Loss and Metrix", help="none, input, feature or embed. \\[default: feature]"),
+]
 BackboneOption = Annotated[
     Optional[str],
     typer.Option(
-        help="A registered backbone, or timm:NAME for any timm model (`metrix backbones` lists them). [default: efficientnet_lite0]"
+        rich_help_panel="Model",
+        help="A registered backbone, or timm:NAME for any timm model (`metrix backbones` lists them). \\[default: efficientnet_lite0]",
     ),
 ]
-PretrainedOption = Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained", help="Pretrained weights.")]
+PretrainedOption = Annotated[
+    Optional[bool], typer.Option("--pretrained/--no-pretrained", rich_help_panel="Model", help="Pretrained weights.")
+]
 WeightsOption = Annotated[
     Optional[Path],
     typer.Option(
-        help="A timm backbone's pretrained weights from this file (safetensors or a timm checkpoint) instead of the hub."
+        rich_help_panel="Model",
+        help="A timm backbone's pretrained weights from this file (safetensors or a timm checkpoint) instead of the hub.",
     ),
 ]
 EmbeddingSizeOption = Annotated[
-    Optional[int], typer.Option(help="[default: 512; recipe cpu: the backbone's feature width]")
+    Optional[int],
+    typer.Option(rich_help_panel="Model", help="\\[default: 512; recipe cpu: the backbone's feature width]"),
 ]
-ImageSizeOption = Annotated[Optional[int], typer.Option(help="Input size. [default: the backbone's]")]
-EpochsOption = Annotated[Optional[int], typer.Option(help="[default: 10]")]
-BatchSizeOption = Annotated[Optional[int], typer.Option(help="[default: 100]")]
-SamplesPerClassOption = Annotated[Optional[int], typer.Option(help="K images per class in a batch. [default: 5]")]
+ImageSizeOption = Annotated[
+    Optional[int], typer.Option(rich_help_panel="Model", help="Input size. \\[default: the backbone's]")
+]
+EpochsOption = Annotated[Optional[int], typer.Option(rich_help_panel="Schedule", help="\\[default: 10]")]
+BatchSizeOption = Annotated[Optional[int], typer.Option(rich_help_panel="Schedule", help="\\[default: 100]")]
+SamplesPerClassOption = Annotated[
+    Optional[int], typer.Option(rich_help_panel="Schedule", help="K images per class in a batch. \\[default: 5]")
+]
 SamplerOption = Annotated[
     Optional[str],
-    typer.Option(help="balanced (P classes x K images) or random (the paper's for CUB and Cars). [default: balanced]"),
+    typer.Option(
+        rich_help_panel="Schedule",
+        help="balanced (P classes x K images) or random (the paper's for CUB and Cars). \\[default: balanced]",
+    ),
 ]
 PairChoiceOption = Annotated[
     Optional[str],
     typer.Option(
-        help="Metrix pairs: all (positive-negative and anchor-negative every step) or coin (the official code's: one kind per step). [default: all]"
+        rich_help_panel="Loss and Metrix",
+        help="Metrix pairs: all (positive-negative and anchor-negative every step) or coin (the official code's: one kind per step). \\[default: all]",
     ),
 ]
 PrecisionOption = Annotated[
     Optional[str],
-    typer.Option(help="fp32, or bf16 autocast of the backbone (CPUs with AMX / AVX512-BF16, GPUs). [default: fp32]"),
+    typer.Option(
+        rich_help_panel="Schedule",
+        help="fp32, or bf16 autocast of the backbone (CPUs with AMX / AVX512-BF16, GPUs). \\[default: fp32]",
+    ),
 ]
-LrOption = Annotated[Optional[float], typer.Option(help="[default: 1e-4]")]
-SeedOption = Annotated[Optional[int], typer.Option(help="[default: 0]")]
-NumWorkersOption = Annotated[Optional[int], typer.Option(help="Image decoding processes. [default: 2]")]
-OutOption = Annotated[Optional[Path], typer.Option(help="Run directory. [default: runs/<time>-<data>-<loss>-<mixup>]")]
-ConfigOption = Annotated[Optional[Path], typer.Option(help="A JSON or TOML file of settings (flags override it).")]
+LrOption = Annotated[Optional[float], typer.Option(rich_help_panel="Schedule", help="\\[default: 1e-4]")]
+SeedOption = Annotated[Optional[int], typer.Option(rich_help_panel="Schedule", help="\\[default: 0]")]
+NumWorkersOption = Annotated[
+    Optional[int], typer.Option(rich_help_panel="Schedule", help="Image decoding processes. \\[default: 2]")
+]
+OutOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        rich_help_panel="Output and settings", help="Run directory. \\[default: runs/<time>-<data>-<loss>-<mixup>]"
+    ),
+]
+ConfigOption = Annotated[
+    Optional[Path],
+    typer.Option(rich_help_panel="Output and settings", help="A JSON or TOML file of settings (flags override it)."),
+]
 RecipeOption = Annotated[
     Optional[str],
     typer.Option(
-        help="cpu (cached frozen stages), full-cpu (the whole network trains at 96 px), full (the whole backbone at its own size, the default with a GPU) or paper (ResNet-50, the paper's protocol); docs/training.md says which is the default without a GPU and why."
+        rich_help_panel="Output and settings",
+        help="cpu (cached frozen stages), full-cpu (the whole network trains at 96 px), full (the whole backbone at its own size, the default with a GPU) or paper (ResNet-50, the paper's protocol); docs/training.md says which is the default without a GPU and why.",
     ),
 ]
 ResumeOption = Annotated[
-    Optional[Path], typer.Option(help="Continue the run in this directory from its last checkpoint.")
+    Optional[Path],
+    typer.Option(
+        rich_help_panel="Output and settings", help="Continue the run in this directory from its last checkpoint."
+    ),
 ]
-ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
+ProgressOption = Annotated[
+    bool, typer.Option("--progress/--no-progress", rich_help_panel="Output and settings", help="Show a progress bar.")
+]
 
 
 @app.command()
