@@ -452,16 +452,23 @@ def test_ivf_index_type_on_a_gallery(tiny_model, tmp_path):
     assert update.index["kind"] == "ivf" and update.removed == 1 and consistent_state(tmp_path / "idx") == 119
 
 
-def test_defaults_find_the_newest_model_and_index(tmp_path, monkeypatch):
+def test_defaults_find_the_newest_model_trained_on_the_gallery_and_the_newest_index(tmp_path, monkeypatch):
+    """A run trained on other data is never the default for a gallery (issue 28); the newest run
+    trained on the gallery's folder, or a folder holding it, is."""
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(GalleryIndexError, match="no exported model under runs/"):
-        default_model()
-    for run, stamp in (("old", 1), ("new", 3)):
+    with pytest.raises(GalleryIndexError, match="no exported run under runs/ trained on photos"):
+        default_model("photos")
+    for run, stamp, data in (("old", 1, "photos"), ("new", 3, str(tmp_path / "photos")), ("newest", 5, "demo-shapes")):
         folder = tmp_path / "runs" / run / "checkpoints" / "epoch-0001"
         folder.mkdir(parents=True)
         (folder / "model.onnx").write_bytes(b"x")
         os.utime(folder / "model.onnx", (stamp, stamp))
-    assert default_model() == Path("runs/new/checkpoints/epoch-0001/model.onnx")
+        (tmp_path / "runs" / run / "config.json").write_text(json.dumps({"data": data}))
+    expected = (Path("runs/new/checkpoints/epoch-0001/model.onnx"), str(tmp_path / "photos"))
+    assert default_model("photos") == expected and default_model(tmp_path / "photos" / "birds") == expected
+    with pytest.raises(GalleryIndexError, match="runs trained on .*demo-shapes.* are used only with --model"):
+        default_model("holiday")
+    assert default_model("demo-shapes/circles")[0] == Path("runs/newest/checkpoints/epoch-0001/model.onnx")
     with pytest.raises(GalleryIndexError, match="no index under indexes/"):
         newest_index()
     for name, stamp in (("a", 5), ("b", 2)):

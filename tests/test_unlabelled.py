@@ -225,7 +225,10 @@ def test_clusters_train_and_resume_exactly(tmp_path):
 def test_build_index_with_no_model_uses_the_untrained_backbone(tmp_path):
     photos = flat_folder(tmp_path / "photos", count=6)
     result = metrix_cli("build-index", photos, "--no-progress", cwd=tmp_path)
-    assert "no exported run under runs/: using the untrained pretrained efficientnet_lite0" in result.stdout
+    assert (
+        f"no exported run under runs/ trained on {photos} or a folder holding it: using the untrained pretrained "
+        "efficientnet_lite0" in result.stdout
+    )
     model = tmp_path / "models" / "efficientnet_lite0-floor.onnx"
     meta = load_embedder(model).metadata
     assert meta.loss == "none" and meta.provenance == "the pretrained efficientnet_lite0 with no training (the floor)"
@@ -240,8 +243,13 @@ def test_build_index_with_no_model_uses_the_untrained_backbone(tmp_path):
     shown = header(index)
     index.close()
     assert f"Model: {meta.provenance}. {PATH_EFFECTS['floor']}" in shown
+    other_run = tmp_path / "runs" / "demo" / "checkpoints" / "epoch-0001"  # trained on other data (issue 28)
+    other_run.mkdir(parents=True)
+    (other_run / "model.onnx").write_bytes(b"a model of the demo shapes")
+    (other_run.parents[1] / "config.json").write_text(json.dumps({"data": str(tmp_path / "shapes")}))
     again = metrix_cli("build-index", photos, "--no-progress", cwd=tmp_path)
     assert "exported now" not in again.stdout and "exported now" in result.stdout
+    assert "shapes are used only with --model: using the untrained pretrained" in again.stdout
 
 
 def test_export_backbone(tmp_path):

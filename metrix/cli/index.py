@@ -88,7 +88,7 @@ def build_index_(
     ray = RayOptions(ray_address, workers, cpus_per_worker, gpus_per_worker, batch_size) if engine == "ray" else None
     try:
         if model is None:
-            model = _default_model()
+            model = _default_model(gallery)
         out = out or default_index_dir(gallery)
         budget = parse_memory(max_index_memory) if max_index_memory is not None else None
         report = build_index(
@@ -109,20 +109,21 @@ def build_index_(
         typer.echo(line)
 
 
-def _default_model() -> Path:
-    from metrix.cli.models import FLOOR_BACKBONE, RUNS, default_model, floor_model
+def _default_model(gallery: str) -> Path:
+    from metrix.cli.models import FLOOR_BACKBONE, default_model, floor_model
     from metrix.index.store import GalleryIndexError
 
     try:
-        model = default_model()
-        typer.echo(f"no --model given: using {model}, the newest exported model of the newest run")
+        model, root = default_model(gallery)
+        typer.echo(f"no --model given: using {model}, the newest exported model of a run trained on {root}")
         return model
-    except GalleryIndexError:
-        model, exported = floor_model()
+    except GalleryIndexError as error:
+        why = str(error)
+    model, exported = floor_model()
     typer.echo(
-        f"no --model given and no exported run under {RUNS}/: using the untrained pretrained {FLOOR_BACKBONE} "
-        f"({model}{', exported now' if exported else ''}); `metrix train` on your images, or "
-        f"`--labels none` without labels, then `metrix export`, gives a model fitted to them"
+        f"no --model given and {why}: using the untrained pretrained {FLOOR_BACKBONE} "
+        f"({model}{', exported now' if exported else ''}); `metrix train --data {gallery}` (or `--labels none` "
+        "without labels), then `metrix export`, gives a model fitted to these images"
     )
     return model
 
