@@ -73,7 +73,6 @@ def build_run(config: TrainConfig, resume: Path | None, log, distributed: Distri
     train_classes = data.train.classes
     label_map = {c: i for i, c in enumerate(train_classes)}
     metrix = build_objective(config, len(train_classes))
-    loss = metrix.loss
     model.to(device)
     metrix.to(device)
     if config.channels_last and device.type == "cpu":
@@ -96,7 +95,7 @@ def build_run(config: TrainConfig, resume: Path | None, log, distributed: Distri
         [
             {"params": trained_params, "lr": config.lr, "name": "backbone"},
             {"params": list(model.embedding_head.parameters()), "lr": config.lr, "name": "head"},
-            *loss.parameter_groups(config.lr),
+            *metrix.loss.parameter_groups(config.lr),
         ],
         lr=config.lr,
         weight_decay=config.weight_decay,
@@ -104,10 +103,9 @@ def build_run(config: TrainConfig, resume: Path | None, log, distributed: Distri
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config))
     fitted = fit_batch(config, data.train.labels, distributed.world_size)
     sampler = make_sampler(config, data.train.labels, distributed, unlabelled=not data.labelled)
-    if why and distributed.is_main:
-        log(why)
-    if fitted and distributed.is_main:
-        log(fitted)
+    for line in (why, fitted) if distributed.is_main else ():
+        if line:
+            log(line)
     run_dir = Path(distributed.broadcast(str(resume or new_run_dir(config, data))))
     if distributed.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
