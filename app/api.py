@@ -249,7 +249,11 @@ def indexed_image(
     return Response(encoded.getvalue(), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
-@router.api_route("/{unknown:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+#: Included after every other /api router (app/server.py): any other /api path answers in the
+#: API's shape, not the page's.
+unknown_routes = APIRouter(prefix="/api")
+
+
+@unknown_routes.api_route("/{unknown:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
 def unknown_route(unknown: str):
-    """Last of the routes: any other /api path answers in the API's shape, not the page's."""
     return error(404, f"/api/{unknown}: no such route (the routes are listed at /docs)")

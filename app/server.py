@@ -19,7 +19,7 @@ from metrix import __version__
 from metrix.index.live import LiveIndex
 
 from .access import Access
-from .api import Service, error
+from .api import Service, error, unknown_routes
 from .api import router as api_routes
 from .duplicates import duplicates_router
 from .search import DEFAULT_K, MAX_UPLOAD_BYTES
@@ -70,6 +70,7 @@ def make_app(
     api.state.service = Service(live, access)
     api.include_router(api_routes)
     api.include_router(duplicates_router(live, access))
+    api.include_router(unknown_routes)
     page = build_app(live, access, default_k, delete_cache)
     page.queue(default_concurrency_limit=concurrency, max_size=256)
     return gr.mount_gradio_app(
