@@ -141,8 +141,12 @@ def test_filters_by_prefix_and_label(site):
     wait.until(lambda b: "starting with" not in status(b))
     field = browser.find_element(By.CSS_SELECTOR, "#labels input")
     field.click()
-    offered = [o.text for o in browser.find_elements(By.CSS_SELECTOR, "#labels li[role=option]")]
-    assert offered == ["(gallery root) (3)", "ants (12)", "bees (12)", "cats (12)"]
+
+    def offered(b):  # the menu's options once each has its text (a loaded machine renders them late)
+        texts = [o.text for o in b.find_elements(By.CSS_SELECTOR, "#labels li[role=option]")]
+        return texts if texts and all(texts) else None
+
+    assert wait.until(offered) == ["(gallery root) (3)", "ants (12)", "bees (12)", "cats (12)"]
     field.send_keys("bees")
     wait.until(lambda b: [o.text for o in b.find_elements(By.CSS_SELECTOR, "#labels li[role=option]")] == ["bees (12)"])
     browser.find_element(By.CSS_SELECTOR, "#labels li[role=option]").click()
