@@ -46,7 +46,7 @@ from metrix.backbones import create_backbone  # noqa: E402
 from metrix.datasets.base import Sample, Split, carve_validation  # noqa: E402
 from metrix.model import BFloat16Features, EmbeddingModel, freeze_batchnorm  # noqa: E402
 from metrix.training.config import OFFICIAL_MIXING, TrainConfig, resolve_config  # noqa: E402
-from metrix.training.objective import build_objective  # noqa: E402
+from metrix.training.objective import build_objective, clip_gradients, make_optimizer  # noqa: E402
 from metrix.training.sampler import build_sampler  # noqa: E402
 
 RUNS = ("ms:none", "ms:feature", "contrastive:none", "contrastive:feature")
@@ -234,11 +234,8 @@ def train_run(
     objective = build_objective(config, len(label_map)).to(device)
     head = list(model.embedding_head.parameters())
     backbone_params = [p for p in model.backbone.parameters()]
-    optimizer_class = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[config.optimizer]
-    optimizer = optimizer_class(
-        [{"params": backbone_params}, {"params": head}, *objective.loss.parameter_groups(config.lr)],
-        lr=config.lr,
-        weight_decay=config.weight_decay,
+    optimizer = make_optimizer(
+        config, [{"params": backbone_params}, {"params": head}, *objective.loss.parameter_groups(config.lr)]
     )
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.lr_step_epochs, config.lr_gamma)
     sampler = build_sampler(
@@ -291,10 +288,7 @@ def train_run(
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             params = [p for group in optimizer.param_groups for p in group["params"]]
-            if config.grad_clip_mode == "value":
-                torch.nn.utils.clip_grad_value_(params, config.grad_clip)
-            else:
-                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            clip_gradients(params, config)
             optimizer.step()
             steps += 1
             for key in totals:

@@ -1,6 +1,9 @@
-"""What a run optimises, from its config: the loss (with its options) wrapped in Metrix."""
+"""What a run optimises and how, from its config: the loss (with its options) wrapped in Metrix,
+the optimiser, and the gradient clipping."""
 
 from __future__ import annotations
+
+import torch
 
 from ..losses import build_loss
 from ..mixup import Metrix
@@ -23,3 +26,17 @@ def build_objective(config: TrainConfig, num_classes: int) -> Metrix:
         pair_choice=config.pair_choice,
         anchor_negative_weight=config.embed_anchor_negative_weight if config.mixup == "embed" else None,
     )
+
+
+def make_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
+    """AdamW (decoupled weight decay) or Adam (L2 decay, the official code's) over `groups`."""
+    optimizer_class = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[config.optimizer]
+    return optimizer_class(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def clip_gradients(params, config: TrainConfig) -> None:
+    """The gradients' total norm, or each element (the official code's), at config.grad_clip."""
+    if config.grad_clip_mode == "value":
+        torch.nn.utils.clip_grad_value_(params, config.grad_clip)
+    else:
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)

@@ -28,7 +28,7 @@ from .data import load_training_data
 from .decoded_images import DecodedImages
 from .distributed import Distributed
 from .image_dataset import ImageDataset
-from .objective import build_objective
+from .objective import build_objective, make_optimizer
 from .sampler import BatchSampler, DistinctRepeats, build_sampler
 from .stage_cache import CachedTail, FeatureCache
 from .view_agreement import view_inputs
@@ -90,15 +90,13 @@ def build_run(config: TrainConfig, resume: Path | None, log, distributed: Distri
         stage.requires_grad_(False)
     trained = [p for stage in stages[first_trained:] for p in stage.parameters()] + model.backbone.pooling_parameters()
     trained_params = [p for p in trained if p.requires_grad]
-    optimizer_class = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[config.optimizer]
-    optimizer = optimizer_class(
+    optimizer = make_optimizer(
+        config,
         [
             {"params": trained_params, "lr": config.lr, "name": "backbone"},
             {"params": list(model.embedding_head.parameters()), "lr": config.lr, "name": "head"},
             *metrix.loss.parameter_groups(config.lr),
         ],
-        lr=config.lr,
-        weight_decay=config.weight_decay,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config))
     fitted = fit_batch(config, data.train.labels, distributed.world_size)

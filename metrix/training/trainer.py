@@ -27,6 +27,7 @@ from .config import TrainConfig
 from .distributed import Distributed, GlobalBatch
 from .embedding import embed_samples
 from .image_dataset import ImageDataset
+from .objective import clip_gradients
 from .pseudo_labels import cluster_labels
 from .report import append_metrics, plot_curves, versions
 from .setup import (
@@ -197,10 +198,7 @@ def _train_epoch(run: TrainingRun, epoch: int, progress: bool) -> dict:
             run.optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             run.distributed.average_gradients(params)
-            if config.grad_clip_mode == "value":
-                torch.nn.utils.clip_grad_value_(params, config.grad_clip)
-            else:
-                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            clip_gradients(params, config)
             run.optimizer.step()
             steps += 1
             images_seen += len(labels)
