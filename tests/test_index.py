@@ -353,7 +353,7 @@ def test_kill_9_at_any_moment_leaves_a_complete_index(tiny_model, tmp_path):
     build_index(root, tiny_model, index_dir, progress=False)
     _many_images(root, 300, 600)
     killed = 0
-    for delay in np.arange(0.2, 20, 0.15):  # later and later, until a build finishes before its kill
+    for delay in np.arange(0.05, 20, 0.05):  # later and later, until a build finishes before its kill
         process = _build_process(root, tiny_model, index_dir)
         time.sleep(delay)
         if process.poll() is not None:
