@@ -38,7 +38,7 @@ from metrix.index.query import Refinement
 from metrix.index.store import REBUILD_HINT, GalleryIndexError, Hit
 
 from .access import Access
-from .search import DEFAULT_K, MAX_K, MAX_UPLOAD_BYTES, explain_match, run_query
+from .search import DEFAULT_K, MAX_K, MAX_UPLOAD_BYTES, Result, explain_match, run_query
 
 log = logging.getLogger("metrix.app")
 MAX_THUMBNAIL = 1024
@@ -65,6 +65,20 @@ def hit_json(hit: Hit, rank: int, url: str) -> dict:
         "height": hit.height,
         "bytes": hit.size,
         "url": url,
+    }
+
+
+def result_json(result: Result, k: int, base: str, access: Access) -> dict:
+    """A search's answer as the API (and the page's own client endpoint) returns it."""
+    return {
+        "generation": result.generation,
+        "images": result.images,
+        "k": k,
+        "took_ms": round(result.seconds * 1000, 2),
+        "applied": result.refinement.describe(),
+        "results": [hit_json(hit, rank, image_url(base, access, hit.id)) for rank, hit in enumerate(result.hits, 1)],
+        "left_out": [{"path": path, "reason": reason} for path, reason in result.left_out],
+        **({"hint": REBUILD_HINT} if result.left_out else {}),
     }
 
 
@@ -138,20 +152,7 @@ async def search(
         result = await run_in_threadpool(run_query, service(request).live, name, k, data, refinement)
     except (ImageDecodeError, GalleryIndexError, ValueError) as failure:
         return failed(name, failure)
-    base = str(request.base_url)
-    return {
-        "generation": result.generation,
-        "images": result.images,
-        "k": k,
-        "took_ms": round(result.seconds * 1000, 2),
-        "applied": refinement.describe(),
-        "results": [
-            hit_json(hit, rank, image_url(base, service(request).access, hit.id))
-            for rank, hit in enumerate(result.hits, 1)
-        ],
-        "left_out": [{"path": path, "reason": reason} for path, reason in result.left_out],
-        **({"hint": REBUILD_HINT} if result.left_out else {}),
-    }
+    return result_json(result, k, str(request.base_url), service(request).access)
 
 
 @router.post("/explain", summary="Where an uploaded image and a gallery image agree: a heat map over each")

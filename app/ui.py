@@ -7,7 +7,8 @@ rebuilt gallery shows up without a restart. Queries are embedded by the index's 
 model through metrix.export.runtime: the serving path imports no torch. Result images are shown
 by URL from the API's image route (signed when access is controlled), so Gradio copies none of
 them into its cache and serves no file of the gallery folder itself. Every search goes through
-app/search.py, as the JSON API's do.
+app/search.py, as the JSON API's do. The one endpoint listed for Gradio's clients is app/gradio_api.py's
+`/search`, which answers plain JSON.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import gradio as gr
 from metrix.index.live import LiveIndex
 
 from .access import Access
+from .gradio_api import search_endpoint
 from .page import PROMPT, Page, drawn, header, label_choices
 from .search import DEFAULT_K, MAX_K
 
@@ -116,7 +118,7 @@ def _wire(app: gr.Blocks, page: Page, ui: SimpleNamespace) -> None:
         page.upload,
         [ui.query, *filters],
         [*searched, ui.query_state, ui.marks_state, ui.corner_state],
-        api_name="search",
+        api_name=False,
     ).then(
         page.show_query, [ui.query_state, ui.hits_state, ui.marks_state], [ui.region, ui.box, *boxes], api_name=False
     )
@@ -169,4 +171,5 @@ def build_app(
     with gr.Blocks(title="Metrix image search", delete_cache=delete_cache) as app:
         ui = _components(live, default_k)
         _wire(app, page, ui)
+        gr.api(search_endpoint(live, access), api_name="search")
     return app

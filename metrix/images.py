@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import warnings
 from pathlib import Path
 
 from PIL import Image, ImageOps
 
-#: Larger images are refused rather than decoded (about 16k x 16k).
-MAX_PIXELS = 256_000_000
+#: Larger images are refused rather than decoded (about 13.4k x 13.4k): Pillow's own guard, which
+#: refuses them inside Image.open (its warning band below this is not an error here).
+MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
 ORIENTATION_TAG = 0x0112
 
 #: A region of a picture: (x0, y0, x1, y1) in pixels of the image as displayed (EXIF orientation
@@ -66,10 +68,10 @@ def decode_rgb(
         if (len(data) if data is not None else path.stat().st_size) == 0:
             raise ImageDecodeError(path, "empty file")
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data) if data is not None else path) as image:
                 if image.width * image.height > max_pixels:
-                    raise ImageDecodeError(path, f"{image.width}x{image.height} exceeds the {max_pixels:,}-pixel limit")
+                    raise ImageDecodeError(path, too_many_pixels(f"{image.width}x{image.height}", max_pixels))
                 size = image.size
                 if image.getexif().get(ORIENTATION_TAG) in (5, 6, 7, 8):
                     size = size[::-1]
@@ -96,13 +98,19 @@ def decode_rgb(
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as error:
-        raise ImageDecodeError(path, f"refused as a decompression bomb ({error})") from None
+        pixels = re.search(r"\((\d+) pixels\)", str(error))
+        size = f"{int(pixels.group(1)):,} pixels" if pixels else "the image"
+        raise ImageDecodeError(path, too_many_pixels(size, min(max_pixels, MAX_PIXELS))) from None
     except Image.UnidentifiedImageError:
         raise ImageDecodeError(path, "not an image PIL can read") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as error:
+    except (OSError, SyntaxError, ValueError) as error:
         raise ImageDecodeError(
             path, f"cannot decode ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
         ) from None
+
+
+def too_many_pixels(size: str, limit: int) -> str:
+    return f"{size} exceeds the {limit:,}-pixel limit (refused undecoded, as a decompression-bomb guard)"
 
 
 def _clip(path, box: Box, size: tuple[int, int]) -> Box:

@@ -4,6 +4,8 @@ health, OpenAPI, bad uploads, which files can be fetched, path tricks, and acces
 import base64
 import hashlib
 import io
+import struct
+import zlib
 
 import httpx
 import pytest
@@ -82,6 +84,21 @@ def _truncated_jpeg() -> bytes:
     return encoded.getvalue()[: len(encoded.getvalue()) // 2]
 
 
+def _pixel_bomb(width: int = 30_000, height: int = 30_000) -> bytes:
+    """A PNG whose header claims width x height pixels (the data is never reached)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 1024))
+        + chunk(b"IEND", b"")
+    )
+
+
 @pytest.mark.parametrize(
     "name, content, k, status, reason",
     [
@@ -89,6 +106,7 @@ def _truncated_jpeg() -> bytes:
         ("cut.jpg", _truncated_jpeg(), 5, 400, "cut.jpg: cannot decode"),
         ("empty.png", b"", 5, 400, "empty.png: empty file"),
         ("big.png", b"\0" * (21 * 1024 * 1024), 5, 413, "larger than the 20 MB"),
+        ("bomb.png", _pixel_bomb(), 5, 400, "bomb.png: 900,000,000 pixels exceeds the 178,956,970-pixel limit"),
         ("q.png", None, 0, 400, "k: "),
         ("q.png", None, 51, 400, "k: "),
     ],
@@ -186,9 +204,8 @@ def test_access_control_on_the_page(guarded_server, gallery_index):
     gradio_client = pytest.importorskip("gradio_client")
     url, _ = guarded_server
     with pytest.raises(Exception):
-        gradio_client.Client(url, verbose=False, download_files=False)
-    client = gradio_client.Client(url, auth=("ann", "s3cret-pass"), verbose=False, download_files=False)
-    items, _ = client.predict(
-        gradio_client.handle_file(str(gallery_index[0] / "bees" / "05.png")), 3, api_name="/search"
-    )
-    assert items[0]["caption"].endswith("bees/05.png") and "sig=" in items[0]["image"]["url"]
+        gradio_client.Client(url, verbose=False)
+    client = gradio_client.Client(url, auth=("ann", "s3cret-pass"), verbose=False)
+    answer = client.predict(gradio_client.handle_file(str(gallery_index[0] / "bees" / "05.png")), 3, api_name="/search")
+    top = answer["results"][0]
+    assert top["gallery_path"] == "bees/05.png" and "sig=" in top["url"]

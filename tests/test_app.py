@@ -1,6 +1,7 @@
 """The web page served for real on a free localhost port: queried through gradio_client, by 20
 clients at once, and in headless Chromium (Selenium) like a user; `metrix serve` as a process."""
 
+import ast
 import os
 import subprocess
 import sys
@@ -39,31 +40,86 @@ def served(gallery_index):
     server.stop()
 
 
-def _client(url):
-    # download_files=False: result images are URLs of the API's image route, which gradio_client cannot
-    # download (it fetches everything through Gradio's /file= route); programs use /api/search instead.
-    return gradio_client.Client(url, verbose=False, download_files=False)
+def _client(url, **options):
+    return gradio_client.Client(url, verbose=False, **options)
+
+
+def _paths(answer: dict) -> list[str]:
+    return [hit["gallery_path"] for hit in answer["results"]]
 
 
 def test_upload_returns_the_gallery_image_first(served):
     url, root, _ = served
-    items, status = _client(url).predict(
-        gradio_client.handle_file(str(root / "bees" / "03.png")), 5, api_name="/search"
-    )
-    assert len(items) == 5 and "5 most similar of 20" in status
-    captions = [item["caption"] for item in items]
-    assert captions[0].endswith("· bees · bees/03.png") and captions[0].startswith("1.000")
-    scores = [float(c.split(" · ")[0]) for c in captions]
+    answer = _client(url).predict(gradio_client.handle_file(str(root / "bees" / "03.png")), 5, api_name="/search")
+    assert answer["k"] == 5 and answer["images"] == 20 and len(answer["results"]) == 5
+    top = answer["results"][0]
+    assert (top["rank"], top["gallery_path"], top["label"]) == (1, "bees/03.png", "bees") and top["score"] > 0.999
+    scores = [hit["score"] for hit in answer["results"]]
     assert scores == sorted(scores, reverse=True)
+    assert top["url"].startswith(url) and f"/api/images/{top['id']}" in top["url"]
 
 
-def test_non_image_upload_gets_a_friendly_message(served, tmp_path):
+def test_the_pages_own_api_snippet_runs_verbatim(served, tmp_path):
+    """The snippet "Use via API" shows, built from the same endpoint info the page renders it from,
+    run in a fresh interpreter with the default client. The one change: the example image (a URL
+    on github.com, unreachable here) is a gallery file."""
+    url, root, _ = served
+    info = _client(url).view_api(return_format="dict", print_info=False)
+    assert list(info["named_endpoints"]) == ["/search"], info["named_endpoints"].keys()
+    arguments = []
+    for parameter in info["named_endpoints"]["/search"]["parameters"]:
+        if parameter["python_type"]["type"] == "filepath":
+            value = f"handle_file({str(root / 'ants' / '04.png')!r})"
+        else:
+            value = repr(
+                parameter["parameter_default"] if parameter["parameter_has_default"] else parameter["example_input"]
+            )
+        arguments.append(f"\t{parameter['parameter_name']}={value},")
+    snippet = "\n".join(
+        [
+            "from gradio_client import Client, handle_file",
+            "",
+            f'client = Client("{url}")',
+            "result = client.predict(",
+            *arguments,
+            '\tapi_name="/search"',
+            ")",
+            "print(result)",
+        ]
+    )
+    ran = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    answer = ast.literal_eval(ran.stdout.strip().splitlines()[-1])
+    assert _paths(answer)[0] == "ants/04.png" and answer["k"] == 8 and len(answer["results"]) == 8
+
+
+def test_non_image_upload_gets_a_one_line_error(served, tmp_path):
     url, _, _ = served
     fake = tmp_path / "notes.jpg"
     fake.write_text("not a picture")
-    items, status = _client(url).predict(gradio_client.handle_file(str(fake)), 5, api_name="/search")
-    assert items == [] and status.startswith("That upload cannot be searched: not an image")
-    assert "Traceback" not in status
+    with pytest.raises(gradio_client.exceptions.AppError) as raised:
+        _client(url).predict(gradio_client.handle_file(str(fake)), 5, api_name="/search")
+    message = str(raised.value)
+    assert message.startswith("notes.jpg: not an image") and "\n" not in message and "Traceback" not in message
+
+
+def test_bad_arguments_are_refused_in_one_line(served):
+    url, root, _ = served
+    query = gradio_client.handle_file(str(root / "bees" / "03.png"))
+    for arguments, expected in (({"k": 0}, "k must be 1-50"), ({"box": "1,2,3"}, "box")):
+        with pytest.raises(gradio_client.exceptions.AppError, match=expected):
+            _client(url).predict(query, api_name="/search", **arguments)
+
+
+def test_filters_and_feedback_through_the_client(served):
+    url, root, _ = served
+    query = gradio_client.handle_file(str(root / "bees" / "03.png"))
+    only_ants = _client(url).predict(query, 4, labels=["ants"], api_name="/search")
+    assert {hit["label"] for hit in only_ants["results"]} == {"ants"} and "labels ants" in only_ants["applied"]
+    first = _client(url).predict(query, 3, api_name="/search")
+    wrong = first["results"][1]["id"]
+    again = _client(url).predict(query, 3, wrong=[wrong], api_name="/search")
+    assert "1 wrong" in again["applied"] and wrong not in [hit["id"] for hit in again["results"]]
 
 
 def test_oversized_upload_is_refused(served, tmp_path):
@@ -71,7 +127,7 @@ def test_oversized_upload_is_refused(served, tmp_path):
     big = tmp_path / "big.png"
     big.write_bytes(b"\0" * (21 * 1024 * 1024))
     client = _client(url)
-    with pytest.raises(Exception, match="(?i)too large|413|exceeds"):
+    with pytest.raises(Exception, match="(?i)too large|413|exceeds|upload limit"):
         client.predict(gradio_client.handle_file(str(big)), 5, api_name="/search")
 
 
@@ -80,8 +136,7 @@ def test_twenty_concurrent_queries_all_succeed(served):
     paths = [root / label / f"{i:02d}.png" for label in ("ants", "bees") for i in range(10)]
 
     def query(path):
-        items, _ = _client(url).predict(gradio_client.handle_file(str(path)), 3, api_name="/search")
-        return items[0]["caption"].split(" · ")[-1]
+        return _paths(_client(url).predict(gradio_client.handle_file(str(path)), 3, api_name="/search"))[0]
 
     with ThreadPoolExecutor(20) as pool:
         tops = list(pool.map(query, paths))
@@ -102,8 +157,8 @@ def test_serving_path_imports_no_torch(gallery_index):
 def test_metrix_serve_command(gallery_index):
     root, index_dir = gallery_index
     with serve_process(index_dir) as (url, process):
-        items, _ = _client(url).predict(gradio_client.handle_file(str(root / "ants" / "07.png")), 2, api_name="/search")
-        assert items[0]["caption"].endswith("ants/07.png")
+        answer = _client(url).predict(gradio_client.handle_file(str(root / "ants" / "07.png")), 2, api_name="/search")
+        assert _paths(answer)[0] == "ants/07.png"
     failed = metrix_cli("serve", "--index", root, check=False)
     assert failed.returncode == 2 and "no index here" in failed.stderr
 

@@ -132,9 +132,9 @@ def test_moved_and_changed_files_are_left_out_and_k_still_come_back(tmp_path, ti
             and gone.json()["error"]
             == f"{before[0]['path']}: missing since indexing; re-run `metrix build-index` to bring the index up to date"
         )
-        page = gradio_client.Client(url, verbose=False, download_files=False)
-        items, status = page.predict(gradio_client.handle_file(str(moved)), 5, api_name="/search")
-        assert len(items) == 5 and "2 more left out" in status and "build-index" in status, status
+        page = gradio_client.Client(url, verbose=False)
+        through_page = page.predict(gradio_client.handle_file(str(moved)), 5, api_name="/search")
+        assert [hit["gallery_path"] for hit in through_page["results"]] == paths and len(through_page["left_out"]) == 2
 
 
 def _disk_bytes(*folders) -> int:
@@ -176,7 +176,7 @@ def test_soak_a_thousand_queries_leave_disk_and_memory_flat(tmp_path, tiny_model
         ),
         httpx.Client(timeout=30) as client,
     ):
-        page = gradio_client.Client(url, verbose=False, download_files=False)
+        page = gradio_client.Client(url, verbose=False)
 
         def api_query(n):
             response = client.post(
@@ -187,8 +187,8 @@ def test_soak_a_thousand_queries_leave_disk_and_memory_flat(tmp_path, tiny_model
         def page_query(n):
             path = uploads / f"q{n}.png"
             path.write_bytes(_distinct_upload(base, n))
-            items, _ = page.predict(gradio_client.handle_file(str(path)), 8, api_name="/search")
-            assert items[0]["caption"].endswith("bees/02.png")
+            answer = page.predict(gradio_client.handle_file(str(path)), 8, api_name="/search")
+            assert answer["results"][0]["gallery_path"] == "bees/02.png"
             path.unlink()
 
         for n in range(60):  # warm-up: allocators, sessions and caches reach their working size

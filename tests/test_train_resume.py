@@ -2,6 +2,7 @@
 weights of the same run left alone."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -10,6 +11,8 @@ import time
 
 import torch
 from safetensors.torch import load_file
+
+from metrix.training.tensorboard_log import tag
 
 from .training_helpers import metrix_cli, tiny_dataset, write_config
 
@@ -25,7 +28,7 @@ def _start_train(data, config, out):
 
 def test_kill_after_epoch_one_then_resume_matches_an_uninterrupted_run(tmp_path):
     data = tiny_dataset(tmp_path / "data")
-    config = write_config(tmp_path / "config.json", epochs=3)
+    config = write_config(tmp_path / "config.json", epochs=3, log="tensorboard")
 
     killed = tmp_path / "killed"
     process = _start_train(data, config, killed)
@@ -53,6 +56,24 @@ def test_kill_after_epoch_one_then_resume_matches_an_uninterrupted_run(tmp_path)
     # The epoch logs agree too (timings aside): one line per epoch, none repeated.
     assert _log_without_timings(killed) == _log_without_timings(straight)
     assert [r["epoch"] for r in _log_without_timings(killed)] == [1, 2, 3]
+    # So do the TensorBoard scalars, read back with TensorBoard's own reader: every number of
+    # metrics.jsonl at its epoch, once (the resumed run purged what it repeats).
+    for run in (killed, straight):
+        scalars = _tensorboard_scalars(run)
+        for record in _log_without_timings(run):
+            for key, value in record.items():
+                if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    at_epoch = [v for step, v in scalars[tag(key)] if step == record["epoch"]]
+                    assert len(at_epoch) == 1 and math.isclose(at_epoch[0], value, rel_tol=1e-6), (run, key, at_epoch)
+
+
+def _tensorboard_scalars(run) -> dict[str, list[tuple[int, float]]]:
+    """tag -> [(epoch, value), ...] from the run's event files, as TensorBoard reads them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {name: [(e.step, e.value) for e in events.Scalars(name)] for name in events.Tags()["scalars"]}
 
 
 def _log_without_timings(run):

@@ -2,7 +2,7 @@
 Each command group lives in a module of its own and imports its heavy dependencies only when it runs."""
 
 # isort: off  (the order of these imports is the order of the commands in --help)
-from . import export, index, info, serve, train  # noqa: F401  (they register their commands on `app`)
+from . import build, export, index, info, serve, train  # noqa: F401  (they register their commands on `app`)
 from .base import app
 
 # isort: on

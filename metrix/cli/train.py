@@ -141,6 +141,13 @@ ResumeOption = Annotated[
         rich_help_panel="Output and settings", help="Continue the run in this directory from its last checkpoint."
     ),
 ]
+LogOption = Annotated[
+    Optional[str],
+    typer.Option(
+        rich_help_panel="Output and settings",
+        help="tensorboard: also write each epoch's losses, learning rate and metrics as TensorBoard scalars in RUN/tensorboard (the tensorboard extra). metrics.jsonl and curves.png are always written.",
+    ),
+]
 ProgressOption = Annotated[
     bool, typer.Option("--progress/--no-progress", rich_help_panel="Output and settings", help="Show a progress bar.")
 ]
@@ -177,6 +184,7 @@ def train(
     config: ConfigOption = None,
     recipe: RecipeOption = None,
     resume: ResumeOption = None,
+    log: LogOption = None,
     progress: ProgressOption = True,
 ) -> None:
     """Train a Metrix embedding model. With no data, trains on the built-in synthetic dataset."""

@@ -82,6 +82,7 @@ class TrainConfig:
     # Also measure the test classes every epoch (logged as test_*), for reporting the official code's
     # best-epoch-on-test protocol beside ours. Never used to choose a checkpoint, a default or a setting.
     record_test: bool = False
+    log: str | None = None  # tensorboard: each epoch's record also as TensorBoard scalars (RUN/tensorboard)
     device: str = "auto"
     out: str | None = None
     recipe: str = "full"
@@ -105,6 +106,7 @@ class TrainConfig:
         from ..losses import LOSSES
         from ..mixup import MIXUP_MODES, PAIR_CHOICES
         from .sampler import SAMPLERS
+        from .tensorboard_log import tensorboard_missing
 
         if (self.data is not None) + (self.dataset is not None) > 1:
             raise ConfigError("give either --data DIR (an image folder) or --dataset NAME, not both")
@@ -133,6 +135,10 @@ class TrainConfig:
                 "embed-anchor-negative-weight weighs the anchor-negative steps of pair choice coin; "
                 "set pair-choice coin"
             )
+        if self.log not in (None, "tensorboard"):
+            raise ConfigError(f"unknown log {self.log!r}; choose tensorboard (metrics.jsonl is always written)")
+        if self.log == "tensorboard" and (missing := tensorboard_missing()):
+            raise ConfigError(missing)
         if self.lr_schedule not in ("cosine", "step", "none"):
             raise ConfigError(f"unknown lr schedule {self.lr_schedule!r}; choose cosine, step or none")
         for name in ("epochs", "batch_size", "embedding_size"):

@@ -40,6 +40,7 @@ from .setup import (
     prepare_run,
 )
 from .stage_cache import CachedTail
+from .tensorboard_log import TensorBoardLog
 from .validation import test_class_metrics, validate
 
 
@@ -73,8 +74,10 @@ def train(
         if state.get("pseudo_labels") is not None:
             _set_labels(run, state["pseudo_labels"])
         log(f"resuming {run.run_dir} after epoch {state['epoch'] + 1} of {config.epochs}")
+    board = None
     if distributed.is_main:
         append_metrics(run.run_dir, None, keep_epochs_below=start_epoch)
+        board = TensorBoardLog(run.run_dir, start_epoch) if config.log == "tensorboard" else None
 
     for epoch in range(start_epoch, config.epochs):
         if config.labels == "clusters" and epoch % config.recluster_every == 0:
@@ -97,10 +100,14 @@ def train(
             if probe is not None:
                 record.update({f"probe_{k}": v for k, v in probe(run.model, run.first_trained_stage).items()})
             append_metrics(run.run_dir, record)
+            if board is not None:
+                board.write(record)
             plot_curves(run.run_dir)
             _save(run, epoch, record, best, is_best)
             log(_describe_epoch(record, config.epochs))
         distributed.barrier()
+    if board is not None:
+        board.close()
     log(f"run saved in {run.run_dir}")
     distributed.close()
     return run.run_dir

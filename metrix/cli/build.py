@@ -1,0 +1,176 @@
+"""`metrix build-index`: a gallery into an index, once or following the folder (--watch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .base import app, fail
+
+GalleryOption = Annotated[
+    str,
+    typer.Argument(
+        help="A folder of images, or an object-store URL such as s3://bucket/prefix (searched recursively; top-level sub-folders are labels)."
+    ),
+]
+ModelOption = Annotated[
+    Optional[Path],
+    typer.Option(help="An exported model. \\[default: the newest model*.onnx of the newest run under runs/]"),
+]
+OutOption = Annotated[
+    Optional[Path], typer.Option("--out", "-o", help="Index folder. \\[default: indexes/<gallery folder name>]")
+]
+IndexTypeOption = Annotated[
+    Optional[str],
+    typer.Option(
+        help="auto (exact up to 100,000 images, IVF above, IVF-PQ when the budget asks), flat, ivf or ivfpq. \\[default: auto, or the index's]"
+    ),
+]
+MaxIndexMemoryOption = Annotated[
+    Optional[str],
+    typer.Option(
+        help="RAM the loaded index may take, e.g. 4GB; auto then picks the index that fits. \\[default: no limit, or the index's]"
+    ),
+]
+RebuildOption = Annotated[bool, typer.Option("--rebuild", help="Start over instead of updating.")]
+BatchSizeOption = Annotated[int, typer.Option(help="Images per model call.")]
+EngineOption = Annotated[str, typer.Option(help="local (this process) or ray (a Ray cluster; needs metrix[ray]).")]
+RayAddressOption = Annotated[
+    Optional[str],
+    typer.Option(
+        help="The Ray cluster to use, e.g. ray://head:10001 or auto. \\[default: RAY_ADDRESS, else a local Ray]"
+    ),
+]
+WorkersOption = Annotated[int, typer.Option(help="--engine ray: embedding actors.")]
+CpusPerWorkerOption = Annotated[
+    float, typer.Option(help="--engine ray: CPUs per actor (also its onnxruntime threads).")
+]
+GpusPerWorkerOption = Annotated[float, typer.Option(help="--engine ray: GPUs per actor (CUDA with onnxruntime-gpu).")]
+KeepOption = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Generations kept on disk after the build: the new one and the ones before it, so that a server still answering from the previous one can finish.",
+    ),
+]
+ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")]
+WatchOption = Annotated[
+    bool,
+    typer.Option(
+        "--watch",
+        help="After the build, follow the folder (watchdog, the watch extra) and commit a new generation whenever its files settle; a running `metrix serve` follows. Ctrl+C or SIGTERM stops.",
+    ),
+]
+SettleOption = Annotated[
+    float, typer.Option(min=0.1, help="--watch: seconds without a change before an update starts.")
+]
+
+
+@app.command("build-index")
+def build_index_(
+    gallery: GalleryOption,
+    model: ModelOption = None,
+    out: OutOption = None,
+    index_type: IndexTypeOption = None,
+    max_index_memory: MaxIndexMemoryOption = None,
+    rebuild: RebuildOption = False,
+    batch_size: BatchSizeOption = 64,
+    engine: EngineOption = "local",
+    ray_address: RayAddressOption = None,
+    workers: WorkersOption = 2,
+    cpus_per_worker: CpusPerWorkerOption = 1.0,
+    gpus_per_worker: GpusPerWorkerOption = 0.0,
+    keep: KeepOption = 2,
+    progress: ProgressOption = True,
+    watch: WatchOption = False,
+    settle: SettleOption = 1.0,
+) -> None:
+    """Embed a gallery (folder or object store) into a faiss index with metadata; re-runs embed only what changed."""
+    from metrix.cli.models import default_index_dir
+    from metrix.export.runtime import ModelError
+    from metrix.index.build import build_index
+    from metrix.index.plan import parse_memory
+    from metrix.index.ray_engine import RayOptions
+    from metrix.index.store import GalleryIndexError
+
+    if engine not in ("local", "ray"):
+        fail(f"--engine {engine}: choose local or ray")
+    if watch and "://" in gallery:
+        fail(f"--watch follows a local folder; {gallery} is an object store")
+    ray = RayOptions(ray_address, workers, cpus_per_worker, gpus_per_worker, batch_size) if engine == "ray" else None
+    try:
+        if model is None:
+            model = _default_model(gallery)
+        out = out or default_index_dir(gallery)
+        budget = parse_memory(max_index_memory) if max_index_memory is not None else None
+
+        def build(first: bool = False):
+            return build_index(
+                gallery,
+                model,
+                out,
+                index_type,
+                rebuild and first,
+                batch_size,
+                progress=progress and first,
+                ray=ray,
+                max_memory=budget,
+                keep=keep,
+            )
+
+        report = build(first=True)
+    except (GalleryIndexError, ModelError, ValueError) as error:
+        fail(error)
+    for line in report.summary():
+        typer.echo(line)
+    if watch:
+        _watch(Path(gallery), out, build, settle)
+
+
+def _watch(folder: Path, index_dir: Path, build, settle: float) -> None:
+    """build-index --watch: an update per settled burst of changes, one line each, until a signal."""
+    import signal
+    import threading
+    import time
+
+    from metrix.index.watch import watch
+
+    stop = threading.Event()
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda *_: stop.set())
+
+    def update() -> None:
+        report = build()
+        typer.echo(
+            f"{time.strftime('%H:%M:%S')} {report.generation}: {report.count} images; added {report.added}, "
+            f"changed {report.changed}, removed {report.removed}; {report.seconds:.1f} s"
+        )
+        for path, reason in report.failed[:5]:
+            typer.echo(f"  skipped {path}: {reason}")
+
+    try:
+        watch(folder, update, stop, log=typer.echo, quiet=settle, ignore=index_dir)
+    except RuntimeError as error:
+        fail(error)
+    typer.echo(f"stopped watching {folder}")
+
+
+def _default_model(gallery: str) -> Path:
+    from metrix.cli.models import FLOOR_BACKBONE, default_model, floor_model
+    from metrix.index.store import GalleryIndexError
+
+    try:
+        model, root = default_model(gallery)
+        typer.echo(f"no --model given: using {model}, the newest exported model of a run trained on {root}")
+        return model
+    except GalleryIndexError as error:
+        why = str(error)
+    model, exported = floor_model()
+    typer.echo(
+        f"no --model given and {why}: using the untrained pretrained {FLOOR_BACKBONE} "
+        f"({model}{', exported now' if exported else ''}); `metrix train --data {gallery}` (or `--labels none` "
+        "without labels), then `metrix export`, gives a model fitted to these images"
+    )
+    return model
