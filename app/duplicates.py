@@ -3,7 +3,9 @@
     GET /duplicates?threshold=T       a page of picture groups (thumbnails through the API's image route)
     GET /api/duplicates?threshold=T   the same groups as JSON (index/duplicates.py's, plus each image's URL)
 
-Both follow the live index and keep the result per (generation, threshold), so a reload or a
+Without a threshold the groups are calibrated on the gallery and confirmed on their pixels
+(index/calibration.py, index/copy_check.py). Both follow the live index and keep the result per
+(generation, threshold), so a reload or a
 second visitor does not search the gallery again. With access control on, both need the API's
 credentials (the page asks the browser for the login as HTTP Basic); a bad threshold is a one-line 400.
 """
@@ -16,7 +18,7 @@ from collections import OrderedDict
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse
 
-from metrix.index.duplicates import DEFAULT_THRESHOLD, check_threshold, find_duplicates
+from metrix.index.duplicates import check_threshold, find_duplicates
 from metrix.index.live import LiveIndex
 
 from .access import Access
@@ -25,7 +27,11 @@ from .duplicates_html import THUMBNAIL, render_page
 
 #: Results kept, the most recently asked for: one per threshold a visitor tried.
 CACHED = 16
-THRESHOLD = Query(None, description=f"cosine similarity in (0, 1] [default: {DEFAULT_THRESHOLD}]")
+THRESHOLD = Query(
+    None,
+    description="cosine similarity in (0, 1], every pair at or above it grouped [default: calibrated on the "
+    "gallery, each pair confirmed on its pixels]",
+)
 
 
 class DuplicateResults:
@@ -33,16 +39,16 @@ class DuplicateResults:
 
     def __init__(self, live: LiveIndex, size: int = CACHED):
         self.live, self.size = live, size
-        self._results: OrderedDict[tuple[str, float], dict] = OrderedDict()
+        self._results: OrderedDict[tuple[str, float | None], dict] = OrderedDict()
         self._lock = threading.Lock()  # one search at a time; a second asker of the same result waits for it
 
     def get(self, threshold: str | None) -> dict:
-        threshold = check_threshold(DEFAULT_THRESHOLD if threshold in (None, "") else threshold)
-        index = self.live.snapshot().index
-        key = (index.generation, threshold)
+        threshold = None if threshold in (None, "") else check_threshold(threshold)
+        snapshot = self.live.snapshot()
+        key = (snapshot.index.generation, threshold)
         with self._lock:
             if key not in self._results:
-                self._results[key] = find_duplicates(index, threshold).to_json()
+                self._results[key] = find_duplicates(snapshot.index, threshold, embedder=snapshot.embedder).to_json()
                 while len(self._results) > self.size:
                     self._results.popitem(last=False)
             self._results.move_to_end(key)

@@ -44,28 +44,33 @@ def render_page(
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{STYLE}</style>"
         f"</head><body><header><h1>{e(title)}</h1>"
     ]
+    calibration = result.get("calibration")
     if form:
+        value = "" if calibration else f"{result['threshold']:g}"
         parts.append(
             "<p><a href='./' id='back'>&larr; back to search</a></p>"
             "<form method='get' action='duplicates' id='threshold-form'><label>cosine similarity at least "
             f"<input type='number' name='threshold' id='threshold' min='0.01' max='1' step='0.01' "
-            f"value='{result['threshold']:g}'></label> <button type='submit'>Find</button></form>"
+            f"value='{value}' placeholder='calibrated'></label> <button type='submit'>Find</button> "
+            "(empty: calibrated on this gallery, each pair confirmed on its pixels)</form>"
         )
+    how = (
+        f"{e(calibration_line(calibration))}"
+        if calibration
+        else f"at similarity &ge; {result['threshold']:g}, a threshold given by hand (no copy check)"
+    )
     parts.append(
         f"<p id='summary'>{len(groups)} group{'s' * (len(groups) != 1)} ({result['grouped_images']} images) "
-        f"at similarity &ge; {result['threshold']:g} among {result['images']:,} images "
-        f"({e(result['generation'])}); search: {e(result['search'])}.</p>"
-        "<p>A group joins images linked by similarities above the threshold, so two images of one group "
-        "may be less alike than that (its least similar pair); its weakest link is the threshold above "
-        "which it splits. Under each picture: its path, label and its strongest link in the group.</p>"
+        f"among {result['images']:,} images ({e(result['generation'])}); search: {e(result['search'])}.</p>"
+        f"<p id='calibration'>{how}.</p>"
+        "<p>Every two images of a group passed (no chains of look-alikes). Under each picture: its path, "
+        "label and its strongest similarity in the group.</p>"
         "</header>"
     )
     for number, group in enumerate(groups, 1):
-        least = group["min_similarity"]
         parts.append(
             f"<section class='group'><h2>Group {number}: {group['size']} images &middot; least similar pair "
-            f"{'-' if least is None else f'{least:.4f}'} &middot; weakest link {group['weakest_link']:.4f}"
-            "</h2><div class='images'>"
+            f"{group['min_similarity']:.4f}</h2><div class='images'>"
         )
         for image in group["images"]:
             picture = f"<img src='{e(image_src(image))}' alt='{e(image['path'])}' loading='lazy'>"
@@ -81,6 +86,21 @@ def render_page(
         parts.append("<p>No near-duplicates at this threshold.</p>")
     parts.append("</body></html>")
     return "".join(parts)
+
+
+def calibration_line(calibration: dict) -> str:
+    """What the calibrated thresholds are and what they measured, in one sentence (CLI and page)."""
+    line = (
+        f"calibrated on {calibration['copies']:,} edited copies of {calibration['originals']} of this gallery's "
+        f"images and {calibration['lookalike_pairs']:,} look-alike pairs: cosine >= "
+        f"{calibration['candidate_threshold']:.3f}, then aligned pixels (NCC) >= {calibration['copy_threshold']:.2f}; "
+        f"{100 * calibration['copies_found']:.1f}% of the copies found, "
+        f"{100 * calibration['lookalikes_passed']:.2f}% of the look-alikes passed, about "
+        f"{calibration['false_pairs_per_1000']:.1f} false pairs per 1,000 images"
+    )
+    if not calibration["separable"]:
+        line += "; this model and check cannot tell copies from look-alikes in this gallery"
+    return line
 
 
 def embedded_thumbnail(source, path: str, size: int = THUMBNAIL) -> str:

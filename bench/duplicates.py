@@ -272,7 +272,7 @@ def _groups_of(result: dict) -> list[list[str]]:
 
 
 def measure_ours(name: str, model: Path, galleries: dict, work: Path) -> dict:
-    from metrix.index.duplicates import DEFAULT_THRESHOLD, find_duplicates
+    from metrix.index.duplicates import find_duplicates
     from metrix.index.store import open_index
 
     out = {"model": str(model)}
@@ -310,7 +310,7 @@ def measure_ours(name: str, model: Path, galleries: dict, work: Path) -> dict:
     for threshold in (t for t in OUR_GRID if abs(t - out["threshold"]) <= 0.05 + 1e-9):
         row = score_groups(_groups_of(find_duplicates(test, threshold).to_json()), galleries["test"])
         out["test_curve"].append({"threshold": threshold, **{k: v for k, v in row.items() if k != "by_kind"}})
-    out["default_threshold"] = DEFAULT_THRESHOLD
+    out["default_threshold"] = 0.88  # the fixed default before issue 29 (now calibrated per gallery)
     out["false_positives_test"] = false_positives(find_duplicates(test, out["threshold"]).to_json(), galleries["test"])
     out["index_kinds"] = index_kinds(indexes["test"], model, galleries["test"], out["threshold"])
     return out

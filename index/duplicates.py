@@ -1,6 +1,8 @@
 """Near-duplicate images in an index: every stored vector is searched against the index for the
-images at cosine similarity >= a threshold, and the pairs found are grouped into connected
-components (A like B and B like C put A, B and C in one group, even where A and C are less alike).
+images at cosine similarity >= a threshold, and the pairs found are grouped by complete linkage, so
+that every two images of a group are alike (A like B and B like C do not put A and C together
+unless A is like C). By default the thresholds are calibrated on the gallery's own edited copies
+(index/calibration.py) and every pair is confirmed on its pixels (index/copy_check.py).
 
 How each kind of index is searched:
 - flat (`IDMap2,Flat`): faiss range search, exact;
@@ -12,30 +14,27 @@ How each kind of index is searched:
   pass is searched again with 4x as many, so a large group is not cut at the candidate depth.
 
 Memory: the queries go BLOCK vectors at a time, and the pairs found are kept (20 bytes each) until
-they pass MAX_PAIRS, when they are reduced to the strongest links that hold each group together (a
-maximum spanning forest: fewer links than grouped images), which keeps the groups. No N x N matrix.
+they pass MAX_PAIRS, when they are reduced to the strongest links that hold each component together
+(a maximum spanning forest); groups are then joined along those links only. No N x N matrix.
 """
 
 from __future__ import annotations
 
-import math
+import heapq
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from .calibration import CANDIDATES, Calibration, calibrate
 from .integrity import check_scores
 from .store import INDEX_FILE, GalleryIndex
 from .vectors import stored_blocks
 
-#: The best F1 on copies planted among photos of cub100's training classes, for the untrained
-#: efficientnet_lite0 and for the model trained on those classes alike (bench/duplicates.py,
-#: docs/duplicates.md); another model or kind of image may want another threshold.
-DEFAULT_THRESHOLD = 0.88
+#: A manual threshold's example in messages (the default is calibrated per gallery).
+EXAMPLE_THRESHOLD = 0.9
 BLOCK = 4096
 MAX_PAIRS = 4_000_000
-#: Above this many images, a group's least similar pair is not computed (n^2 dot products).
-PAIRWISE_LIMIT = 10_000
 #: float32 rounding: an image embedded twice may score 0.99999994 against itself.
 EPS = 1e-6
 
@@ -53,9 +52,9 @@ class Member:
 @dataclass
 class Group:
     images: list[Member]  # by path
-    min_similarity: float | None  # the least similar two images (None above PAIRWISE_LIMIT images)
-    weakest_link: float  # the group holds together at any threshold up to this
-    links: list[tuple[int, int, float]]  # (id, id, similarity): the strongest links joining it, strongest first
+    min_similarity: float  # the least similar two images: never below the threshold
+    weakest_link: float  # the weakest of the links that joined it
+    links: list[tuple[int, int, float]]  # (id, id, similarity): the links that joined it, strongest first
 
 
 @dataclass
@@ -66,6 +65,8 @@ class Duplicates:
     search: str
     seconds: float
     groups: list[Group]  # largest first, then by first path
+    calibration: Calibration | None = None  # None: a threshold was given, no copy check
+    checked_pairs: int = 0  # pairs the copy check looked at
 
     def to_json(self) -> dict:
         return {
@@ -74,6 +75,8 @@ class Duplicates:
             "threshold": self.threshold,
             "search": self.search,
             "seconds": round(self.seconds, 3),
+            "calibration": self.calibration.to_json() if self.calibration is not None else None,
+            "checked_pairs": self.checked_pairs,
             "grouped_images": sum(len(g.images) for g in self.groups),
             "groups": [
                 {
@@ -104,22 +107,88 @@ def check_threshold(value) -> float:
         threshold = float(value)
     except (TypeError, ValueError):
         raise ValueError(
-            f"threshold {value!r}: not a number; give a cosine similarity in (0, 1], e.g. {DEFAULT_THRESHOLD}"
+            f"threshold {value!r}: not a number; give a cosine similarity in (0, 1], e.g. {EXAMPLE_THRESHOLD}"
         ) from None
     if not 0 < threshold <= 1:  # also refuses nan
-        raise ValueError(f"threshold {value}: must be in (0, 1] (a cosine similarity), e.g. {DEFAULT_THRESHOLD}")
+        raise ValueError(f"threshold {value}: must be in (0, 1] (a cosine similarity), e.g. {EXAMPLE_THRESHOLD}")
     return threshold
 
 
-def find_duplicates(index: GalleryIndex, threshold: float = DEFAULT_THRESHOLD, block: int = BLOCK) -> Duplicates:
-    """The groups of images of `index` joined by similarities >= threshold, of at least 2 images."""
+def find_duplicates(
+    index: GalleryIndex,
+    threshold: float | None = None,
+    block: int = BLOCK,
+    embedder=None,
+    calibration: Calibration | None = None,
+) -> Duplicates:
+    """Groups of at least 2 images of `index` in which every two images are copies of each other.
+    With a threshold: every pair at cosine >= threshold, nothing else checked. Without (the
+    default): the thresholds calibrated on this gallery (index/calibration.py, with `embedder`,
+    the index's model, unless `calibration` is given), and every pair confirmed on its pixels by
+    the copy check (index/copy_check.py)."""
     started = time.perf_counter()
+    check = None
+    if threshold is None:
+        calibration = calibration or calibrate(index, embedder)
+        threshold, check = calibration.candidate_threshold, _CopyPairs(index, calibration.copy_threshold)
     threshold = check_threshold(threshold)
     links = _Links()
     for a, b, similarity in _pairs(index, threshold, block):
         links.add(a, b, similarity)
-    groups = _groups(index, *links.forest())
-    return Duplicates(index.generation, len(index), threshold, _method(index), time.perf_counter() - started, groups)
+    pairs = links.all()
+    if check is not None:
+        pairs = _strongest_per_image(*pairs, CANDIDATES)
+        for a, b in sorted(zip(pairs[0].tolist(), pairs[1].tolist())):  # in id order: each picture read once
+            check(a, b)
+    groups = _groups(index, *pairs, threshold, check)
+    return Duplicates(
+        index.generation,
+        len(index),
+        threshold,
+        _method(index),
+        time.perf_counter() - started,
+        groups,
+        calibration,
+        check.checked if check is not None else 0,
+    )
+
+
+class _CopyPairs:
+    """The copy check of pairs of gallery ids, each pair checked once."""
+
+    def __init__(self, index: GalleryIndex, copy_threshold: float):
+        from .copy_check import CopyCheck
+
+        self.threshold = copy_threshold
+        self.check = CopyCheck(lambda image_id: index.source.read(index.rows([image_id])[image_id][0]))
+        self.known: dict[tuple[int, int], bool] = {}
+
+    @property
+    def checked(self) -> int:
+        return len(self.known)
+
+    def __call__(self, a: int, b: int) -> bool:
+        key = (min(a, b), max(a, b))
+        if key not in self.known:
+            try:
+                self.known[key] = self.check.similarity(*key) >= self.threshold
+            except (OSError, ValueError):  # a file gone or no longer an image: no copy is confirmed
+                self.known[key] = False
+        return self.known[key]
+
+
+def _strongest_per_image(a: np.ndarray, b: np.ndarray, similarity: np.ndarray, most: int):
+    """The pairs that are among the `most` strongest of either of their images: a copy is among an
+    image's few nearest, and the copy check's work stays linear in the gallery."""
+    order = np.lexsort((b, a, -similarity))  # strongest first
+    a, b, similarity = a[order], b[order], similarity[order]
+    ends = np.stack([a, b], axis=1).ravel()  # pair i's images at 2i and 2i + 1: in strength order
+    by_image = np.argsort(ends, kind="stable")
+    _, counts = np.unique(ends, return_counts=True)
+    rank = np.empty(len(ends), np.int64)
+    rank[by_image] = np.arange(len(ends)) - np.repeat(np.cumsum(counts) - counts, counts)
+    keep = (rank.reshape(-1, 2) < most).any(axis=1)
+    return a[keep], b[keep], similarity[keep]
 
 
 def _method(index: GalleryIndex) -> str:
@@ -194,6 +263,15 @@ class _Links:
             return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
         return strongest_links(*(np.concatenate(column) for column in zip(*self.parts)))
 
+    def all(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every pair once (a < b), or the forest once they passed MAX_PAIRS."""
+        if not self.parts:
+            return self.forest()
+        a, b, similarity = (np.concatenate(column) for column in zip(*self.parts))
+        lo, hi = np.minimum(a, b), np.maximum(a, b)
+        _, first = np.unique(np.stack([lo, hi], axis=1), axis=0, return_index=True)
+        return lo[first], hi[first], similarity[first]
+
 
 def strongest_links(a: np.ndarray, b: np.ndarray, similarity: np.ndarray):
     """The maximum spanning forest of the graph whose edges join ids a[i] and b[i] with
@@ -216,59 +294,68 @@ def strongest_links(a: np.ndarray, b: np.ndarray, similarity: np.ndarray):
     return nodes[tree.row], nodes[tree.col], (2.0 - tree.data).astype(np.float32)
 
 
-def _groups(index: GalleryIndex, a: np.ndarray, b: np.ndarray, similarity: np.ndarray) -> list[Group]:
-    """The connected components of a spanning forest as Groups, largest first, then by first path."""
-    from scipy.sparse import csr_matrix
-    from scipy.sparse.csgraph import connected_components
-
+def _groups(index: GalleryIndex, a, b, similarity, threshold: float, check=None) -> list[Group]:
+    """Complete-linkage clustering cut at the threshold: the two groups whose least similar pair
+    across them is the most similar are joined first, and only while that pair is at >= threshold
+    (and, with `check`, every pair across them passes the copy check). So every two images of a
+    group are alike and no group chains look-alikes through a path of links. Groups are joined
+    along the pairs found (a and b); largest first, then by first path."""
     nodes = np.unique(np.concatenate([a, b]))
     if len(nodes) == 0:
         return []
-    pa, pb = np.searchsorted(nodes, a), np.searchsorted(nodes, b)
-    _, component = connected_components(
-        csr_matrix((np.ones(len(a)), (pa, pb)), shape=(len(nodes),) * 2), directed=False
-    )
-    strongest = np.full(len(nodes), -np.inf, dtype=np.float32)
-    np.maximum.at(strongest, pa, similarity)
-    np.maximum.at(strongest, pb, similarity)
+    vectors = index.vectors(nodes.tolist())
+    members = {n: [n] for n in range(len(nodes))}
+    neighbours: dict[int, set[int]] = {n: set() for n in range(len(nodes))}
+    for x, y in zip(np.searchsorted(nodes, a).tolist(), np.searchsorted(nodes, b).tolist()):
+        neighbours[x].add(y)
+        neighbours[y].add(x)
+    joins: dict[int, list[tuple[int, int, float]]] = {n: [] for n in range(len(nodes))}
+
+    def linkage(x: int, y: int) -> float | None:
+        """The least similarity across groups x and y, or None when they cannot join."""
+        least = float((vectors[members[x]] @ vectors[members[y]].T).min())
+        if least < threshold - EPS:
+            return None
+        if check is not None and not all(check(int(nodes[i]), int(nodes[j])) for i in members[x] for j in members[y]):
+            return None
+        return least
+
+    heap = [(-value, x, y) for x in neighbours for y in neighbours[x] if x < y and (value := linkage(x, y)) is not None]
+    heapq.heapify(heap)
+    next_group = len(nodes)
+    while heap:
+        _, x, y = heapq.heappop(heap)
+        if x not in members or y not in members:  # one side has joined another group since
+            continue
+        cross = vectors[members[x]] @ vectors[members[y]].T
+        i, j = np.unravel_index(int(np.argmax(cross)), cross.shape)
+        strongest = (int(nodes[members[x][i]]), int(nodes[members[y][j]]), float(cross[i, j]))
+        z, next_group = next_group, next_group + 1
+        members[z] = members.pop(x) + members.pop(y)
+        joins[z] = [*joins.pop(x), *joins.pop(y), (min(strongest[:2]), max(strongest[:2]), strongest[2])]
+        neighbours[z] = (neighbours.pop(x) | neighbours.pop(y)) - {x, y}
+        for other in neighbours[z]:
+            neighbours[other] -= {x, y}
+            neighbours[other].add(z)
+            if (value := linkage(z, other)) is not None:
+                heapq.heappush(heap, (-value, min(z, other), max(z, other)))
     rows = index.rows(nodes.tolist())
-    members: dict[int, list[Member]] = {}
-    for position, node in enumerate(nodes.tolist()):
-        path, label, width, height, *_ = rows[node]
-        members.setdefault(int(component[position]), []).append(
-            Member(node, path, label, width, height, float(strongest[position]))
-        )
-    links: dict[int, list[tuple[int, int, float]]] = {}
-    for i in np.lexsort((b, a, -similarity)):  # strongest first; ties by id
-        links.setdefault(int(component[pa[i]]), []).append((int(a[i]), int(b[i]), float(similarity[i])))
     groups = []
-    for number, group in members.items():
+    for number, positions in members.items():
+        if len(positions) < 2:
+            continue
+        inside = vectors[positions] @ vectors[positions].T
+        np.fill_diagonal(inside, -np.inf)
+        group = []
+        for row, position in enumerate(positions):
+            path, label, width, height, *_ = rows[int(nodes[position])]
+            group.append(Member(int(nodes[position]), path, label, width, height, float(inside[row].max())))
         group.sort(key=lambda member: member.path)
-        groups.append(
-            Group(
-                group, _least_similar(index, [m.id for m in group]), min(s for _, _, s in links[number]), links[number]
-            )
-        )
+        np.fill_diagonal(inside, np.inf)
+        links = sorted(joins[number], key=lambda link: (-link[2], link[0], link[1]))
+        groups.append(Group(group, float(inside.min()), min(s for _, _, s in links), links))
     groups.sort(key=lambda group: (-len(group.images), group.images[0].path))
     return groups
-
-
-def _least_similar(index: GalleryIndex, ids: list[int]) -> float | None:
-    """The similarity of the least similar two of these images, in blocks of rows."""
-    if len(ids) > PAIRWISE_LIMIT:
-        return None
-    ids = np.array(ids, dtype=np.int64)
-    if index.full is not None:
-        vectors = index.full.lookup(ids)
-    else:
-        vectors = np.asarray(index.index.reconstruct_batch(ids), dtype=np.float32)
-    least = math.inf
-    rows = max(1, 2**22 // len(ids))
-    for start in range(0, len(ids), rows):
-        similarity = vectors[start : start + rows] @ vectors.T
-        similarity[np.arange(len(similarity)), np.arange(start, start + len(similarity))] = np.inf  # not itself
-        least = min(least, float(similarity.min()))
-    return least
 
 
 def _round(value: float | None) -> float | None:

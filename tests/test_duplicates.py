@@ -1,8 +1,9 @@
 """Near-duplicates (index/duplicates.py, `metrix duplicates`, the service's /duplicates page and
-/api/duplicates): the groups against connected components computed by brute force in numpy on
+/api/duplicates): the groups at a given threshold against SciPy's complete-linkage clustering on
 planted vectors, for flat, IVF and IVF-PQ indexes built by build_index; end to end on pictures with
-planted copies (re-encoded, resized, cropped, flipped) embedded by the untrained efficientnet_lite0;
-the service against the command; access control; and the page in headless Chromium."""
+planted copies (re-encoded, resized, cropped, flipped) embedded by the untrained efficientnet_lite0,
+at a given threshold and calibrated (index/calibration.py, index/copy_check.py); the service
+against the command; access control; and the page in headless Chromium."""
 
 import base64
 import io
@@ -20,7 +21,7 @@ from PIL import Image, ImageDraw, ImageOps
 from metrix.index import build as build_module
 from metrix.index import duplicates as duplicates_module
 from metrix.index.build import build_index
-from metrix.index.duplicates import DEFAULT_THRESHOLD, find_duplicates
+from metrix.index.duplicates import find_duplicates
 from metrix.index.local_engine import Embedded
 from metrix.index.store import open_index
 
@@ -28,6 +29,7 @@ from .browser import headless_chromium
 from .service_helpers import free_port, serve_process
 from .training_helpers import metrix_cli
 
+CUB = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cub100"
 T = 0.9
 #: No pair of the planted vectors lies this close to T, so rounding cannot decide a group.
 MARGIN = 0.02
@@ -42,11 +44,11 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 def planted_vectors(dim: int, seed: int = 0) -> np.ndarray:
     """2,000 clustered unit vectors (so IVF probes few lists) and copies planted near 40 of them:
-    20 pairs and 10 triples at 10 degrees (cosine ~0.97), 9 chains of three steps of 20 degrees
-    (0.94 a step, 0.77 two steps apart: one group, though its ends are not alike), and two tight
-    clusters of 120 (2 degrees) 18 degrees apart: one group of 240 whose two halves an IVF-PQ
-    search at its re-rank depth of 100 would never join (each image's 100 nearest are in its own
-    half), shuffled."""
+    20 pairs and 10 triples at 10 degrees (cosine ~0.97), 9 chains of steps of 14, 18 and 22
+    degrees (cosine 0.97, 0.95, 0.93; two steps apart 0.85 or less: two groups of two, never one
+    chain of four), and two tight clusters of 120 (2 degrees) 18 degrees apart: one group of 240
+    whose two halves an IVF-PQ search at its re-rank depth of 100 would never join (each image's
+    100 nearest are in its own half), shuffled."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((40, dim))
     background = unit(centres[rng.integers(0, 40, 2000)] + 1.2 * rng.standard_normal((2000, dim)))
@@ -65,7 +67,7 @@ def planted_vectors(dim: int, seed: int = 0) -> np.ndarray:
             copies += [away(original, 10), away(original, 10)]
         elif number < 39:
             step = unit(away(original, 90))
-            copies += [np.cos(np.radians(a)) * original + np.sin(np.radians(a)) * step for a in (20, 40, 60)]
+            copies += [np.cos(np.radians(a)) * original + np.sin(np.radians(a)) * step for a in (14, 32, 54)]
         else:
             other = np.cos(np.radians(18)) * original + np.sin(np.radians(18)) * unit(away(original, 90))
             copies += [away(original, 2) for _ in range(119)] + [away(other, 2) for _ in range(120)]
@@ -73,31 +75,17 @@ def planted_vectors(dim: int, seed: int = 0) -> np.ndarray:
     return vectors[rng.permutation(len(vectors))]
 
 
-def brute_force_groups(vectors: np.ndarray, threshold: float) -> set[frozenset[int]]:
-    """Connected components (breadth-first) of the full similarity matrix thresholded, of 2 or more."""
-    linked = vectors @ vectors.T >= threshold
-    np.fill_diagonal(linked, False)
-    seen, groups = set(), set()
-    for start in range(len(vectors)):
-        if start in seen or not linked[start].any():
-            continue
-        component, frontier = {start}, [start]
-        while frontier:
-            nxt = [int(j) for i in frontier for j in np.flatnonzero(linked[i]) if j not in component]
-            component.update(nxt)
-            frontier = list(set(nxt))
-        seen |= component
-        groups.add(frozenset(component))
-    return groups
+def complete_linkage_groups(vectors: np.ndarray, threshold: float) -> set[frozenset[int]]:
+    """SciPy's complete-linkage clustering cut at cosine distance 1 - threshold: groups (of 2 or
+    more) in which every two vectors are at >= threshold."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import pdist
 
-
-def connected(members: list[int], vectors: np.ndarray, threshold: float) -> bool:
-    linked = vectors[members] @ vectors[members].T >= threshold
-    component, frontier = {0}, [0]
-    while frontier:
-        frontier = [j for i in frontier for j in np.flatnonzero(linked[i]).tolist() if j not in component]
-        component.update(frontier)
-    return len(component) == len(members)
+    labels = fcluster(linkage(pdist(vectors, "cosine"), "complete"), 1 - threshold, criterion="distance")
+    groups: dict[int, set[int]] = {}
+    for number, label in enumerate(labels.tolist()):
+        groups.setdefault(label, set()).add(number)
+    return {frozenset(g) for g in groups.values() if len(g) > 1}
 
 
 def build_from_vectors(root: Path, vectors: np.ndarray, model: Path, index_dir: Path, **options):
@@ -139,10 +127,10 @@ def planted(tmp_path_factory, tiny_model):
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq"])
-def test_groups_are_the_brute_force_components(planted, kind):
+def test_groups_are_scipys_complete_linkage(planted, kind):
     vectors, indexes = planted
-    truth = brute_force_groups(vectors, T)
-    assert len(truth) == 40 and sorted(len(g) for g in truth)[-1] == 240  # the data is what it says
+    truth = complete_linkage_groups(vectors, T)
+    assert len(truth) == 49 and sorted(len(g) for g in truth)[-1] == 240  # the data is what it says
     opened = open_index(indexes[kind])
     if kind == "ivf":  # approximate for real: the lists probed are a fraction of them
         assert opened.manifest["index"]["nprobe"] < opened.index.nlist
@@ -155,40 +143,43 @@ def test_groups_are_the_brute_force_components(planted, kind):
         members = numbers(group)
         inside = similarity[np.ix_(members, members)]
         np.fill_diagonal(inside, np.nan)
-        # the reported similarities are exact, also from IVF-PQ's codes
-        assert group.min_similarity == pytest.approx(float(np.nanmin(inside)), abs=1e-5)
+        # every two images of a group are alike (no chains), and the similarities are exact, also from IVF-PQ's codes
+        assert group.min_similarity == pytest.approx(float(np.nanmin(inside)), abs=1e-5) and group.min_similarity >= T
         for image, row in zip(group.images, inside):
             assert image.similarity == pytest.approx(float(np.nanmax(row)), abs=1e-5)
         ids = {image.id: number for image, number in zip(group.images, members)}
         assert len(group.links) == len(members) - 1
         for a, b, s in group.links:
             assert s == pytest.approx(float(similarity[ids[a], ids[b]]), abs=1e-5) and s >= T
-        # the weakest link is where the group splits
-        assert connected(members, vectors, group.weakest_link - 1e-5)
-        assert not connected(members, vectors, group.weakest_link + 1e-5)
-    chains = [g for g in result.groups if len(g.images) == 4]
-    assert len(chains) == 9 and all(g.min_similarity < 0.8 < T <= g.weakest_link for g in chains)
+        assert group.weakest_link == min(s for _, _, s in group.links)
+    assert result.calibration is None and result.checked_pairs == 0  # a threshold given: nothing calibrated
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq"])
 def test_small_blocks_and_a_small_pair_budget_give_the_same_groups(planted, monkeypatch, kind):
     """Queries in blocks of 37 (IVF lists cut and joined into blocks) and the pairs reduced to a
-    spanning forest whenever they pass 50: the bounded-memory path gives the same groups, links
-    and similarities."""
+    spanning forest whenever they pass 50: the bounded-memory path gives the same groups and
+    similarities (the links that joined a group may be others)."""
     _, indexes = planted
     opened = open_index(indexes[kind])
     whole = find_duplicates(opened, T).to_json()
     monkeypatch.setattr(duplicates_module, "MAX_PAIRS", 50)
     small = find_duplicates(opened, T, block=37).to_json()
-    for result in (whole, small):
+    # products of other sub-matrices: the last float bits may differ
+    similarities = [[], []]
+    for result, found in zip((whole, small), similarities):
         del result["seconds"]
-    assert small == whole
+        for group in result["groups"]:
+            del group["links"], group["weakest_link"]
+            found.append(group.pop("min_similarity"))
+            found += [image.pop("similarity") for image in group["images"]]
+    assert small == whole and np.allclose(*similarities, atol=1e-5)
 
 
 def test_thresholds(planted):
     vectors, indexes = planted
     opened = open_index(indexes["flat"])
-    assert {frozenset(numbers(g)) for g in find_duplicates(opened, 0.8).groups} == brute_force_groups(vectors, 0.8)
+    assert {frozenset(numbers(g)) for g in find_duplicates(opened, 0.8).groups} == complete_linkage_groups(vectors, 0.8)
     assert find_duplicates(opened, 1.0).groups == []  # no two vectors are identical
     for bad in (0, -0.5, 1.01, float("nan"), "x"):
         with pytest.raises(ValueError, match="threshold"):
@@ -289,8 +280,9 @@ def path_groups(result: dict) -> set[frozenset[str]]:
     return {frozenset(image["path"] for image in group["images"]) for group in result["groups"]}
 
 
-def cli_json(index_dir: Path, threshold: float = PICTURE_THRESHOLD) -> dict:
-    return json.loads(metrix_cli("duplicates", index_dir, "--threshold", threshold, "--json").stdout)
+def cli_json(index_dir: Path, threshold: float | None = PICTURE_THRESHOLD) -> dict:
+    given = ("--threshold", threshold) if threshold is not None else ()
+    return json.loads(metrix_cli("duplicates", index_dir, *given, "--json").stdout)
 
 
 def test_command_finds_each_planted_group(pictures, tmp_path):
@@ -324,6 +316,70 @@ def test_command_finds_each_planted_group(pictures, tmp_path):
     thumbnail = Image.open(io.BytesIO(base64.b64decode(sources[0].split(",", 1)[1])))
     assert thumbnail.format == "JPEG" and max(thumbnail.size) <= 160
     assert all(path in page for group in planted_groups for path in group)
+
+
+def test_the_default_is_calibrated_on_the_gallery_and_confirms_each_pair(pictures, floor_model, tmp_path):
+    """No threshold given: the thresholds come from the gallery's own edited copies, every pair is
+    confirmed by the copy check, and the planted groups come out; the same pictures without their
+    copies give no group at all."""
+    root, index_dir, planted_groups = pictures
+    result = cli_json(index_dir, None)
+    calibration = result["calibration"]
+    assert path_groups(result) == planted_groups and calibration["separable"]
+    assert calibration["originals"] == 22 and calibration["copies"] == 7 * 22 and result["checked_pairs"] >= 5
+    assert calibration["candidate_threshold"] == pytest.approx(result["threshold"], abs=1e-6)
+    assert all(group["min_similarity"] >= result["threshold"] for group in result["groups"])
+    text = metrix_cli("duplicates", index_dir).stdout
+    assert "calibrated on 154 edited copies of 22" in text and "5 groups of near-duplicates (11 images)" in text
+
+    clean = tmp_path / "clean"
+    for original in root.rglob("[0-9][0-9].png"):
+        (clean / original.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(original, clean / original.parent.name / original.name)
+    build_index(clean, floor_model, tmp_path / "clean-index", progress=False)
+    assert cli_json(tmp_path / "clean-index", None)["groups"] == []
+
+
+def copy_similarities(pictures: dict) -> tuple[dict, list[float]]:
+    """({(picture, edit): the copy check's NCC of the picture and that copy}, [NCC of two different pictures])."""
+    from metrix.index.calibration import EDITS, edited_copy
+    from metrix.index.copy_check import CopyCheck
+
+    files = {}
+    for name, picture in pictures.items():
+        out = io.BytesIO()
+        picture.save(out, "PNG")
+        files[name] = out.getvalue()
+    rng = np.random.default_rng(0)
+    files |= {(name, edit): edited_copy(pictures[name], edit, rng) for name in pictures for edit in EDITS}
+    check = CopyCheck(files.__getitem__)
+    copies = {(name, edit): check.similarity(name, (name, edit)) for name in pictures for edit in EDITS}
+    return copies, [check.similarity(a, b) for a in pictures for b in pictures if str(a) < str(b)]
+
+
+def test_the_copy_check_on_flat_synthetic_pictures():
+    """Shapes on gradients have few corners: copies that keep the frame (re-encoded, resized,
+    mirrored, brightened) align frame to frame; cropped, rotated and framed ones need keypoints,
+    and most find enough. Different pictures never align."""
+    copies, others = copy_similarities({n: scene(4000 + n) for n in range(6)})
+    framed = [v for (_, edit), v in copies.items() if edit in ("jpeg", "resize", "flip", "brightness")]
+    moved = [v for (_, edit), v in copies.items() if edit in ("crop", "rotate", "border")]
+    assert min(framed) > 0.95, copies
+    assert np.mean(np.array(moved) > 0.9) >= 0.6, copies
+    assert max(others) < 0.5, others
+
+
+@pytest.mark.skipif(not CUB.is_dir(), reason="needs ../shared/datasets/cub100")
+def test_the_copy_check_on_photos():
+    """Bird photos of cub100, two per species for six species: every edit's copy aligns at NCC >=
+    0.9, and two photos of one species never do (the check's floor is 0.8)."""
+    folders = sorted(p for p in CUB.iterdir() if p.is_dir())[50:56]
+    pictures = {
+        f"{f.name}/{p.name}": Image.open(p).convert("RGB") for f in folders for p in sorted(f.glob("*.jpg"))[:2]
+    }
+    copies, others = copy_similarities(pictures)
+    assert np.mean(np.array(list(copies.values())) > 0.9) >= 0.95, copies
+    assert max(others) < 0.8, others
 
 
 def test_command_errors_are_one_line(pictures, tmp_path):
@@ -372,10 +428,14 @@ def test_api_answers_what_the_command_prints(served, pictures, monkeypatch):
     assert without_times_and_urls(body) == without_times_and_urls(cli_json(pictures[1]))
     image = body["groups"][0]["images"][0]
     assert client.get(image["url"]).status_code == 200
-    assert client.get(f"{url}api/duplicates").json()["threshold"] == DEFAULT_THRESHOLD
+    calibrated = client.get(f"{url}api/duplicates").json()
+    assert path_groups(calibrated) == pictures[2] and calibrated["calibration"]["separable"]
+    assert without_times_and_urls(calibrated)["groups"] == without_times_and_urls(cli_json(pictures[1], None))["groups"]
 
     searches = []  # the server runs in this process: count its searches
-    monkeypatch.setattr(service, "find_duplicates", lambda *args: searches.append(args) or find_duplicates(*args))
+    monkeypatch.setattr(
+        service, "find_duplicates", lambda *args, **kw: searches.append(args) or find_duplicates(*args, **kw)
+    )
     for _ in range(3):  # a page and its reloads, at a threshold not asked for before
         assert client.get(f"{url}duplicates", params={"threshold": "0.861"}).status_code == 200
     assert client.get(f"{url}api/duplicates", params={"threshold": "0.8610"}).status_code == 200
