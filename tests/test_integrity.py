@@ -352,6 +352,10 @@ def test_sigterm_lets_queries_finish_and_exits_zero(tmp_path, tiny_model):
             except httpx.ConnectError:
                 outcomes.append("refused")
                 time.sleep(0.05)
+            except (httpx.ReadError, httpx.RemoteProtocolError):
+                # a connection the kernel had queued when the listening socket closed is reset
+                # unread; a request cut short in the server would show in its log (below)
+                outcomes.append("reset")
             except httpx.HTTPError as error:
                 outcomes.append(f"{type(error).__name__}")
 
@@ -370,5 +374,6 @@ def test_sigterm_lets_queries_finish_and_exits_zero(tmp_path, tiny_model):
         output = process.stdout.read()
     assert code == 0, output
     assert answered_before > 4 and "refused" in outcomes
-    assert set(outcomes) <= {"200", "refused"}, sorted(set(outcomes))
-    assert "Traceback" not in output
+    assert set(outcomes) <= {"200", "refused", "reset"}, sorted(set(outcomes))
+    assert outcomes.count("reset") <= len(clients)  # at most one queued connection per client
+    assert "Traceback" not in output and "Cancel" not in output and "graceful shutdown exceeded" not in output, output
