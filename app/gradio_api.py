@@ -49,8 +49,8 @@ def search_endpoint(live: LiveIndex, access: Access):
             right: relevance feedback, ids of earlier results marked right
             wrong: relevance feedback, ids of earlier results marked wrong
         """
-        path = Path(image["path"] if isinstance(image, dict) else image.path)
-        name = (image.get("orig_name") if isinstance(image, dict) else image.orig_name) or path.name
+        path = Path(image["path"])  # gr.api hands the uploaded FileData over as its dict
+        name = image.get("orig_name") or path.name
         if not 1 <= k <= MAX_K:
             raise gr.Error(f"k must be 1-{MAX_K}, not {k}")
         if path.stat().st_size > MAX_UPLOAD_BYTES:

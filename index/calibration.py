@@ -142,9 +142,9 @@ def calibrate(index: GalleryIndex, embedder, originals: int = ORIGINALS, seed: i
         candidates = [h for h in found if h.id != image_id and h.score >= candidate]
         per_image.append(min(len(candidates), CANDIDATES))
         lookalikes += [(image_id, h.id) for h in candidates[first - 1 : last]]
-    check = CopyCheck(lambda key: made[key] if isinstance(key, tuple) else index.source.read(index.rows([key])[key][0]))
+    check = CopyCheck(made.__getitem__, index)
     copy_ncc = np.array([check.similarity(key[0], key) for key in made], np.float32)
-    lookalike_ncc = np.array([_checked(check, a, b) for a, b in sorted(lookalikes)], np.float32)
+    lookalike_ncc = np.array([check.similarity(a, b) for a, b in sorted(lookalikes)], np.float32)
     return _thresholds(
         np.array(copy_cosines, np.float32) >= candidate,
         copy_ncc,
@@ -153,15 +153,6 @@ def calibrate(index: GalleryIndex, embedder, originals: int = ORIGINALS, seed: i
         float(np.mean(per_image)) / 2 if per_image else 0.0,  # candidate pairs per image (each pair has two ends)
         (candidate, len({image_id for image_id, _ in made}), time.perf_counter() - started),
     )
-
-
-def _checked(check, a, b) -> float:
-    from .copy_check import NO_MATCH
-
-    try:
-        return check.similarity(a, b)
-    except (OSError, ValueError):  # a gallery file gone or no longer an image since indexing
-        return NO_MATCH
 
 
 def _copies(index: GalleryIndex, embedder, sample: np.ndarray, rng) -> tuple[dict[tuple, bytes], list[float]]:

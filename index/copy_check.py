@@ -41,20 +41,26 @@ def grey(data: bytes, name: str = "image") -> np.ndarray:
 
 
 class CopyCheck:
-    """The NCC of the best alignment of two pictures (NO_MATCH when none is found); each picture's
-    keypoints are computed once (`cache` pictures kept)."""
+    """The NCC of the best alignment of two pictures (NO_MATCH when none is found, or when either
+    cannot be read any more); each picture's keypoints are computed once (`cache` pictures kept).
+    `read(key)`: the picture's bytes; keys that are ints are gallery ids of `index`, if given."""
 
-    def __init__(self, read, cache: int = 1024):
+    def __init__(self, read=None, index=None, cache: int = 1024):
         import cv2
 
         self.cv2 = cv2
         self.orb = cv2.ORB_create(FEATURES, fastThreshold=5)
         self.matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
-        self.read = read  # key -> the picture's bytes
+        self.read, self.index = read, index
         self.features = lru_cache(maxsize=cache)(self._features)
 
+    def _bytes(self, key) -> bytes:
+        if self.index is not None and isinstance(key, (int, np.integer)):
+            return self.index.source.read(self.index.rows([key])[key][0])
+        return self.read(key)
+
     def _features(self, key, mirrored: bool = False):
-        picture = grey(self.read(key), str(key))
+        picture = grey(self._bytes(key), str(key))
         if mirrored:
             picture = np.ascontiguousarray(picture[:, ::-1])
         keypoints, descriptors = self.orb.detectAndCompute(picture, None)
@@ -66,7 +72,10 @@ class CopyCheck:
         too few keypoints: re-encoded, resized, brightened or mirrored copies still align frame to frame)."""
         best = NO_MATCH
         for mirrored in (False, True):
-            first, second = self.features(a), self.features(b, mirrored)
+            try:
+                first, second = self.features(a), self.features(b, mirrored)
+            except (OSError, ValueError):  # a file gone or no longer an image since indexing
+                return NO_MATCH
             best = max(best, self._aligned(first, second), self._framed(first[0], second[0]))
         return best
 

@@ -160,7 +160,7 @@ class _CopyPairs:
         from .copy_check import CopyCheck
 
         self.threshold = copy_threshold
-        self.check = CopyCheck(lambda image_id: index.source.read(index.rows([image_id])[image_id][0]))
+        self.check = CopyCheck(index=index)
         self.known: dict[tuple[int, int], bool] = {}
 
     @property
@@ -170,10 +170,7 @@ class _CopyPairs:
     def __call__(self, a: int, b: int) -> bool:
         key = (min(a, b), max(a, b))
         if key not in self.known:
-            try:
-                self.known[key] = self.check.similarity(*key) >= self.threshold
-            except (OSError, ValueError):  # a file gone or no longer an image: no copy is confirmed
-                self.known[key] = False
+            self.known[key] = self.check.similarity(*key) >= self.threshold
         return self.known[key]
 
 
