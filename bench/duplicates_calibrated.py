@@ -69,19 +69,25 @@ def make_galleries(shared: Path, work: Path) -> dict[str, dict]:
 
 
 def measure(name: str, gallery: dict, index_dir: Path, imagededup: bool) -> dict:
-    from metrix.index.calibration import calibrate
+    from metrix.index.calibration import sample_copies
     from metrix.index.duplicates import find_duplicates
     from metrix.index.store import open_with_model
 
     index, embedder = open_with_model(index_dir)
     started = time.perf_counter()
-    calibration = calibrate(index, embedder)
+    copies = sample_copies(index, embedder)
     calibration_seconds = time.perf_counter() - started
+    default = {}
+
+    def calibrated():
+        default["result"] = find_duplicates(index, copies=copies)
+        return _groups_of(default["result"])
+
     runs = {
         f"before: components at {BEFORE}": lambda: components(index, BEFORE),
         f"cliques at {BEFORE}": lambda: _groups_of(find_duplicates(index, BEFORE)),
-        "calibrated cosine only": lambda: _groups_of(find_duplicates(index, calibration.candidate_threshold)),
-        "calibrated + copy check (default)": lambda: _groups_of(find_duplicates(index, calibration=calibration)),
+        "calibrated cosine only": lambda: _groups_of(find_duplicates(index, copies.candidate_threshold)),
+        "calibrated + copy check (default)": calibrated,
     }
     methods = {}
     for method, run in runs.items():
@@ -104,7 +110,7 @@ def measure(name: str, gallery: dict, index_dir: Path, imagededup: bool) -> dict
                 "seconds": time.perf_counter() - started,
                 **score(pairs, gallery),
             }
-    return {"images": len(index), "calibration": calibration.to_json(), "methods": methods}
+    return {"images": len(index), "calibration": default["result"].calibration.to_json(), "methods": methods}
 
 
 def best_fixed(index, gallery: dict) -> dict:

@@ -1,7 +1,8 @@
 """The near-duplicate thresholds calibrated on the gallery itself: copies of a sample of the
 gallery's own images are made with the edits duplicates really have (EDITS), embedded with the
-index's model, and set against look-alikes: the candidate pairs of sampled images beyond their
-three nearest. Two thresholds come out:
+index's model (sample_copies), and set against look-alikes: the pairs the duplicates search checks
+that neither of their images holds among its three nearest (CopySample.thresholds). Two thresholds
+come out:
 - the candidate threshold on the embedding's cosine, chosen for recall: COPY_RECALL of the copies
   reach it, whatever this model's scale of similarities;
 - the copy check's threshold on aligned pixels (index/copy_check.py), chosen for precision: the
@@ -25,10 +26,10 @@ ORIGINALS = 100
 COPY_RECALL = 0.98
 #: How many candidates an image has at most (index/duplicates.py checks as many).
 CANDIDATES = 6
-#: Images whose candidate pairs stand for look-alikes: each with its 4th to 8th nearest at the
-#: candidate threshold. The nearest three are left out: an image and two copies of it are common,
-#: and a real copy counted as a look-alike would raise the copy threshold for nothing.
-LOOKALIKE_IMAGES, LOOKALIKE_RANKS = 600, (4, 8)
+#: The checked pairs that stand for look-alikes: those neither image holds among its nearest
+#: LOOKALIKE_RANK - 1. An image and two copies of it are common, and a real copy counted as a
+#: look-alike would raise the copy threshold for nothing.
+LOOKALIKE_RANK = 4
 #: The copy check's threshold keeps the look-alike pairs expected to pass within this many per
 #: 1,000 gallery images, and is never below COPY_FLOOR.
 MAX_FALSE_PER_1000, COPY_FLOOR = 1.0, 0.8
@@ -104,7 +105,7 @@ class Calibration:
     copy_threshold: float  # the copy check's aligned NCC (index/copy_check.py)
     originals: int  # gallery images copied
     copies: int  # edited copies made of them
-    lookalike_pairs: int  # candidate pairs of the sampled images, their 4th to 8th nearest
+    lookalike_pairs: int  # checked pairs that neither image holds among its nearest three
     copies_found: float  # share of the copies that pass both thresholds
     lookalikes_passed: float  # share of the look-alike pairs that pass both
     false_pairs_per_1000: float  # look-alike pairs expected to pass, per 1,000 gallery images
@@ -121,9 +122,54 @@ class Calibration:
         return {**rounded, "separable": self.separable}
 
 
-def calibrate(index: GalleryIndex, embedder, originals: int = ORIGINALS, seed: int = 0) -> Calibration:
-    """Copies of a seeded sample of the gallery (EDITS), embedded with the index's model, against
-    the candidate pairs of another sample (LOOKALIKE_RANKS)."""
+@dataclass
+class CopySample:
+    """Copies of a sample of the gallery, embedded and compared with their originals: the candidate
+    threshold, and each copy's copy-check NCC; the look-alikes come later (thresholds)."""
+
+    candidate_threshold: float
+    reached: np.ndarray  # each copy's cosine to its original is at least the candidate threshold
+    copy_ncc: np.ndarray  # each copy's NCC with its original (index/copy_check.py)
+    edits: np.ndarray  # each copy's edit
+    originals: int
+    seconds: float
+
+    def thresholds(self, lookalike_ncc: np.ndarray, pairs_per_image: float) -> Calibration:
+        """The lowest copy threshold (from COPY_FLOOR, in steps of 0.01) at which the calibration
+        set's precision is at least TARGET_PRECISION and the look-alike pairs expected to pass stay
+        within MAX_FALSE_PER_1000 per 1,000 images; 0.99 if none is. `pairs_per_image`: the pairs
+        the search checks per gallery image."""
+        reached, copy_ncc = self.reached, self.copy_ncc
+
+        def false_per_1000(t: float) -> float:
+            return 1000 * pairs_per_image * tail_share(lookalike_ncc, t)
+
+        def precision(t: float) -> float:
+            found = int((reached & (copy_ncc >= t)).sum())
+            return found / max(1, found + int((lookalike_ncc >= t).sum()))
+
+        grid = np.round(np.arange(COPY_FLOOR, 1.0, 0.01), 2)
+        ok = (t for t in grid if precision(t) >= TARGET_PRECISION and false_per_1000(t) <= MAX_FALSE_PER_1000)
+        copy_threshold = float(next(ok, grid[-1]))
+        found = reached & (copy_ncc >= copy_threshold)
+        passed = int((lookalike_ncc >= copy_threshold).sum())
+        return Calibration(
+            self.candidate_threshold,
+            copy_threshold,
+            self.originals,
+            len(found),
+            len(lookalike_ncc),
+            float(found.mean()),
+            passed / len(lookalike_ncc) if len(lookalike_ncc) else 0.0,
+            false_per_1000(copy_threshold),
+            precision(copy_threshold),
+            {edit: float(found[self.edits == edit].mean()) for edit in EDITS},
+            self.seconds,
+        )
+
+
+def sample_copies(index: GalleryIndex, embedder, originals: int = ORIGINALS, seed: int = 0) -> CopySample:
+    """Copies (EDITS) of a seeded sample of the gallery, embedded with the index's model."""
     import time
 
     from .copy_check import CopyCheck
@@ -134,24 +180,16 @@ def calibrate(index: GalleryIndex, embedder, originals: int = ORIGINALS, seed: i
     made, copy_cosines = _copies(
         index, embedder, ids[np.sort(rng.choice(len(ids), min(originals, len(ids)), replace=False))], rng
     )
-    candidate = float(np.quantile(copy_cosines, 1 - COPY_RECALL))
-    sampled = ids[np.sort(rng.choice(len(ids), min(LOOKALIKE_IMAGES, len(ids)), replace=False))]
-    lookalikes, per_image = [], []
-    first, last = LOOKALIKE_RANKS
-    for image_id, found in zip(sampled.tolist(), index.search(index.vectors(sampled.tolist()), k=last + 1)):
-        candidates = [h for h in found if h.id != image_id and h.score >= candidate]
-        per_image.append(min(len(candidates), CANDIDATES))
-        lookalikes += [(image_id, h.id) for h in candidates[first - 1 : last]]
     check = CopyCheck(made.__getitem__, index)
-    copy_ncc = np.array([check.similarity(key[0], key) for key in made], np.float32)
-    lookalike_ncc = np.array([check.similarity(a, b) for a, b in sorted(lookalikes)], np.float32)
-    return _thresholds(
-        np.array(copy_cosines, np.float32) >= candidate,
-        copy_ncc,
+    cosines = np.array(copy_cosines, np.float32)
+    candidate = float(np.quantile(cosines, 1 - COPY_RECALL))
+    return CopySample(
+        candidate,
+        cosines >= candidate,
+        np.array([check.similarity(key[0], key) for key in made], np.float32),
         np.array([edit for _, edit in made]),
-        lookalike_ncc,
-        float(np.mean(per_image)) / 2 if per_image else 0.0,  # candidate pairs per image (each pair has two ends)
-        (candidate, len({image_id for image_id, _ in made}), time.perf_counter() - started),
+        len({image_id for image_id, _ in made}),
+        time.perf_counter() - started,
     )
 
 
@@ -177,39 +215,6 @@ def _copies(index: GalleryIndex, embedder, sample: np.ndarray, rng) -> tuple[dic
     if not made:
         raise ValueError(f"{index.dir}: none of the {len(sample)} images sampled to calibrate could be read")
     return made, cosines
-
-
-def _thresholds(reached, copy_ncc, edits, lookalike_ncc, pairs_per_image: float, about) -> Calibration:
-    """The lowest copy threshold (from COPY_FLOOR, in steps of 0.01) at which the calibration set's
-    precision is at least TARGET_PRECISION and the look-alike pairs expected to pass stay within
-    MAX_FALSE_PER_1000 per 1,000 images; 0.99 if none is."""
-    candidate, originals, seconds = about
-
-    def false_per_1000(t: float) -> float:
-        return 1000 * pairs_per_image * tail_share(lookalike_ncc, t)
-
-    def precision(t: float) -> float:
-        found = int((reached & (copy_ncc >= t)).sum())
-        return found / max(1, found + int((lookalike_ncc >= t).sum()))
-
-    grid = np.round(np.arange(COPY_FLOOR, 1.0, 0.01), 2)
-    ok = (t for t in grid if precision(t) >= TARGET_PRECISION and false_per_1000(t) <= MAX_FALSE_PER_1000)
-    copy_threshold = float(next(ok, grid[-1]))
-    found = reached & (copy_ncc >= copy_threshold)
-    passed = int((lookalike_ncc >= copy_threshold).sum())
-    return Calibration(
-        candidate,
-        copy_threshold,
-        originals,
-        len(found),
-        len(lookalike_ncc),
-        float(found.mean()),
-        passed / len(lookalike_ncc) if len(lookalike_ncc) else 0.0,
-        false_per_1000(copy_threshold),
-        precision(copy_threshold),
-        {edit: float(found[edits == edit].mean()) for edit in EDITS},
-        seconds,
-    )
 
 
 def tail_share(values: np.ndarray, t: float) -> float:

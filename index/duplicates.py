@@ -2,7 +2,8 @@
 images at cosine similarity >= a threshold, and the pairs found are grouped by complete linkage, so
 that every two images of a group are alike (A like B and B like C do not put A and C together
 unless A is like C). By default the thresholds are calibrated on the gallery's own edited copies
-(index/calibration.py) and every pair is confirmed on its pixels (index/copy_check.py).
+and the pairs checked here (index/calibration.py), and every pair is confirmed on its pixels
+(index/copy_check.py).
 
 How each kind of index is searched:
 - flat (`IDMap2,Flat`): faiss range search, exact;
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .calibration import CANDIDATES, Calibration, calibrate
+from .calibration import CANDIDATES, LOOKALIKE_RANK, Calibration, CopySample, sample_copies
 from .integrity import check_scores
 from .store import INDEX_FILE, GalleryIndex
 from .vectors import stored_blocks
@@ -119,27 +120,31 @@ def find_duplicates(
     threshold: float | None = None,
     block: int = BLOCK,
     embedder=None,
-    calibration: Calibration | None = None,
+    copies: CopySample | None = None,
 ) -> Duplicates:
     """Groups of at least 2 images of `index` in which every two images are copies of each other.
     With a threshold: every pair at cosine >= threshold, nothing else checked. Without (the
-    default): the thresholds calibrated on this gallery (index/calibration.py, with `embedder`,
-    the index's model, unless `calibration` is given), and every pair confirmed on its pixels by
-    the copy check (index/copy_check.py)."""
+    default): the candidate threshold from copies of the gallery's own images (index/calibration.py,
+    made with `embedder`, the index's model, unless `copies` is given), and every pair confirmed on
+    its pixels by the copy check (index/copy_check.py) at a threshold calibrated on those copies and
+    on the look-alikes among the pairs checked."""
     started = time.perf_counter()
-    check = None
+    check = calibration = None
     if threshold is None:
-        calibration = calibration or calibrate(index, embedder)
-        threshold, check = calibration.candidate_threshold, _CopyPairs(index, calibration.copy_threshold)
+        copies = copies or sample_copies(index, embedder)
+        threshold, check = copies.candidate_threshold, _CopyPairs(index)
     threshold = check_threshold(threshold)
     links = _Links()
     for a, b, similarity in _pairs(index, threshold, block):
         links.add(a, b, similarity)
     pairs = links.all()
     if check is not None:
-        pairs = _strongest_per_image(*pairs, CANDIDATES)
-        for a, b in sorted(zip(pairs[0].tolist(), pairs[1].tolist())):  # in id order: each picture read once
-            check(a, b)
+        *pairs, rank = _strongest_per_image(*pairs, CANDIDATES)
+        order = np.lexsort((pairs[1], pairs[0]))  # in id order: each picture read once
+        ncc = np.array([check.ncc(a, b) for a, b in zip(pairs[0][order].tolist(), pairs[1][order].tolist())])
+        lookalikes = ncc[rank[order] >= LOOKALIKE_RANK - 1]
+        calibration = copies.thresholds(lookalikes.astype(np.float32), len(ncc) / max(1, len(index)))
+        check.threshold = calibration.copy_threshold
     groups = _groups(index, *pairs, threshold, check)
     return Duplicates(
         index.generation,
@@ -154,29 +159,33 @@ def find_duplicates(
 
 
 class _CopyPairs:
-    """The copy check of pairs of gallery ids, each pair checked once."""
+    """The copy check of pairs of gallery ids, each pair checked once; a pair passes at >= threshold."""
 
-    def __init__(self, index: GalleryIndex, copy_threshold: float):
+    def __init__(self, index: GalleryIndex):
         from .copy_check import CopyCheck
 
-        self.threshold = copy_threshold
+        self.threshold = 1.0
         self.check = CopyCheck(index=index)
-        self.known: dict[tuple[int, int], bool] = {}
+        self.known: dict[tuple[int, int], float] = {}
 
     @property
     def checked(self) -> int:
         return len(self.known)
 
-    def __call__(self, a: int, b: int) -> bool:
+    def ncc(self, a: int, b: int) -> float:
         key = (min(a, b), max(a, b))
         if key not in self.known:
-            self.known[key] = self.check.similarity(*key) >= self.threshold
+            self.known[key] = self.check.similarity(*key)
         return self.known[key]
+
+    def __call__(self, a: int, b: int) -> bool:
+        return self.ncc(a, b) >= self.threshold
 
 
 def _strongest_per_image(a: np.ndarray, b: np.ndarray, similarity: np.ndarray, most: int):
-    """The pairs that are among the `most` strongest of either of their images: a copy is among an
-    image's few nearest, and the copy check's work stays linear in the gallery."""
+    """The pairs that are among the `most` strongest of either of their images (a copy is among an
+    image's few nearest, and the copy check's work stays linear in the gallery), with each pair's
+    rank at the image that holds it nearer (0: the nearest)."""
     order = np.lexsort((b, a, -similarity))  # strongest first
     a, b, similarity = a[order], b[order], similarity[order]
     ends = np.stack([a, b], axis=1).ravel()  # pair i's images at 2i and 2i + 1: in strength order
@@ -184,8 +193,9 @@ def _strongest_per_image(a: np.ndarray, b: np.ndarray, similarity: np.ndarray, m
     _, counts = np.unique(ends, return_counts=True)
     rank = np.empty(len(ends), np.int64)
     rank[by_image] = np.arange(len(ends)) - np.repeat(np.cumsum(counts) - counts, counts)
-    keep = (rank.reshape(-1, 2) < most).any(axis=1)
-    return a[keep], b[keep], similarity[keep]
+    nearer = rank.reshape(-1, 2).min(axis=1)
+    keep = nearer < most
+    return a[keep], b[keep], similarity[keep], nearer[keep]
 
 
 def _method(index: GalleryIndex) -> str:
@@ -221,7 +231,8 @@ def _candidate_pairs(index: GalleryIndex, threshold: float, block: int):
         return
     for ids, queries in stored_blocks(index.index, block):
         limits, similarity, found = index.index.range_search(np.ascontiguousarray(queries), threshold - EPS)
-        yield np.repeat(ids, np.diff(limits).astype(np.int64)), found, similarity
+        live = found >= 0  # an HNSW index keeps removed vectors in its graph under id -1 (index/hnsw.py)
+        yield np.repeat(ids, np.diff(limits).astype(np.int64))[live], found[live], similarity[live]
 
 
 def _confirmed(index, full, ids: np.ndarray, queries: np.ndarray, threshold: float, depth: int):

@@ -11,7 +11,7 @@ from metrix.index.calibration import (
     COPY_FLOOR,
     EDITS,
     MAX_FALSE_PER_1000,
-    _thresholds,
+    CopySample,
     tail_share,
 )
 
@@ -28,7 +28,8 @@ def test_tail_share_counts_where_the_sample_can_and_extrapolates_where_it_cannot
 
 def _calibrate(copy_ncc, lookalike_ncc, pairs_per_image=3.0):
     edits = np.array([list(EDITS)[i % len(EDITS)] for i in range(len(copy_ncc))])
-    return _thresholds(np.ones(len(copy_ncc), bool), copy_ncc, edits, lookalike_ncc, pairs_per_image, (0.8, 100, 1.0))
+    copies = CopySample(0.8, np.ones(len(copy_ncc), bool), copy_ncc, edits, 100, 1.0)
+    return copies.thresholds(lookalike_ncc, pairs_per_image)
 
 
 def test_copies_apart_from_look_alikes_get_the_floor():
