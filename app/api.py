@@ -6,7 +6,7 @@
     POST /api/explain       multipart `image` + `id` (+ `box`): where the image and that gallery
                             image agree, as heat maps
     GET  /api/labels        the labels of the index, with their image counts
-    GET  /api/info          index, model, counts, generation
+    GET  /api/info          index, model, counts, generation, query batching and its batch sizes
     GET  /api/health        liveness, open to all (for load balancers and service managers)
     GET  /api/images/{id}   an indexed image (`?thumbnail=N` for one at most N px a side)
 
@@ -38,6 +38,7 @@ from metrix.index.query import Refinement
 from metrix.index.store import REBUILD_HINT, GalleryIndexError, Hit
 
 from .access import Access
+from .batching import Batcher
 from .search import DEFAULT_K, MAX_K, MAX_UPLOAD_BYTES, Result, explain_match, run_query
 
 log = logging.getLogger("metrix.app")
@@ -84,11 +85,12 @@ def result_json(result: Result, k: int, base: str, access: Access) -> dict:
 
 @dataclass(frozen=True)
 class Service:
-    """What the routes serve: the live index and its access rules (on the app's state, so that the
-    routes can live at module level)."""
+    """What the routes serve: the live index, its access rules and the batcher of its queries (None:
+    each query alone), on the app's state so that the routes can live at module level."""
 
     live: LiveIndex
     access: Access
+    batcher: Batcher | None = None
 
 
 def service(request: Request) -> Service:
@@ -149,7 +151,8 @@ async def search(
         return data
     try:
         refinement = Refinement.from_form(box, label, path_prefix, right, wrong)
-        result = await run_in_threadpool(run_query, service(request).live, name, k, data, refinement)
+        served = service(request)
+        result = await run_in_threadpool(run_query, served.live, name, k, data, refinement, served.batcher)
     except (ImageDecodeError, GalleryIndexError, ValueError) as failure:
         return failed(name, failure)
     return result_json(result, k, str(request.base_url), service(request).access)
@@ -196,6 +199,7 @@ def info(request: Request):
         return denied
     index = service(request).live.snapshot().index
     manifest = index.manifest
+    batcher = service(request).batcher
     return {
         "version": __version__,
         "index": str(index.dir),
@@ -205,6 +209,7 @@ def info(request: Request):
         "updated": manifest["updated"],
         "index_type": manifest["index"],
         "model": manifest["model"],
+        "batching": batcher.stats() if batcher is not None else {"max_batch": 1},
     }
 
 

@@ -21,11 +21,12 @@ from metrix.index.store import GalleryIndexError
 
 from .access import Access
 from .api import result_json
+from .batching import Batcher
 from .page import request_base
 from .search import DEFAULT_K, MAX_K, MAX_UPLOAD_BYTES, run_query
 
 
-def search_endpoint(live: LiveIndex, access: Access):
+def search_endpoint(live: LiveIndex, access: Access, batcher: Batcher | None = None):
     """The function gr.api exposes as `/search`, over one live index and its access rules."""
 
     def search(
@@ -57,7 +58,7 @@ def search_endpoint(live: LiveIndex, access: Access):
             raise gr.Error(f"{name}: larger than the {MAX_UPLOAD_BYTES // 2**20} MB upload limit")
         try:
             refinement = Refinement.from_form(box, labels, path_prefix, right, wrong)
-            result = run_query(live, name, k, path.read_bytes(), refinement)
+            result = run_query(live, name, k, path.read_bytes(), refinement, batcher)
         except ImageDecodeError as failure:
             raise gr.Error(f"{name}: {failure.reason}") from None
         except (GalleryIndexError, ValueError) as failure:

@@ -21,6 +21,7 @@ from metrix.index.store import GalleryIndex, GalleryIndexError, Hit
 
 from .access import Access
 from .api import image_url
+from .batching import Batcher
 from .search import explain_match, run_query
 
 log = logging.getLogger("metrix.app")
@@ -45,13 +46,15 @@ def caption(hit: Hit) -> str:
     return f"{hit.score:.3f} · {hit.label or '-'} · {hit.path}"
 
 
+#: An approximate index's search setting, as the page's header names it (manifest key, name).
+SETTINGS = (("nprobe", "nprobe"), ("ef_search", "efSearch"))
+
+
 def header(index: GalleryIndex) -> str:
     manifest, model = index.manifest, index.manifest["model"]
-    kind = manifest["index"]["type"] + (
-        f" (nprobe {manifest['index']['nprobe']}, recall@10 {manifest['index']['recall_at_10']:.3f})"
-        if "nprobe" in manifest["index"]
-        else ""
-    )
+    params = manifest["index"]
+    setting = next((f"{name} {params[key]}" for key, name in SETTINGS if key in params), None)
+    kind = params["type"] + (f" ({setting}, recall@10 {params['recall_at_10']:.3f})" if setting else "")
     return (
         f"## Metrix image search\n"
         f"**{len(index):,} images** from `{manifest['gallery_root']}` · model **{model['backbone']}** "
@@ -138,10 +141,10 @@ def feedback_boxes(hits: list[dict], marks: dict):
 
 
 class Page:
-    """The page's handlers, over one live index and its access rules."""
+    """The page's handlers, over one live index, its access rules and the batcher of its queries."""
 
-    def __init__(self, live: LiveIndex, access: Access):
-        self.live, self.access = live, access
+    def __init__(self, live: LiveIndex, access: Access, batcher: Batcher | None = None):
+        self.live, self.access, self.batcher = live, access, batcher
 
     def search(self, query: dict | None, box_text: str, k, labels, prefix: str, marks: dict, request: gr.Request):
         """-> gallery items, status line, hits (the page's state)."""
@@ -155,7 +158,7 @@ class Page:
                 [i for i, m in marks.items() if m == "right"],
                 [i for i, m in marks.items() if m == "wrong"],
             )
-            result = run_query(self.live, query["name"], int(k), query["data"], refinement)
+            result = run_query(self.live, query["name"], int(k), query["data"], refinement, self.batcher)
         except ImageDecodeError as error:
             return [], f"That query cannot be searched: {error.reason}.", []
         except (ValueError, GalleryIndexError) as error:

@@ -1,5 +1,6 @@
 """One query, as the page and the JSON API both run it (index/query.py), all from the one
-generation the query started on, timed."""
+generation the query started on, timed; batched with concurrent queries where the server has a
+Batcher (app/batching.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 from metrix.index.live import LiveIndex
 from metrix.index.query import Refinement, explain_hit, search_image
 from metrix.index.store import REBUILD_HINT, Hit
+
+from .batching import Batcher, one_search_thread
 
 DEFAULT_K, MAX_K = 8, 50
 #: Larger uploads are refused (HTTP 413) before they are decoded.
@@ -38,13 +41,23 @@ class Result:
 
 
 def run_query(
-    live: LiveIndex, name: str | Path, k: int, data: bytes | None = None, refinement: Refinement = Refinement()
+    live: LiveIndex,
+    name: str | Path,
+    k: int,
+    data: bytes | None = None,
+    refinement: Refinement = Refinement(),
+    batcher: Batcher | None = None,
 ) -> Result:
     """Raises metrix.images.ImageDecodeError for an upload that is not a usable image (or box),
-    GalleryIndexError for a feedback mark that is not in the index."""
+    GalleryIndexError for a feedback mark that is not in the index. With a `batcher`, the same
+    answer, embedded and searched together with the queries that arrive with it."""
     start = time.perf_counter()
     snapshot = live.snapshot()
-    answer = search_image(snapshot.index, snapshot.embedder, name, k, data, refinement)
+    if batcher is None:
+        one_search_thread()
+        answer = search_image(snapshot.index, snapshot.embedder, name, k, data, refinement)
+    else:
+        answer = batcher.search(snapshot, name, k, data, refinement)
     return Result(
         snapshot.index.generation,
         len(snapshot.index),

@@ -1,6 +1,7 @@
 """The one process that serves both the page and the JSON API: a FastAPI app with the API's routes
 and the Gradio page mounted at `/`, run by uvicorn. `Server.start()` runs it in a thread (tests,
-notebooks); `Server.run()` blocks (`metrix serve`)."""
+notebooks); `Server.run()` blocks (`metrix serve`). Concurrent queries, from the API and the page
+alike, are embedded and searched in batches (app/batching.py): `batch_wait_ms`, `max_batch`."""
 
 from __future__ import annotations
 
@@ -11,17 +12,13 @@ import time
 
 import gradio as gr
 import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from fastapi import FastAPI
 
-from metrix import __version__
 from metrix.index.live import LiveIndex
 
 from .access import Access
-from .api import Service, error, unknown_routes
-from .api import router as api_routes
-from .duplicates import duplicates_router
+from .api_app import make_api
+from .batching import DEFAULT_MAX_BATCH, DEFAULT_WAIT_MS, Batcher
 from .search import DEFAULT_K, MAX_UPLOAD_BYTES
 from .ui import build_app
 
@@ -40,38 +37,15 @@ def make_app(
     concurrency: int = 2,
     default_k: int = DEFAULT_K,
     delete_cache: tuple[int, int] = DELETE_CACHE,
+    batch_wait_ms: float = DEFAULT_WAIT_MS,
+    max_batch: int = DEFAULT_MAX_BATCH,
 ) -> FastAPI:
-    api = FastAPI(
-        title="Metrix image search",
-        version=__version__,
-        description="Search a gallery index by image. The page is at `/`; this is its JSON API.",
-    )
-
-    @api.middleware("http")
-    async def refuse_large_uploads(request: Request, call_next):
-        length = request.headers.get("content-length", "")
-        if request.url.path.endswith("/api/search") and length.isdigit() and int(length) > MAX_UPLOAD_BYTES + 65536:
-            return error(413, f"upload of {int(length):,} bytes: larger than the {MAX_UPLOAD_BYTES // 2**20} MB limit")
-        return await call_next(request)
-
-    @api.exception_handler(StarletteHTTPException)
-    async def framework_error(request: Request, failure: StarletteHTTPException):
-        """The framework's own refusals (a body that does not parse, an unknown route) in the
-        API's shape too: {"error": one line}."""
-        detail = str(failure.detail or "").strip().splitlines()
-        return error(failure.status_code, detail[0] if detail else f"HTTP {failure.status_code}")
-
-    @api.exception_handler(RequestValidationError)
-    async def one_line(request: Request, failure: RequestValidationError):
-        first = failure.errors()[0]
-        where = ".".join(str(part) for part in first.get("loc", ())[1:]) or "request"
-        return error(400, f"{where}: {first.get('msg', 'invalid')}")
-
-    api.state.service = Service(live, access)
-    api.include_router(api_routes)
-    api.include_router(duplicates_router(live, access))
-    api.include_router(unknown_routes)
-    page = build_app(live, access, default_k, delete_cache)
+    """`batch_wait_ms`: how long a query waits for others to share its model and index calls;
+    `max_batch`: at most this many per batch, 1 for no batching. The batcher, if any, is
+    `app.state.batcher`; whoever runs the app closes it (Server does)."""
+    batcher = Batcher(batch_wait_ms, max_batch) if max_batch != 1 else None
+    api = make_api(live, access, batcher)
+    page = build_app(live, access, default_k, delete_cache, batcher)
     page.queue(default_concurrency_limit=concurrency, max_size=256)
     return gr.mount_gradio_app(
         api,
@@ -88,8 +62,10 @@ class Server:
     def __init__(
         self, live: LiveIndex, access: Access | None = None, host: str = "127.0.0.1", port: int = 7860, **app_options
     ):
+        """`app_options`: make_app's, e.g. batch_wait_ms=0.0, max_batch=32 (1: no batching)."""
         self.live, self.host, self.port = live, host, port
         app = make_app(live, access or Access(), **app_options)
+        self.batcher: Batcher | None = app.state.batcher
         self._server = uvicorn.Server(
             uvicorn.Config(
                 app,
@@ -119,6 +95,8 @@ class Server:
         try:
             self._server.run()
         finally:
+            if self.batcher is not None:
+                self.batcher.close()
             self.live.stop()
 
     def start(self, timeout: float = 60) -> "Server":

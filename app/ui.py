@@ -20,6 +20,7 @@ import gradio as gr
 from metrix.index.live import LiveIndex
 
 from .access import Access
+from .batching import Batcher
 from .gradio_api import search_endpoint
 from .page import PROMPT, Page, drawn, header, label_choices
 from .search import DEFAULT_K, MAX_K
@@ -164,12 +165,16 @@ def _wire(app: gr.Blocks, page: Page, ui: SimpleNamespace) -> None:
 
 
 def build_app(
-    live: LiveIndex, access: Access, default_k: int = DEFAULT_K, delete_cache: tuple[int, int] | None = None
+    live: LiveIndex,
+    access: Access,
+    default_k: int = DEFAULT_K,
+    delete_cache: tuple[int, int] | None = None,
+    batcher: Batcher | None = None,
 ) -> gr.Blocks:
-
-    page = Page(live, access)
+    """`batcher`: what batches the page's queries with the API's (app/batching.py); None: each alone."""
+    page = Page(live, access, batcher)
     with gr.Blocks(title="Metrix image search", delete_cache=delete_cache) as app:
         ui = _components(live, default_k)
         _wire(app, page, ui)
-        gr.api(search_endpoint(live, access), api_name="search")
+        gr.api(search_endpoint(live, access, batcher), api_name="search")
     return app

@@ -20,6 +20,7 @@ from metrix.export.runtime import load_embedder
 from metrix.files import write_atomically
 from metrix.progress import ProgressBar
 
+from .choose import check_target, plan_with_choice, planned_index
 from .errors import write_fault
 from .gallery import GalleryFile
 from .local_engine import embed_locally
@@ -37,8 +38,7 @@ from .store import (
     remove_uncommitted,
     write_generation,
 )
-from .update import updated_index
-from .vectors import TARGET_RECALL, tune_ivfpq, tune_nprobe
+from .vectors import TARGET_RECALL
 
 if TYPE_CHECKING:
     from .ray_engine import RayOptions
@@ -58,23 +58,28 @@ class BuildReport:
     embedded_per_s: float = 0.0
     seconds: float = 0.0
     index: dict = field(default_factory=dict)
+    choice: str = ""  # why this build chose its index kind, when it measured candidates
     failed: list[tuple[str, str]] = field(default_factory=list)
 
     def summary(self, most_failures: int = 20) -> list[str]:
         """What `metrix build-index` prints: the index, what changed, and the files skipped."""
         index = self.index
         kind = index.get("type", "?")
-        if "nprobe" in index:
-            kind += f", nprobe {index['nprobe']}, recall@10 {index['recall_at_10']:.3f} vs exact"
+        for name, label in (("nprobe", "nprobe"), ("ef_search", "efSearch")):
+            if name in index:
+                kind += f", {label} {index[name]}, recall@10 {index['recall_at_10']:.3f} vs exact"
         if "rerank" in index:
             kind += f" after an exact re-rank of {index['rerank']}"
         if "estimated_bytes" in index:
             kind += f"; about {human(index['estimated_bytes'])} of RAM"
         lines = [f"{self.index_dir}: {self.count} images ({kind}), generation {self.generation}"]
-        if index.get("recall_at_10", 1.0) < TARGET_RECALL:
+        if self.choice:
+            lines.append(f"  {self.choice}")
+        target = index.get("target_recall", TARGET_RECALL)
+        if index.get("recall_at_10", 1.0) < target:
             lines.append(
-                f"  warning: recall@10 {index['recall_at_10']:.3f} is below the {TARGET_RECALL} target even with "
-                "every list probed; give a larger --max-index-memory or --index-type ivf"
+                f"  warning: recall@10 {index['recall_at_10']:.3f} is below the {target} target even at the "
+                "slowest setting tried; give a larger --max-index-memory, a lower --target-recall or --index-type flat"
             )
         lines.append(
             f"  added {self.added}, changed {self.changed}, removed {self.removed}, unchanged {self.unchanged}; "
@@ -126,15 +131,19 @@ def build_index(
     ray: "RayOptions | None" = None,
     max_memory: int | None = None,
     keep: int = DEFAULT_KEEP,
+    target_recall: float | None = None,
 ) -> BuildReport:
     """Index GALLERY (a folder or an object-store URL) into INDEX_DIR. With `ray`, the new files
     are embedded on a Ray cluster (index/ray_engine.py), else in this process; either way the
     vectors are spooled to disk and the same generation is committed. `index_type` and
     `max_memory` (bytes of RAM the loaded index may take) choose the index (index/plan.py); both
-    are remembered for the next update. `keep`: generations left on disk after the commit. A write
+    are remembered for the next update, as is `target_recall`, the recall@10 against exact search
+    that approximate indexes are tuned to and chosen by (index/choose.py). `keep`: generations left on disk after the commit. A write
     that fails for want of room or rights (disk full, file-size limit, read-only folder) ends in
     one line saying so and where the index stands; nothing half-written stays behind."""
     started = time.perf_counter()
+    if target_recall is not None:
+        check_target(target_recall)
     source, index_dir = open_source(gallery), Path(index_dir)
     source.check()
     embedder = load_embedder(model, threads)
@@ -155,6 +164,7 @@ def build_index(
                 progress,
                 ray,
                 max_memory,
+                target_recall,
                 keep,
                 report,
             )
@@ -188,6 +198,7 @@ def _update(
     progress: bool,
     ray,
     max_memory,
+    target,
     keep: int,
     report: BuildReport,
 ) -> None:
@@ -197,9 +208,7 @@ def _update(
     old = None if rebuild or current_generation(index_dir) is None else open_index(index_dir)
     if old is not None:
         _check_same_build(old, source.root, embedder.metadata)
-    requested = index_type or (old.manifest["index"]["requested"] if old else "auto")
-    if max_memory is None and old is not None:
-        max_memory = old.manifest["index"].get("max_memory")
+    requested, max_memory, target = _remembered(old, index_type, max_memory, target)
     files, skipped = source.list()
     report.failed += skipped
     known = _known_rows(old)
@@ -225,24 +234,25 @@ def _update(
             embedded = embed_with_ray(model, source.root, todo, ray)
         first_id = _next_id(old, known)
         next_id = _collect(embedded, first_id, spool, database, known, len(todo), progress, report)
-        count = (len(old) if old else 0) - len(removed_ids) + len(spool)
-        plan = plan_index(count, embedder.metadata.embedding_size, requested, max_memory)
-        old_kind = old.manifest["index"]["kind"] if old else None
+        count, dim = (len(old) if old else 0) - len(removed_ids) + len(spool), embedder.metadata.embedding_size
+        planned = plan_with_choice(count, dim, requested, max_memory, target, old.manifest["index"] if old else None)
+        plan, old_kind = planned.plan, old.manifest["index"]["kind"] if old else None
         nothing_to_do = (
             old is not None and next_id == first_id and not removed_ids and not touched and plan.kind == old_kind
         )
         if nothing_to_do:
             report.generation, report.count, report.index = old.generation, len(old), old.manifest["index"]
         else:
-            index, full = updated_index(old, removed_ids, spool, plan, staging)
-            params = _index_params(index, full, plan, requested, max_memory)
+            args = (planned, staging, requested, max_memory, target)
+            index, full, params = planned_index(old, removed_ids, spool, count, *args)
+            report.choice = params["choice"]["reason"] if planned.candidates else ""
             database.close()
-            report.count, report.index = index.ntotal, params
+            report.count, report.index = index.ntotal - params.get("masked", 0), params
             report.generation = write_generation(
                 index_dir,
                 index,
                 rows_file,
-                _manifest(old, source.root, embedder, params, index.ntotal, next_id),
+                _manifest(old, source.root, embedder, params, report.count, next_id),
                 staging if full is not None else None,
                 keep,
             )
@@ -256,6 +266,18 @@ def _update(
             old.close()
 
 
+def _remembered(old, index_type, max_memory, target) -> tuple:
+    """(index type, memory budget, recall target): as given, else as the old index was built."""
+    params = old.manifest["index"] if old else {}
+    if max_memory is None:
+        max_memory = params.get("max_memory")
+    return (
+        index_type or params.get("requested", "auto"),
+        max_memory,
+        target or params.get("target_recall", TARGET_RECALL),
+    )
+
+
 def _remove_and_touch(database, removed_ids: list[int], touched: list, known: dict) -> None:
     """The rows of removed (and changed) files go, first, so that a changed file's new row can take
     its path; files touched but unchanged get their new size and mtime."""
@@ -265,24 +287,6 @@ def _remove_and_touch(database, removed_ids: list[int], touched: list, known: di
             "UPDATE images SET size = ?, mtime_ns = ? WHERE id = ?",
             [(f.size, f.mtime_ns, known[f.path][0]) for f in touched],
         )
-
-
-def _index_params(index, full, plan, requested: str, max_memory: int | None) -> dict:
-    """The manifest's account of the index: its kind, the budget it was chosen for, and for IVF the
-    nprobe measured to reach the recall target on the gallery's own vectors."""
-    params = {
-        "type": plan.factory,
-        "kind": plan.kind,
-        "requested": requested,
-        "max_memory": max_memory,
-        "estimated_bytes": plan.bytes,
-        "metric": "inner_product",
-    }
-    if plan.kind == "ivf":
-        params["nprobe"], params["recall_at_10"] = tune_nprobe(index)
-    elif plan.kind == "ivfpq":
-        params["nprobe"], params["recall_at_10"], params["rerank"] = tune_ivfpq(index, full, plan.rerank)
-    return params
 
 
 def _collect(

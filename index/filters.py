@@ -6,7 +6,9 @@ exactly those ids, whatever the index kind:
 - IVF-Flat: the same with every list probed, so no matching vector is missed (its vectors are
   stored whole, so the scores are exact too);
 - IVF-PQ: the subset's full vectors, read from the memory-mapped FullVectors in blocks and scored
-  exactly (the codes are approximate).
+  exactly (the codes are approximate);
+- HNSW: a scan of the graph's flat storage restricted to the subset's rows (index/hnsw.py), not a
+  filtered walk of the graph, which misses members of a small subset.
 
 A filter thus costs about one exact scan of the matching images (plus a pass over the ids of an
 IVF index), which is why it is exact rather than a post-filter of an approximate top k, which
@@ -69,6 +71,10 @@ def search_subset(index, full, vectors: np.ndarray, k: int, ids: np.ndarray) -> 
         return np.full((len(vectors), 0), -np.inf, np.float32), np.full((len(vectors), 0), -1, np.int64)
     if full is not None:
         return _exact_over(full, vectors, k, ids)
+    from .hnsw import is_hnsw, search_subset
+
+    if is_hnsw(index):
+        return search_subset(index, vectors, k, ids)
     selector = faiss.IDSelectorBatch(ids)
     if isinstance(index, faiss.IndexIVF):
         params = faiss.SearchParametersIVF(sel=selector, nprobe=index.nlist)

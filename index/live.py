@@ -6,6 +6,10 @@ swapped, so each query takes one snapshot and answers from one whole generation.
 finish on the snapshot they took: its files stay readable even after a later build removes them
 (the open handles outlive the unlink). A generation that cannot be opened is logged once and the
 service keeps answering from the one it has.
+
+With `mmap=True` each generation's faiss index is memory-mapped read-only (store.open_index): the
+vectors live once in the page cache however many processes serve the same generation
+(`metrix serve --workers N`, Ray Serve replicas on one node), not once per process.
 """
 
 from __future__ import annotations
@@ -29,9 +33,11 @@ class Snapshot:
 
 
 class LiveIndex:
-    def __init__(self, index_dir: Path | str, model: Path | str | None = None, interval: float = 1.0):
-        self.dir, self.model, self.interval = Path(index_dir), model, interval
-        self._snapshot = Snapshot(*open_with_model(self.dir, model))
+    def __init__(
+        self, index_dir: Path | str, model: Path | str | None = None, interval: float = 1.0, mmap: bool = False
+    ):
+        self.dir, self.model, self.interval, self.mmap = Path(index_dir), model, interval, mmap
+        self._snapshot = Snapshot(*open_with_model(self.dir, model, mmap))
         self._refused: str | None = None  # the generation last refused, so it is logged once
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -46,7 +52,7 @@ class LiveIndex:
             return False
         old = self._snapshot
         try:
-            index = open_index(self.dir)
+            index = open_index(self.dir, mmap=self.mmap)
             embedder = old.embedder
             if index.manifest["model"].get("weights_sha256") != embedder.metadata.weights_sha256 and self.model is None:
                 embedder = load_embedder(index.manifest["model"]["path"])

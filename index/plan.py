@@ -1,8 +1,9 @@
 """Choosing and sizing the faiss index of a gallery from its size and a memory budget
 (`--max-index-memory 4GB`, in the spirit of autofaiss).
 
-Exact `IDMap2,Flat` for small galleries; IVF-Flat above FLAT_LIMIT; IVF-PQ when the full vectors
-would not fit the budget. An IVF-PQ index keeps only short codes in RAM, so its top candidates are
+Exact `IDMap2,Flat` for small galleries; above FLAT_LIMIT IVF-Flat or HNSW, whichever the build
+measures faster at the recall target (index/choose.py) among those that fit the budget; IVF-PQ when
+neither fits. An IVF-PQ index keeps only short codes in RAM, so its top candidates are
 re-ranked exactly from the full vectors, memory-mapped from disk (vectors.FullVectors): the codes
 find the neighbourhood, the full vectors order it. The memory-mapped file is read through the page
 cache and is not counted in the budget.
@@ -22,7 +23,15 @@ from fractions import Fraction
 
 from .vectors import FLAT_LIMIT
 
-KINDS = ("auto", "flat", "ivf", "ivfpq")
+KINDS = ("auto", "fastest", "flat", "ivf", "ivfpq", "hnsw")
+#: The kinds index/choose.py measures against each other ("fastest" adds flat at any size).
+MEASURED = ("ivf", "hnsw")
+#: HNSW links per vector on the upper levels (twice as many on level 0), and the candidates kept
+#: while linking a new vector. M 32 is faiss's default for HNSWFlat and the usual choice for
+#: 128-1024-d embeddings; efConstruction 80 rather than faiss's 40 builds a graph that reaches
+#: recall@10 0.99 at a smaller efSearch, for about twice the build time.
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
 #: Candidates an IVF-PQ search hands to the exact re-rank (the caller may take more, e.g. 4 k).
 RERANK = 100
 PQ_BITS = 8
@@ -63,10 +72,10 @@ def human(size: int) -> str:
 
 @dataclass(frozen=True)
 class IndexPlan:
-    """What to build: `kind` ("flat" | "ivf" | "ivfpq"), `nlist` inverted lists (0 for flat),
-    `pq_m` sub-quantizers of `pq_bits` bits each and `opq` rotation (ivfpq only), `rerank`
-    candidates re-ranked exactly from the full vectors (ivfpq only), and `bytes`, the estimated
-    RAM of the index once loaded."""
+    """What to build: `kind` ("flat" | "ivf" | "ivfpq" | "hnsw"), `nlist` inverted lists (ivf,
+    ivfpq), `pq_m` sub-quantizers of `pq_bits` bits each and `opq` rotation (ivfpq only), `rerank`
+    candidates re-ranked exactly from the full vectors (ivfpq only), `hnsw_m` links and
+    `ef_construction` (hnsw only), and `bytes`, the estimated RAM of the index once loaded."""
 
     kind: str
     nlist: int = 0
@@ -74,6 +83,8 @@ class IndexPlan:
     pq_bits: int = PQ_BITS
     opq: bool = False
     rerank: int = 0
+    hnsw_m: int = 0
+    ef_construction: int = 0
     bytes: int = 0
 
     @property
@@ -83,6 +94,8 @@ class IndexPlan:
             return "IDMap2,Flat"
         if self.kind == "ivf":
             return f"IVF{self.nlist},Flat"
+        if self.kind == "hnsw":
+            return f"IDMap2,HNSW{self.hnsw_m}"
         bits = "" if self.pq_bits == 8 else f"x{self.pq_bits}"
         return f"{f'OPQ{self.pq_m},' if self.opq else ''}IVF{self.nlist},PQ{self.pq_m}{bits}"
 
@@ -101,11 +114,23 @@ def use_opq(dim: int, pq_m: int) -> bool:
 
 
 def index_bytes(
-    kind: str, count: int, dim: int, nlist: int = 0, pq_m: int = 0, opq: bool = False, pq_bits: int = PQ_BITS
+    kind: str,
+    count: int,
+    dim: int,
+    nlist: int = 0,
+    pq_m: int = 0,
+    opq: bool = False,
+    pq_bits: int = PQ_BITS,
+    hnsw_m: int = HNSW_M,
 ) -> int:
     """Estimated RAM of a loaded index of `count` vectors (see the module docstring)."""
     if kind == "flat":  # vectors, IDMap2's id array and its reverse hash map
         return count * (dim * 4 + ID_BYTES + HASH_ENTRY_BYTES)
+    if kind == "hnsw":
+        # 2M int32 links on level 0; a vector reaches level l with probability M**-l and has M
+        # links there, so M / (M - 1) more on average; its level (int32) and offset (int64)
+        links = 2 * hnsw_m + hnsw_m / (hnsw_m - 1)
+        return int(count * (dim * 4 + links * 4 + 4 + 8 + ID_BYTES + HASH_ENTRY_BYTES))
     centroids = nlist * dim * 4
     if kind == "ivf":  # vectors and ids in the lists, ivf_index's Hashtable direct map
         return count * (dim * 4 + ID_BYTES + HASH_ENTRY_BYTES) + centroids
@@ -115,12 +140,28 @@ def index_bytes(
     return count * (code + ID_BYTES) + centroids + 2**pq_bits * dim * 4 + (dim * dim * 4 if opq else 0)
 
 
+def hnsw_plan(count: int, dim: int) -> IndexPlan:
+    return IndexPlan("hnsw", hnsw_m=HNSW_M, ef_construction=HNSW_EF_CONSTRUCTION, bytes=index_bytes("hnsw", count, dim))
+
+
+def measured_candidates(count: int, dim: int, requested: str) -> list[IndexPlan]:
+    """The plans index/choose.py measures for "auto" or "fastest" (those that fit the budget):
+    IVF-Flat and HNSW, and flat too for "fastest" up to FLAT_LIMIT (beyond, a scan of every vector
+    is never the fastest way to a recall target)."""
+    plans = [IndexPlan("ivf", nlist=nlist_for(count), bytes=index_bytes("ivf", count, dim, nlist_for(count)))]
+    plans.append(hnsw_plan(count, dim))
+    if requested == "fastest" and count <= FLAT_LIMIT:
+        plans.insert(0, IndexPlan("flat", bytes=index_bytes("flat", count, dim)))
+    return plans if count else []
+
+
 def plan_index(count: int, dim: int, requested: str = "auto", max_memory: int | None = None) -> IndexPlan:
     """The index for `count` vectors of `dim` dimensions within `max_memory` bytes (None: no
-    budget). "auto": flat up to FLAT_LIMIT, else IVF-Flat, else IVF-PQ with the most
+    budget). "auto" and "fastest": flat up to FLAT_LIMIT, else IVF-Flat, else IVF-PQ with the most
     sub-quantizers that fit (a divisor of dim, at least MIN_PQ_M), each only when its estimate
-    fits the budget. An explicit kind that does not fit, or a budget that not even the smallest
-    IVF-PQ fits, raises ValueError with one line saying what the index needs."""
+    fits the budget; the build then measures which of measured_candidates() to keep. An explicit
+    kind that does not fit, or a budget that not even the smallest IVF-PQ fits, raises ValueError
+    with one line saying what the index needs."""
     if requested not in KINDS:
         raise ValueError(f"--index-type {requested}: choose one of {', '.join(KINDS)}")
     budget = max_memory if max_memory is not None else math.inf
@@ -130,6 +171,14 @@ def plan_index(count: int, dim: int, requested: str = "auto", max_memory: int | 
     def too_small(needs: str) -> ValueError:
         return ValueError(f"--max-index-memory {human(max_memory)}: {needs}")
 
+    if requested == "hnsw":
+        plan = hnsw_plan(count, dim)
+        if plan.bytes > budget:
+            raise too_small(
+                f"an HNSW index of {shape} needs {human(plan.bytes)}; raise the budget or use --index-type ivfpq"
+            )
+        return plan
+    requested = "auto" if requested == "fastest" else requested
     flat = IndexPlan("flat", bytes=index_bytes("flat", count, dim))
     ivf = IndexPlan("ivf", nlist=nlist, bytes=index_bytes("ivf", count, dim, nlist))
     if requested == "flat" or (requested == "auto" and count <= FLAT_LIMIT and flat.bytes <= budget):

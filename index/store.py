@@ -107,7 +107,8 @@ class GalleryIndex:
         return self._source
 
     def __len__(self) -> int:
-        return self.index.ntotal
+        """Images searched: an HNSW graph also holds the masked vectors of removed ones (index/hnsw.py)."""
+        return self.index.ntotal - self.manifest["index"].get("masked", 0)
 
     def check_model(self, metadata) -> None:
         """Refuse a model other than the one the gallery was embedded with (wrong results, silently)."""
@@ -138,6 +139,10 @@ class GalleryIndex:
             from .vectors import search_reranked
 
             scores, ids = search_reranked(self.index, self.full, vectors, k, max(k, self.manifest["index"]["rerank"]))
+        elif "ef_search" in self.manifest["index"]:
+            from .hnsw import search
+
+            scores, ids = search(self.index, vectors, k, self.manifest["index"]["ef_search"])
         else:
             scores, ids = self.index.search(vectors, k)
         check_scores(scores, ids, self.dir / self.generation / INDEX_FILE)
@@ -217,9 +222,12 @@ def current_generation(index_dir: Path) -> str | None:
     return pointer.read_text().strip() if pointer.is_file() else None
 
 
-def open_index(index_dir: Path | str, metadata=None) -> GalleryIndex:
+def open_index(index_dir: Path | str, metadata=None, mmap: bool = False) -> GalleryIndex:
     """The current generation, its files verified against their checksums; with a model's
-    metadata, also checks it is the index's model."""
+    metadata, also checks it is the index's model. `mmap`: the faiss index memory-mapped read-only
+    (faiss's IO_FLAG_MMAP_IFC: the flat codes of IDMap2,Flat and HNSW, the inverted lists of IVF and
+    IVF-PQ), so that processes serving one generation share its pages; it must never be written to
+    (faiss would fault), which serving never does."""
     import faiss
 
     index_dir = Path(index_dir)
@@ -233,7 +241,8 @@ def open_index(index_dir: Path | str, metadata=None) -> GalleryIndex:
         try:
             manifest = read_manifest(folder / MANIFEST_FILE)
             verify_files(folder, manifest)
-            index = faiss.read_index(str(folder / INDEX_FILE))
+            flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0
+            index = faiss.read_index(str(folder / INDEX_FILE), flags)
             database = sqlite3.connect(f"file:{folder / METADATA_FILE}?mode=ro", uri=True, check_same_thread=False)
             break
         except FileNotFoundError:
@@ -251,6 +260,8 @@ def open_index(index_dir: Path | str, metadata=None) -> GalleryIndex:
         raise GalleryIndexError(f"{folder}: index format {manifest.get('format')!r} is not {FORMAT!r}; rebuild it")
     if "nprobe" in manifest["index"]:
         faiss.extract_index_ivf(index).nprobe = manifest["index"]["nprobe"]
+    if "ef_search" in manifest["index"]:
+        faiss.downcast_index(index.index).hnsw.efSearch = manifest["index"]["ef_search"]
     full = None
     if manifest["index"]["kind"] == "ivfpq":
         from .vectors import FullVectors
@@ -265,12 +276,12 @@ def open_index(index_dir: Path | str, metadata=None) -> GalleryIndex:
     return opened
 
 
-def open_with_model(index_dir: Path | str, model: Path | str | None = None):
+def open_with_model(index_dir: Path | str, model: Path | str | None = None, mmap: bool = False):
     """(the index, an Embedder for its model): the model recorded in the manifest, or `model`,
-    which must be the same model (weights, quantization, size)."""
+    which must be the same model (weights, quantization, size). `mmap`: as open_index's."""
     from metrix.export.runtime import load_embedder
 
-    opened = open_index(index_dir)
+    opened = open_index(index_dir, mmap=mmap)
     embedder = load_embedder(model or opened.manifest["model"]["path"])
     opened.check_model(embedder.metadata)
     return opened, embedder

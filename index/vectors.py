@@ -1,11 +1,11 @@
-"""The faiss side of an index: exact `IDMap2,Flat` by default, IVF above a size threshold, IVF-PQ
-with an exact re-rank when a memory budget asks for it (index/plan.py chooses), all on inner
-product over L2-normalised vectors (= cosine), all able to add and remove by id.
+"""The faiss side of an index: exact `IDMap2,Flat` by default, IVF or HNSW (index/hnsw.py) above a
+size threshold, IVF-PQ with an exact re-rank when a memory budget asks for it (index/plan.py and
+index/choose.py choose), all on inner product over L2-normalised vectors (= cosine), all able to
+add by id; flat and IVF remove in place, HNSW masks (index/hnsw.py).
 
-IVF rather than HNSW for the approximate index: faiss's HNSW cannot remove vectors, and an
-incremental gallery removes them on every changed or deleted file; IVF removes in place. Its
-nprobe is chosen at build time as the smallest power of two whose recall@10 against exact search
-reaches TARGET_RECALL on a sample, and that recall is stored in the manifest.
+IVF's nprobe is chosen at build time as the smallest power of two whose recall@10 against exact
+search reaches the target (TARGET_RECALL unless build-index --target-recall says otherwise) on a
+sample, and that recall is stored in the manifest.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 #: At or below this many vectors "auto" keeps exact search (a flat scan of 100k x 512 takes
 #: tens of ms on 2 cores); above, it builds IVF. --index-type overrides.
 FLAT_LIMIT = 100_000
-TARGET_RECALL = 0.95
+#: Recall@10 against exact search that approximate indexes are tuned to (build-index --target-recall).
+TARGET_RECALL = 0.99
 RECALL_SAMPLE = 1000
 
 
@@ -51,7 +52,8 @@ def ivf_index(vectors: np.ndarray, seed: int = 0, count: int | None = None):
 
 
 def stored(index) -> tuple[np.ndarray, np.ndarray]:
-    """(ids int64 [n], vectors float32 [n, d]) of every vector in a flat or IVF index."""
+    """(ids int64 [n], vectors float32 [n, d]) of every vector in a flat, IVF or HNSW index (an
+    HNSW index's masked vectors left out)."""
     parts = list(stored_blocks(index, rows=max(1, index.ntotal)))
     if not parts:
         return np.empty(0, np.int64), np.empty((0, index.d), np.float32)
@@ -69,7 +71,9 @@ def stored_blocks(index, rows: int = 4096) -> Iterator[tuple[np.ndarray, np.ndar
             count = min(rows, index.ntotal - start)
             # np.asarray: once faiss.contrib.torch_utils is imported (pytorch-metric-learning does),
             # reconstruct_n returns a torch tensor
-            yield ids[start : start + count], np.asarray(index.index.reconstruct_n(start, count), dtype=np.float32)
+            block = np.asarray(index.index.reconstruct_n(start, count), dtype=np.float32)
+            live = ids[start : start + count] >= 0  # -1: a vector masked in an HNSW graph (index/hnsw.py)
+            yield ids[start : start + count][live], block[live]
         return
     if not isinstance(index, faiss.IndexIVFFlat):
         raise ValueError(f"a {type(index).__name__} keeps codes, not its vectors; read them from its FullVectors")
@@ -86,9 +90,9 @@ def stored_blocks(index, rows: int = 4096) -> Iterator[tuple[np.ndarray, np.ndar
         yield np.concatenate([i for i, _ in pending]).astype(np.int64), np.concatenate([v for _, v in pending])
 
 
-def tune_nprobe(index, sample: int = RECALL_SAMPLE, seed: int = 0) -> tuple[int, float]:
+def tune_nprobe(index, sample: int = RECALL_SAMPLE, seed: int = 0, target: float = TARGET_RECALL) -> tuple[int, float]:
     """The smallest power-of-two nprobe whose recall@10 against exact search over the same
-    vectors reaches TARGET_RECALL (or every list), and that recall. Queries: `sample` stored
+    vectors reaches `target` (or every list), and that recall. Queries: `sample` stored
     vectors, each one's own id left out of both result lists. The exact search reads the IVF-Flat
     lists in place, one at a time, so tuning copies no vectors but the queries."""
     import faiss
@@ -111,7 +115,7 @@ def tune_nprobe(index, sample: int = RECALL_SAMPLE, seed: int = 0) -> tuple[int,
         _, found = index.search(queries, 11)
         hits = sum(len(set(want) & set(got.tolist())) for want, got in zip(truth, found))
         recall = hits / sum(len(want) for want in truth) if any(truth) else 1.0
-        if recall >= TARGET_RECALL or nprobe >= index.nlist:
+        if recall >= target or nprobe >= index.nlist:
             return nprobe, recall
         nprobe = min(2 * nprobe, index.nlist)
 
@@ -331,11 +335,11 @@ def recall_at_10(index, full: FullVectors, sample: int = RECALL_SAMPLE, seed: in
 
 
 def tune_nprobe_full(
-    index, full: FullVectors, rerank: int = 0, sample: int = RECALL_SAMPLE, seed: int = 0
+    index, full: FullVectors, rerank: int = 0, sample: int = RECALL_SAMPLE, seed: int = 0, target: float = TARGET_RECALL
 ) -> tuple[int, float]:
     """tune_nprobe for any IVF index whose full vectors are in `full` (IVF-PQ, through OPQ):
     the smallest power-of-two nprobe whose recall@10, re-ranked when rerank > 0, reaches
-    TARGET_RECALL (or every list), and that recall; the exact truth is computed once."""
+    `target` (or every list), and that recall; the exact truth is computed once."""
     ivf = ivf_of(index)
     if len(full) == 0:
         return 1, 1.0
@@ -345,17 +349,17 @@ def tune_nprobe_full(
     while True:
         ivf.nprobe = nprobe
         recall = _recall(index, full, queries, query_ids, truth, rerank)
-        if recall >= TARGET_RECALL or nprobe >= ivf.nlist:
+        if recall >= target or nprobe >= ivf.nlist:
             return nprobe, recall
         nprobe = min(2 * nprobe, ivf.nlist)
 
 
-def tune_ivfpq(index, full: FullVectors, rerank: int) -> tuple[int, float, int]:
+def tune_ivfpq(index, full: FullVectors, rerank: int, target: float = TARGET_RECALL) -> tuple[int, float, int]:
     """(nprobe, recall@10, re-rank depth) for an IVF-PQ index: tune_nprobe_full at `rerank`
     candidates, and at 4x and 16x as many where the codes rank too coarsely for the target even
     with every list probed."""
     for depth in (rerank, 4 * rerank, 16 * rerank):
-        nprobe, recall = tune_nprobe_full(index, full, rerank=depth)
-        if recall >= TARGET_RECALL:
+        nprobe, recall = tune_nprobe_full(index, full, rerank=depth, target=target)
+        if recall >= target:
             break
     return nprobe, recall, depth

@@ -50,9 +50,8 @@ def wait_until_up(url: str, process: subprocess.Popen | None = None, timeout: fl
     raise AssertionError(f"{url} did not come up within {timeout} s")
 
 
-@contextmanager
-def serve_process(index_dir: Path, *args, env: dict | None = None):
-    """A real `metrix serve` process; yields (url, process)."""
+def launch_serve(index_dir: Path, *args, env: dict | None = None) -> tuple[str, subprocess.Popen]:
+    """A real `metrix serve` process on a free port, started, not yet waited for: (url, process)."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "metrix", "serve", "--index", str(index_dir), "--port", str(port), *map(str, args)],
@@ -61,7 +60,13 @@ def serve_process(index_dir: Path, *args, env: dict | None = None):
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
-    url = f"http://127.0.0.1:{port}/"
+    return f"http://127.0.0.1:{port}/", process
+
+
+@contextmanager
+def serve_process(index_dir: Path, *args, env: dict | None = None):
+    """A real `metrix serve` process; yields (url, process)."""
+    url, process = launch_serve(index_dir, *args, env=env)
     try:
         wait_until_up(url, process)
         yield url, process

@@ -96,8 +96,8 @@ def index_ids(index) -> set[int]:
     """The ids an index holds, read from faiss's own structures (any kind, IVF-PQ included)."""
     import faiss
 
-    if not isinstance(index, (faiss.IndexIVF, faiss.IndexPreTransform)):
-        return set(faiss.vector_to_array(index.id_map).tolist())
+    if not isinstance(index, (faiss.IndexIVF, faiss.IndexPreTransform)):  # -1: masked in an HNSW graph
+        return {i for i in faiss.vector_to_array(index.id_map).tolist() if i >= 0}
     lists = faiss.extract_index_ivf(index).invlists
     return {int(i) for n in range(lists.nlist) for i in faiss.rev_swig_ptr(lists.get_ids(n), lists.list_size(n))}
 
@@ -107,7 +107,8 @@ def consistent_state(index_dir: Path) -> int:
     opened = open_index(index_dir)
     try:
         (count,) = opened.db.execute("SELECT COUNT(*) FROM images").fetchone()
-        assert count == opened.index.ntotal == opened.manifest["count"]
+        assert count == len(opened) == opened.manifest["count"]
+        assert opened.index.ntotal == count + opened.manifest["index"].get("masked", 0)
         ids = {r[0] for r in opened.db.execute("SELECT id FROM images")}
         assert ids == index_ids(opened.index)
         if opened.full is not None:
@@ -450,6 +451,38 @@ def test_ivf_index_type_on_a_gallery(tiny_model, tmp_path):
     (root / "many" / "00007.png").unlink()
     update = build_index(root, tiny_model, tmp_path / "idx", progress=False)  # keeps the requested type
     assert update.index["kind"] == "ivf" and update.removed == 1 and consistent_state(tmp_path / "idx") == 119
+
+
+def test_hnsw_index_type_on_a_gallery(tiny_model, tmp_path):
+    """--index-type hnsw and --target-recall through the CLI; a removal is masked, and the update
+    searches as a fresh build does; a filter returns its label only; "fastest" measures and says
+    what it chose."""
+    root, index_dir = tmp_path / "gallery", tmp_path / "idx"
+    _many_images(root, 0, 120)
+    args = ("--model", tiny_model, "--no-progress")
+    result = metrix_cli(
+        "build-index", root, "--out", index_dir, "--index-type", "hnsw", "--target-recall", "0.95", *args
+    )
+    assert "IDMap2,HNSW32, efSearch" in result.stdout
+    (root / "many" / "00007.png").unlink()
+    update = build_index(root, tiny_model, index_dir, progress=False)  # type and target remembered
+    assert update.index["kind"] == "hnsw" and update.index["target_recall"] == 0.95 and update.index["masked"] == 1
+    assert update.removed == 1 and consistent_state(index_dir) == 119
+    fresh = build_index(root, tiny_model, tmp_path / "fresh", index_type="hnsw", target_recall=0.95, progress=False)
+    assert fresh.index["masked"] == 0
+    embedder = load_embedder(tiny_model)
+    paths = sorted(rows(index_dir))
+    vectors = embedder.embed(np.stack([load_for_model(root / p, embedder.metadata)[0] for p in paths[:30]]))
+    incremental, rebuilt = open_index(index_dir), open_index(tmp_path / "fresh")
+    for a, b in zip(incremental.search(vectors, 5), rebuilt.search(vectors, 5)):
+        assert len({h.path for h in a} ^ {h.path for h in b}) <= 2  # approximate: one neighbour either way
+        assert "many/00007.png" not in {h.path for h in a}
+    bad = metrix_cli("build-index", root, "--out", index_dir, "--target-recall", "1.5", *args, check=False)
+    assert bad.returncode == 2 and bad.stderr.strip().endswith("--target-recall 1.5: must be in (0, 1]")
+    chosen = metrix_cli("build-index", root, "--out", tmp_path / "chosen", "--index-type", "fastest", *args)
+    choice = open_index(tmp_path / "chosen").manifest["index"]["choice"]
+    assert choice["reason"] in chosen.stdout and choice["queries"] == 11  # a tenth of 119 images
+    assert {c["kind"] for c in choice["candidates"]} == {"flat", "ivf", "hnsw"} and choice["target_recall"] == 0.99
 
 
 def test_defaults_find_the_newest_model_trained_on_the_gallery_and_the_newest_index(tmp_path, monkeypatch):

@@ -2,9 +2,6 @@
 at several sizes and budgets, its estimates against the sizes of real indexes, IVF-PQ with and
 without the exact re-rank against exact search, removal by id, FullVectors."""
 
-import ctypes
-import ctypes.util
-
 import faiss
 import numpy as np
 import pytest
@@ -22,16 +19,9 @@ from metrix.index.vectors import (
     tune_nprobe_full,
 )
 
+from .index_helpers import heap_in_use, one_thread  # noqa: F401  (one_thread: an autouse fixture)
+
 N, DIM = 20_000, 64
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # faiss's OpenMP threads spin on an oversubscribed machine (training 8x slower on 2 busy cores)
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
 
 
 def clustered(n: int, dim: int, clusters: int = 200, seed: int = 0) -> np.ndarray:
@@ -157,8 +147,8 @@ def test_plan_too_small(count, requested, budget, needs):
 
 
 def test_plan_refuses_bad_requests():
-    with pytest.raises(ValueError, match="--index-type hnsw: choose one of auto, flat, ivf, ivfpq"):
-        plan_index(10, 8, "hnsw")
+    with pytest.raises(ValueError, match="--index-type annoy: choose one of auto, fastest, flat, ivf, ivfpq, hnsw"):
+        plan_index(10, 8, "annoy")
     with pytest.raises(ValueError, match="needs vectors to train on"):
         plan_index(0, 8, "ivf")
     with pytest.raises(ValueError, match="at least 256 vectors"):
@@ -181,26 +171,6 @@ def test_nlist_rule_is_ivf_index_rule():
 # --- estimates against real indexes ---
 
 
-def _heap_in_use():
-    """Bytes glibc malloc has handed out (None elsewhere): what a loaded index really takes,
-    hash-map nodes included, which RSS blurs with freed pages."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"))
-        info = libc.mallinfo2
-    except (OSError, AttributeError, TypeError):
-        return None
-
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [
-            (name, ctypes.c_size_t)
-            for name in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
-        ]
-
-    info.restype = MallInfo2
-    got = info()
-    return got.uordblks + got.hblkhd
-
-
 def test_estimates_match_built_sizes(gallery, small_opq):
     x, ids, _, ivfpq = gallery
     flat = flat_index(DIM)
@@ -218,10 +188,10 @@ def test_estimates_match_built_sizes(gallery, small_opq):
     for index, estimate in cases:
         data = faiss.serialize_index(index)
         assert 0.75 < estimate / len(data) < 1.25, (type(index), estimate, len(data))
-        before = _heap_in_use()
+        before = heap_in_use()
         loaded.append(faiss.deserialize_index(data))
         if before is not None:
-            in_ram = _heap_in_use() - before
+            in_ram = heap_in_use() - before
             assert 0.75 < estimate / in_ram < 1.25, (type(index), estimate, in_ram)
         assert loaded[-1].ntotal == index.ntotal
 

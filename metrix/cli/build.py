@@ -25,7 +25,13 @@ OutOption = Annotated[
 IndexTypeOption = Annotated[
     Optional[str],
     typer.Option(
-        help="auto (exact up to 100,000 images, IVF above, IVF-PQ when the budget asks), flat, ivf or ivfpq. \\[default: auto, or the index's]"
+        help="auto (exact up to 100,000 images; above, IVF or HNSW, whichever measures faster at --target-recall; IVF-PQ when the budget asks), fastest (that measurement at any size, flat included), flat, ivf, hnsw or ivfpq. \\[default: auto, or the index's]"
+    ),
+]
+TargetRecallOption = Annotated[
+    Optional[float],
+    typer.Option(
+        help="Recall@10 against exact search that IVF, HNSW and IVF-PQ are tuned to, and auto chooses by, in (0, 1]. \\[default: 0.99, or the index's]"
     ),
 ]
 MaxIndexMemoryOption = Annotated[
@@ -75,6 +81,7 @@ def build_index_(
     out: OutOption = None,
     index_type: IndexTypeOption = None,
     max_index_memory: MaxIndexMemoryOption = None,
+    target_recall: TargetRecallOption = None,
     rebuild: RebuildOption = False,
     batch_size: BatchSizeOption = 64,
     engine: EngineOption = "local",
@@ -118,6 +125,7 @@ def build_index_(
                 ray=ray,
                 max_memory=budget,
                 keep=keep,
+                target_recall=target_recall,
             )
 
         report = build(first=True)
