@@ -25,7 +25,7 @@ from uvicorn.supervisors import Multiprocess
 from metrix.index.live import LiveIndex
 
 from .access import Access
-from .api_app import make_api, page_elsewhere, tag_responses
+from .api_app import limit_malloc_arenas, make_api, page_elsewhere, tag_responses
 from .batching import DEFAULT_MAX_BATCH, DEFAULT_WAIT_MS, Batcher
 
 log = logging.getLogger("metrix.app")
@@ -51,6 +51,7 @@ class ApiOptions:
 def open_api(options: ApiOptions, header: str, value: str):
     """The API app of one process, its responses tagged with `header`: `value`; the index opened
     memory-mapped, and followed from the app's startup to its shutdown."""
+    limit_malloc_arenas()
     live = LiveIndex(options.index, options.model, mmap=True)
     batcher = Batcher(options.batch_wait_ms, options.max_batch) if options.max_batch != 1 else None
 

@@ -65,6 +65,9 @@ def serve(
 
     if (problem := scaling_problem(workers, engine, replicas, port, page_port, max_batch, batch_wait_ms)) is not None:
         fail(ValueError(problem))
+    from metrix.app.api_app import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before the model's and the server's threads exist
     batching = {"max_batch": max_batch, "batch_wait_ms": batch_wait_ms}
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from metrix.app.access import AccessError, is_loopback, load_access
