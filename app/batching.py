@@ -16,7 +16,7 @@ calls within the batch (one per (generation, filter, k)): searching for the larg
 could order tied scores differently, or re-rank an IVF-PQ index over more candidates, than the
 query alone would. Most traffic (the page's and the API's default k, no filter) is one group.
 
-The worker does what GalleryIndex.search_present's first round does (k + 8 candidates) for the
+The worker does what GalleryIndex.search_present's first round does (k + FIRST_ROUND_EXTRA candidates) for the
 whole batch; the checks that each hit's file is still as indexed run in the caller's thread, and a
 query with too many hits left out is searched again alone by search_present itself.
 """
@@ -36,11 +36,9 @@ from metrix.index.feedback import rocchio
 from metrix.index.filters import SearchFilter, matching_ids
 from metrix.index.live import Snapshot
 from metrix.index.query import Refinement, marked_vectors
-from metrix.index.store import Answer, GalleryIndex, Hit
+from metrix.index.store import FIRST_ROUND_EXTRA, Answer, GalleryIndex, Hit
 
 DEFAULT_WAIT_MS, DEFAULT_MAX_BATCH = 0.0, 32
-#: Candidates beyond k that GalleryIndex.search_present fetches in its first round.
-FIRST_ROUND_EXTRA = 8
 
 
 @dataclass(eq=False)
@@ -206,13 +204,7 @@ def first_round(
     (`complete`: they are all the images searched among); where that round leaves fewer than k
     hits present and there are more, search_present runs the query again alone."""
     left_out: dict[str, str] = {}
-    present = []
-    for hit in hits:
-        reason = left_out.get(hit.path) or index.stale(hit)
-        if reason:
-            left_out[hit.path] = reason
-        else:
-            present.append(hit)
+    present = index.present(hits, left_out)
     if len(present) >= k or complete:
         return Answer(present[:k], list(left_out.items()))
     return index.search_present(vector, k, search_filter)

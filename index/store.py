@@ -82,6 +82,10 @@ class Answer:
     left_out: list[tuple[str, str]]
 
 
+#: Candidates beyond k that search_present fetches in its first round (left-out files make room).
+FIRST_ROUND_EXTRA = 8
+
+
 class GalleryIndex:
     """One generation of an index, opened for searching."""
 
@@ -163,19 +167,23 @@ class GalleryIndex:
             only = matching_ids(self.db, search_filter)
         total = len(self) if only is None else len(only)
         left_out: dict[str, str] = {}
-        fetch = k + 8
+        fetch = k + FIRST_ROUND_EXTRA
         while True:
-            hits = self.search(vector[None], fetch, only)[0]
-            present = []
-            for hit in hits:
-                reason = left_out.get(hit.path) or self.stale(hit)
-                if reason:
-                    left_out[hit.path] = reason
-                else:
-                    present.append(hit)
+            present = self.present(self.search(vector[None], fetch, only)[0], left_out)
             if len(present) >= k or fetch >= total:
                 return Answer(present[:k], list(left_out.items()))
             fetch = min(total, 4 * fetch)
+
+    def present(self, hits: list[Hit], left_out: dict[str, str]) -> list[Hit]:
+        """The hits whose files are unchanged since indexing; the others go into `left_out` (path: reason)."""
+        present = []
+        for hit in hits:
+            reason = left_out.get(hit.path) or self.stale(hit)
+            if reason:
+                left_out[hit.path] = reason
+            else:
+                present.append(hit)
+        return present
 
     def vectors(self, ids) -> np.ndarray:
         """The stored vectors of `ids` (float32 [n, d], in their order); KeyError for an id not in the index."""
