@@ -53,6 +53,7 @@ class ModelMetadata:
     exporter: str = ""
     opset: int = 0
     labels: str = "folder"  # what the model trained with: folder (classes), instances, clusters; "" untrained
+    flip: bool | None = None  # whether training flipped images left to right; None untrained
 
     @property
     def training_path(self) -> str:

@@ -1,5 +1,6 @@
 """Image transforms from a backbone's Preprocessing: the paper's training augmentation
-(RandomResizedCrop + horizontal flip) and the evaluation resize + centre crop."""
+(RandomResizedCrop + horizontal flip, the flip left out where mirror images are other classes:
+metrix.training.flip_check) and the evaluation resize + centre crop."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from .backbones import Preprocessing
 INTERPOLATION = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}
 
 
-def train_transform(pre: Preprocessing) -> T.Compose:
+def train_transform(pre: Preprocessing, flip: bool = True) -> T.Compose:
     return T.Compose(
         [
             T.RandomResizedCrop(pre.image_size, interpolation=INTERPOLATION[pre.interpolation], antialias=True),
-            T.RandomHorizontalFlip(),
+            *([T.RandomHorizontalFlip()] if flip else []),
             T.ToTensor(),
             T.Normalize(pre.mean, pre.std),
         ]

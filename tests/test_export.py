@@ -63,6 +63,7 @@ def test_metadata_describes_the_run(exported):
         and meta.interpolation == config["model"]["preprocessing"]["interpolation"]
     )
     assert meta.train_classes == len(config["data"]["train_classes"]) == 8
+    assert meta.flip is config["train_config"]["flip"] and isinstance(meta.flip, bool)
     assert meta.weights_sha256 == hashlib.sha256((checkpoint / "model.safetensors").read_bytes()).hexdigest()
     assert meta.quantization == "none" and meta.opset == onnx_export.OPSET and "dynamo" in meta.exporter
     assert read_metadata(checkpoint / "model.onnx") == meta

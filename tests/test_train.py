@@ -59,6 +59,25 @@ def test_train_without_data_uses_synthetic_and_writes_a_run(trained_run):
     assert described["versions"]["torch"] and described["versions"]["metrix"]
 
 
+def test_train_decides_flips_from_the_data_and_says_why(trained_run):
+    run, stdout = trained_run
+    check = json.loads((run / "flip_check.json").read_text())
+    flip = json.loads((run / "config.json").read_text())["flip"]
+    assert flip is check["flip"] and check["images"] > 0 and 0 <= check["p_value"] <= 1
+    line = next(line for line in stdout.splitlines() if line.startswith("flips "))
+    assert line.startswith(f"flips {'on' if flip else 'off'}: ") and f"{check['mirror_errors']:.1%}" in line
+    assert f"flips {'on' if flip else 'off'}," in stdout  # the settings line
+
+
+def test_no_flip_is_kept_without_a_check(tmp_path):
+    data = tiny_dataset(tmp_path / "data")
+    config = write_config(tmp_path / "config.json", epochs=1, warmup_epochs=0)
+    out = tmp_path / "run"
+    result = metrix_cli("train", "--data", data, "--config", config, "--no-flip", "--out", out, "--no-progress")
+    assert json.loads((out / "config.json").read_text())["flip"] is False
+    assert not (out / "flip_check.json").exists() and "flips off," in result.stdout
+
+
 def test_evaluate_reports_every_metric(trained_run):
     run, _ = trained_run
     result = runner.invoke(app, ["evaluate", str(run), "--json"], env={"METRIX_CACHE": str(run.parent / "cache")})

@@ -95,7 +95,9 @@ def export_(
         "embedded alone (the heat maps of `metrix explain`)"
     )
     typer.echo(
-        f"  model   {meta.backbone}, loss {meta.loss}, mixup {meta.mixup}: {meta.provenance}; "
+        f"  model   {meta.backbone}, loss {meta.loss}, mixup {meta.mixup}"
+        + ("" if meta.flip is None else f", flips {'on' if meta.flip else 'off'}")
+        + f": {meta.provenance}; "
         f"weights sha256 {meta.weights_sha256[:16]}"
     )
     typer.echo(f"  graph   {meta.exporter}, opset {meta.opset}; onnx.checker (full) passed")

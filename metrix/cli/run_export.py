@@ -26,6 +26,7 @@ def describe(checkpoint: Checkpoint, model) -> ModelMetadata:
         loss=config.get("loss", "?"),
         mixup=config.get("mixup", "?"),
         labels=config.get("labels", "folder"),
+        flip=config.get("train_config", {}).get("flip", True),  # runs from before the setting flipped
         training_data=f"{data.get('name', '?')}:{data.get('root', '?')}",
         train_classes=len(data.get("train_classes", [])),
         weights_sha256=file_sha256(checkpoint.path / MODEL_FILE),

@@ -87,6 +87,14 @@ EmbeddingSizeOption = Annotated[
 ImageSizeOption = Annotated[
     Optional[int], typer.Option(rich_help_panel="Model", help="Input size. \\[default: the backbone's]")
 ]
+FlipOption = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--flip/--no-flip",
+        rich_help_panel="Model",
+        help="Random left-right flips in the training augmentation. \\[default: measured on the data before training: off where mirror images look like other classes (docs/training.md#flips)]",
+    ),
+]
 EpochsOption = Annotated[Optional[int], typer.Option(rich_help_panel="Schedule", help="\\[default: 10]")]
 BatchSizeOption = Annotated[Optional[int], typer.Option(rich_help_panel="Schedule", help="\\[default: 100]")]
 SamplesPerClassOption = Annotated[
@@ -171,6 +179,7 @@ def train(
     weights: WeightsOption = None,
     embedding_size: EmbeddingSizeOption = None,
     image_size: ImageSizeOption = None,
+    flip: FlipOption = None,
     epochs: EpochsOption = None,
     batch_size: BatchSizeOption = None,
     samples_per_class: SamplesPerClassOption = None,

@@ -43,6 +43,10 @@ class TrainConfig:
     image_size: int | None = None  # None: the backbone's own (or the synthetic images' size)
     train_stages: int | None = None  # train only the last N backbone stages (None: all)
     cached_views: int = 0  # > 0: cache the frozen stages' outputs for this many augmented views
+    # Random left-right flips in the training augmentation. None: decided from the data before
+    # training (metrix.training.flip_check: off where mirror images look like other classes);
+    # the run's config.json keeps the decision.
+    flip: bool | None = None
     head_init: str = "random"  # random | pca (the pooled pretrained features' principal directions)
     # Loss and Metrix
     loss: str = "ms"

@@ -27,6 +27,7 @@ from .config import IMAGES_PER_CLUSTER, ConfigError, TrainConfig
 from .data import load_training_data
 from .decoded_images import DecodedImages
 from .distributed import Distributed
+from .flip_check import FLIP_CHECK_FILE, choose_flip
 from .image_dataset import ImageDataset
 from .objective import build_objective, make_optimizer
 from .sampler import BatchSampler, DistinctRepeats, build_sampler
@@ -104,17 +105,21 @@ def build_run(config: TrainConfig, resume: Path | None, log, distributed: Distri
     for line in (why, fitted) if distributed.is_main else ():
         if line:
             log(line)
+    flip_check = _choose_flip(config, data, model, distributed, resume, log)
     run_dir = Path(distributed.broadcast(str(resume or new_run_dir(config, data))))
     if distributed.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     if resume is None and distributed.is_main:
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        if flip_check is not None:
+            (run_dir / FLIP_CHECK_FILE).write_text(json.dumps(flip_check.to_dict(), indent=2))
         log(f"training on {data.describe()}")
         log(
             f"recipe {config.recipe}, {config.backbone} at {model.preprocessing.image_size} px -> "
             f"{config.embedding_size}-d, loss {config.loss}, Metrix {config.mixup}"
             + (f", no labels: {describe_labels(config, len(data.train))}" if config.unlabelled else "")
             + (f" ({config.pair_choice} pairs)" if config.mixup != "none" else "")
+            + f", flips {'on' if config.flip else 'off'}"
             + f", {config.epochs} epochs, {config.sampler} batches of {config.batch_size} ({len(sampler)}/epoch), "
             f"{config.precision}, device {device}"
             + (f", {distributed.world_size} processes" if distributed.world_size > 1 else "")
@@ -137,6 +142,21 @@ def build_run(config: TrainConfig, resume: Path | None, log, distributed: Distri
     )
 
 
+def _choose_flip(config: TrainConfig, data: RetrievalData, model, distributed: Distributed, resume, log):
+    """Settle config.flip before anything uses it (a resumed run without it predates the setting: flips on)."""
+    if config.flip is not None:
+        return None
+    if resume is not None:
+        config.flip = True
+        return None
+    flip, why, check = None, None, None
+    if distributed.is_main:
+        flip, why, check = choose_flip(model, data, distributed.device, config.seed)
+        log(why)
+    config.flip = distributed.broadcast(flip)
+    return check
+
+
 def prepare_run(run: TrainingRun, fresh: bool, progress: bool, log) -> None:
     """Cache the frozen stages' outputs and initialise the head, as the config asks."""
     config = run.config
@@ -154,6 +174,7 @@ def prepare_run(run: TrainingRun, fresh: bool, progress: bool, log) -> None:
                 num_workers=config.num_workers,
                 progress=advance,
                 channels_last=channels_last(run),
+                flip=config.flip,
             )
         log(
             f"cached {config.cached_views} views of {len(run.data.train)} images "
@@ -168,6 +189,7 @@ def prepare_run(run: TrainingRun, fresh: bool, progress: bool, log) -> None:
             run.data.val.samples,
             num_workers=config.num_workers,
             channels_last=channels_last(run),
+            flip=config.flip,
         )
     if config.train_retrieval and len(run.data.val) and run.data.labelled:
         chosen = train_eval_indices(run.data.train.samples, len(run.data.val.classes), config.seed)

@@ -55,12 +55,13 @@ def frozen_stage_outputs(
     channels_last: bool = False,
     dtype: torch.dtype = torch.float16,
     persist: bool = True,
+    flip: bool = True,
 ) -> Tensor:
     """Outputs of backbone stages [0, start) as [N, V, C, h, w] of `dtype`: one view per entry of
     `seeds`, the seeded training augmentation, or the evaluation transform for None. Training
     views are float16 (half the memory; augmentation noise dwarfs the rounding); evaluation asks
     for float32, so its embeddings are those of the whole model."""
-    key = _key(backbone, start, samples, seeds, dtype)
+    key = _key(backbone, start, samples, seeds, dtype, flip)
     path = cache_root() / "stages" / f"{key}.pt" if persist else None
     if path is not None and path.is_file():
         try:
@@ -72,7 +73,8 @@ def frozen_stage_outputs(
     device = next(backbone.parameters()).device
     per_view = []
     for seed in seeds:
-        transform = eval_transform(backbone.preprocessing) if seed is None else train_transform(backbone.preprocessing)
+        pre = backbone.preprocessing
+        transform = eval_transform(pre) if seed is None else train_transform(pre, flip)
         loader = DataLoader(ImageDataset(samples, transform, seed=seed), batch_size=batch_size, num_workers=num_workers)
         chunks = []
         for images, _ in loader:
@@ -90,7 +92,9 @@ def frozen_stage_outputs(
     return outputs
 
 
-def _key(backbone, start: int, samples: Sequence[Sample], seeds: Sequence[int | None], dtype: torch.dtype) -> str:
+def _key(
+    backbone, start: int, samples: Sequence[Sample], seeds: Sequence[int | None], dtype: torch.dtype, flip: bool
+) -> str:
     digest = hashlib.sha256()
     digest.update(
         json.dumps(
@@ -99,6 +103,7 @@ def _key(backbone, start: int, samples: Sequence[Sample], seeds: Sequence[int | 
                 "start": start,
                 "seeds": list(seeds),
                 "dtype": str(dtype),
+                "flip": flip,
                 "preprocessing": backbone.preprocessing.to_dict(),
             }
         ).encode()

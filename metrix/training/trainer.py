@@ -178,7 +178,11 @@ def _train_epoch(run: TrainingRun, epoch: int, progress: bool) -> dict:
         split_model = model
         decoded = run.decoded["train"] if run.decoded else None
         dataset = ImageDataset(
-            run.data.train.samples, train_transform(model.preprocessing), run.label_map, seed=epoch_seed, images=decoded
+            run.data.train.samples,
+            train_transform(model.preprocessing, config.flip),
+            run.label_map,
+            seed=epoch_seed,
+            images=decoded,
         )
         loader = DataLoader(  # cropping decoded pixels is cheap next to a training step: no workers
             dataset,
