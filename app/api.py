@@ -6,7 +6,8 @@
     POST /api/explain       multipart `image` + `id` (+ `box`): where the image and that gallery
                             image agree, as heat maps
     GET  /api/labels        the labels of the index, with their image counts
-    GET  /api/info          index, model, counts, generation, query batching and its batch sizes
+    GET  /api/info          index, model, counts, generation, query batching and its batch sizes, recall
+                            measured on served queries (index/served_recall.py)
     GET  /api/health        liveness, open to all (for load balancers and service managers)
     GET  /api/images/{id}   an indexed image (`?thumbnail=N` for one at most N px a side)
 
@@ -210,6 +211,7 @@ def info(request: Request):
         "index_type": manifest["index"],
         "model": manifest["model"],
         "batching": batcher.stats() if batcher is not None else {"max_batch": 1},
+        "served_recall": service(request).live.recall.stats(),
     }
 
 

@@ -206,5 +206,5 @@ def first_round(
     left_out: dict[str, str] = {}
     present = index.present(hits, left_out)
     if len(present) >= k or complete:
-        return Answer(present[:k], list(left_out.items()))
+        return Answer(present[:k], list(left_out.items()), vector)
     return index.search_present(vector, k, search_filter)

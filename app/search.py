@@ -58,6 +58,8 @@ def run_query(
         answer = search_image(snapshot.index, snapshot.embedder, name, k, data, refinement)
     else:
         answer = batcher.search(snapshot, name, k, data, refinement)
+    if not refinement.search_filter:  # a filtered search is exact already
+        live.recall.offer(snapshot.index, answer.vector)
     return Result(
         snapshot.index.generation,
         len(snapshot.index),

@@ -212,12 +212,22 @@ def run_level(
         "processes": max(s[3] for s in samples),
         "server_alive": server.poll() is None,
     }
+    row["served_recall"] = _served_recall(base)  # the server's own check of its answers (index/served_recall.py)
     if row["errors"]:
         failures = Path(f"{prefix}_failures.csv")
         row["failures"] = failures.read_text()[-2000:] if failures.is_file() else done.stderr[-2000:]
     if name == "soak":  # the RSS curve, every 10 s
         row["rss_mb_every_10s"] = [round(kb / 1024, 1) for t, kb, *_ in samples if t % 10 < SAMPLE_S]
     return row
+
+
+def _served_recall(base: str) -> dict | None:
+    import httpx
+
+    try:
+        return httpx.get(f"{base}/api/info", timeout=30).json().get("served_recall")
+    except (httpx.HTTPError, ValueError):
+        return None
 
 
 def machine() -> dict:

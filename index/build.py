@@ -132,13 +132,16 @@ def build_index(
     max_memory: int | None = None,
     keep: int = DEFAULT_KEEP,
     target_recall: float | None = None,
+    retune: bool = False,
 ) -> BuildReport:
     """Index GALLERY (a folder or an object-store URL) into INDEX_DIR. With `ray`, the new files
     are embedded on a Ray cluster (index/ray_engine.py), else in this process; either way the
     vectors are spooled to disk and the same generation is committed. `index_type` and
     `max_memory` (bytes of RAM the loaded index may take) choose the index (index/plan.py); both
     are remembered for the next update, as is `target_recall`, the recall@10 against exact search
-    that approximate indexes are tuned to and chosen by (index/choose.py). `keep`: generations left on disk after the commit. A write
+    that approximate indexes are tuned to and chosen by (index/choose.py). `keep`: generations left on disk after the commit.
+    `retune`: commit a new generation even when no file changed, its nprobe or efSearch tuned
+    again (on the queries a server kept too, index/served_recall.py). A write
     that fails for want of room or rights (disk full, file-size limit, read-only folder) ends in
     one line saying so and where the index stands; nothing half-written stays behind."""
     started = time.perf_counter()
@@ -167,6 +170,7 @@ def build_index(
                 target_recall,
                 keep,
                 report,
+                retune=retune,
             )
             report.seconds = time.perf_counter() - started
             write_atomically(index_dir / REPORT_FILE, json.dumps(report.to_dict(), indent=1, ensure_ascii=False))
@@ -201,6 +205,7 @@ def _update(
     target,
     keep: int,
     report: BuildReport,
+    retune: bool = False,
 ) -> None:
     """The build under its lock: the diff against the current generation, the embedding of what is
     new, and the commit of a new generation (none when nothing changed)."""
@@ -238,7 +243,12 @@ def _update(
         planned = plan_with_choice(count, dim, requested, max_memory, target, old.manifest["index"] if old else None)
         plan, old_kind = planned.plan, old.manifest["index"]["kind"] if old else None
         nothing_to_do = (
-            old is not None and next_id == first_id and not removed_ids and not touched and plan.kind == old_kind
+            old is not None
+            and next_id == first_id
+            and not removed_ids
+            and not touched
+            and plan.kind == old_kind
+            and not retune
         )
         if nothing_to_do:
             report.generation, report.count, report.index = old.generation, len(old), old.manifest["index"]

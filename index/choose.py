@@ -31,6 +31,7 @@ import numpy as np
 
 from . import hnsw
 from .plan import IndexPlan, human, index_bytes, measured_candidates, plan_index
+from .served_recall import exact_top, load_served
 from .update import fresh_index, gallery_blocks, updated_index
 from .vectors import RECALL_SAMPLE, _exact_ids, stored_blocks, tune_ivfpq, tune_nprobe
 
@@ -258,12 +259,21 @@ def _reason(best: dict, measured: list[dict], unfit: list[IndexPlan], target: fl
 
 
 def index_params(
-    index, full, plan, requested: str, max_memory, target: float, choice: dict | None = None, tuned: dict | None = None
+    index,
+    full,
+    plan,
+    requested: str,
+    max_memory,
+    target: float,
+    choice: dict | None = None,
+    tuned: dict | None = None,
+    served: np.ndarray | None = None,
 ) -> dict:
     """The manifest's account of the index: its kind, the budget and target it was chosen for, the
     nprobe or efSearch measured to reach the target on the gallery's own vectors and that recall
-    (`tuned`: as choose_index measured them on this very index), and the measured choice that
-    picked the kind, if one did."""
+    (`tuned`: as choose_index measured them on this very index), widened where the queries a
+    server kept (`served`, index/served_recall.py) need more, and the measured choice that picked
+    the kind, if one did."""
     params = {
         "type": plan.factory,
         "kind": plan.kind,
@@ -277,18 +287,32 @@ def index_params(
         params["nprobe"], params["recall_at_10"] = (
             (tuned["nprobe"], tuned["recall_at_10"]) if tuned else tune_nprobe(index, target=target)
         )
+        widen_for_served(plan.kind, index, params, served, target)
+        index.nprobe = params["nprobe"]
     elif plan.kind == "ivfpq":
         params["nprobe"], params["recall_at_10"], params["rerank"] = tune_ivfpq(index, full, plan.rerank, target)
     elif plan.kind == "hnsw":
         params["ef_search"], params["recall_at_10"] = (
             (tuned["ef_search"], tuned["recall_at_10"]) if tuned else tune_hnsw(index, target)
         )
+        widen_for_served(plan.kind, index, params, served, target)
         hnsw.graph(index).hnsw.efSearch = params["ef_search"]
         params.update(hnsw_m=plan.hnsw_m, ef_construction=plan.ef_construction, masked=hnsw.masked(index))
         params["estimated_bytes"] = index_bytes("hnsw", index.ntotal, index.d, hnsw_m=plan.hnsw_m)
     if choice:
         params["choice"] = choice
     return params
+
+
+def widen_for_served(kind: str, index, params: dict, served: np.ndarray | None, target: float) -> None:
+    """Raise the tuned nprobe or efSearch in `params` until the served queries' recall@10 against
+    exact search reaches `target` too (never lower it), and record that recall."""
+    if served is None:
+        return
+    name, values, search = searcher(kind, index)
+    probe = Probe(served, np.full(len(served), -1, np.int64), exact_top(index, served, 11))
+    value, recall = tune(search, [v for v in values if v >= params[name]] or values[-1:], probe, target)
+    params.update({name: value, "served_queries": len(served), "served_recall_at_10": recall})
 
 
 def planned_index(old, removed_ids, spool, count: int, planned: Planned, staging, requested: str, max_memory, target):
@@ -301,4 +325,5 @@ def planned_index(old, removed_ids, spool, count: int, planned: Planned, staging
     else:
         plan, choice, tuned = planned.plan, planned.choice, None
         index, full = updated_index(old, removed_ids, spool, plan, staging)
-    return index, full, index_params(index, full, plan, requested, max_memory, target, choice, tuned)
+    served = load_served(old.dir, spool.dim) if old is not None else None
+    return index, full, index_params(index, full, plan, requested, max_memory, target, choice, tuned, served)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from metrix.export.runtime import Embedder, ModelError, load_embedder
 
+from .served_recall import ServedRecall
 from .store import GalleryIndex, GalleryIndexError, current_generation, open_index, open_with_model
 
 log = logging.getLogger("metrix.index")
@@ -34,10 +35,20 @@ class Snapshot:
 
 class LiveIndex:
     def __init__(
-        self, index_dir: Path | str, model: Path | str | None = None, interval: float = 1.0, mmap: bool = False
+        self,
+        index_dir: Path | str,
+        model: Path | str | None = None,
+        interval: float = 1.0,
+        mmap: bool = False,
+        recall_interval: float = 1.0,
+        search: dict | None = None,
     ):
         self.dir, self.model, self.interval, self.mmap = Path(index_dir), model, interval, mmap
-        self._snapshot = Snapshot(*open_with_model(self.dir, model, mmap))
+        self.recall = ServedRecall(self.dir, recall_interval)  # index/served_recall.py
+        self.search = search or {}  # GalleryIndex.set_search's nprobe / ef_search, for every generation
+        index, embedder = open_with_model(self.dir, model, mmap)
+        index.set_search(**self.search)
+        self._snapshot = Snapshot(index, embedder)
         self._refused: str | None = None  # the generation last refused, so it is logged once
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -57,6 +68,7 @@ class LiveIndex:
             if index.manifest["model"].get("weights_sha256") != embedder.metadata.weights_sha256 and self.model is None:
                 embedder = load_embedder(index.manifest["model"]["path"])
             index.check_model(embedder.metadata)
+            index.set_search(**self.search)
         except (GalleryIndexError, ModelError, OSError) as error:
             self._refused = generation
             log.warning("still serving %s: cannot switch to %s: %s", old.index.generation, generation, error)

@@ -80,6 +80,7 @@ class Answer:
 
     hits: list[Hit]
     left_out: list[tuple[str, str]]
+    vector: np.ndarray | None = None  # the query's embedding, as searched
 
 
 #: Candidates beyond k that search_present fetches in its first round (left-out files make room).
@@ -113,6 +114,20 @@ class GalleryIndex:
     def __len__(self) -> int:
         """Images searched: an HNSW graph also holds the masked vectors of removed ones (index/hnsw.py)."""
         return self.index.ntotal - self.manifest["index"].get("masked", 0)
+
+    def set_search(self, nprobe: int | None = None, ef_search: int | None = None) -> None:
+        """Search wider (or narrower) than the build tuned: IVF's nprobe, HNSW's efSearch, where the
+        index has them; the manifest's index entry says so (`search_set`)."""
+        import faiss
+
+        params = self.manifest["index"]
+        changed = {}
+        if nprobe and "nprobe" in params:
+            faiss.extract_index_ivf(self.index).nprobe = changed["nprobe"] = nprobe
+        if ef_search and "ef_search" in params:
+            changed["ef_search"] = ef_search
+        if changed:
+            self.manifest = {**self.manifest, "index": {**params, **changed, "search_set": changed}}
 
     def check_model(self, metadata) -> None:
         """Refuse a model other than the one the gallery was embedded with (wrong results, silently)."""
@@ -171,7 +186,7 @@ class GalleryIndex:
         while True:
             present = self.present(self.search(vector[None], fetch, only)[0], left_out)
             if len(present) >= k or fetch >= total:
-                return Answer(present[:k], list(left_out.items()))
+                return Answer(present[:k], list(left_out.items()), vector)
             fetch = min(total, 4 * fetch)
 
     def present(self, hits: list[Hit], left_out: dict[str, str]) -> list[Hit]:

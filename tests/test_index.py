@@ -22,6 +22,7 @@ from metrix.export.runtime import load_embedder, load_for_model
 from metrix.index import store
 from metrix.index.build import build_index
 from metrix.index.gallery import find_images
+from metrix.index.served_recall import MIN_SAMPLES, SERVED_QUERIES
 from metrix.index.store import GalleryIndexError, open_index
 from metrix.index.vectors import flat_index, ivf_index, stored, tune_nprobe
 
@@ -451,6 +452,24 @@ def test_ivf_index_type_on_a_gallery(tiny_model, tmp_path):
     (root / "many" / "00007.png").unlink()
     update = build_index(root, tiny_model, tmp_path / "idx", progress=False)  # keeps the requested type
     assert update.index["kind"] == "ivf" and update.removed == 1 and consistent_state(tmp_path / "idx") == 119
+
+
+def test_retune_tunes_on_the_queries_a_server_kept_and_only_when_asked(tiny_model, tmp_path):
+    root, index_dir = tmp_path / "gallery", tmp_path / "idx"
+    _many_images(root, 0, 120)
+    first = build_index(root, tiny_model, index_dir, index_type="ivf", progress=False)
+    dim = json.loads((index_dir / first.generation / "manifest.json").read_text())["dim"]
+    kept = np.random.default_rng(0).standard_normal((MIN_SAMPLES, dim)).astype(np.float32)
+    np.save(index_dir / SERVED_QUERIES, kept / np.linalg.norm(kept, axis=1, keepdims=True))
+    same = build_index(root, tiny_model, index_dir, progress=False)
+    assert same.generation == first.generation  # nothing changed, nothing asked
+    retuned = build_index(root, tiny_model, index_dir, progress=False, retune=True)
+    assert retuned.generation != first.generation and consistent_state(index_dir) == 120
+    params = json.loads((index_dir / retuned.generation / "manifest.json").read_text())["index"]
+    assert params["served_queries"] == MIN_SAMPLES and params["nprobe"] >= first.index["nprobe"]
+    assert params["served_recall_at_10"] >= params["target_recall"] or params["nprobe"] == int(
+        params["type"][3:].split(",")[0]
+    )
 
 
 def test_hnsw_index_type_on_a_gallery(tiny_model, tmp_path):

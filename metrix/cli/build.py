@@ -41,6 +41,13 @@ MaxIndexMemoryOption = Annotated[
     ),
 ]
 RebuildOption = Annotated[bool, typer.Option("--rebuild", help="Start over instead of updating.")]
+RetuneOption = Annotated[
+    bool,
+    typer.Option(
+        "--retune",
+        help="Tune nprobe / efSearch again even if no file changed, on the queries `metrix serve` kept too (docs/index.md).",
+    ),
+]
 BatchSizeOption = Annotated[int, typer.Option(help="Images per model call.")]
 EngineOption = Annotated[str, typer.Option(help="local (this process) or ray (a Ray cluster; needs metrix[ray]).")]
 RayAddressOption = Annotated[
@@ -83,6 +90,7 @@ def build_index_(
     max_index_memory: MaxIndexMemoryOption = None,
     target_recall: TargetRecallOption = None,
     rebuild: RebuildOption = False,
+    retune: RetuneOption = False,
     batch_size: BatchSizeOption = 64,
     engine: EngineOption = "local",
     ray_address: RayAddressOption = None,
@@ -126,6 +134,7 @@ def build_index_(
                 max_memory=budget,
                 keep=keep,
                 target_recall=target_recall,
+                retune=retune and first,
             )
 
         report = build(first=True)
