@@ -70,7 +70,7 @@ def sklearn_digits(folder: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, nargs="+", default=[SHARED / "omniglot_small", SHARED / "cub100"])
+    parser.add_argument("--data", type=Path, nargs="*", default=[SHARED / "omniglot_small", SHARED / "cub100"])
     parser.add_argument("--sklearn-digits", action="store_true", help="also scikit-learn's handwritten digits")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "flip_check.json")
     args = parser.parse_args()
