@@ -140,8 +140,7 @@ def build_index(
     `max_memory` (bytes of RAM the loaded index may take) choose the index (index/plan.py); both
     are remembered for the next update, as is `target_recall`, the recall@10 against exact search
     that approximate indexes are tuned to and chosen by (index/choose.py). `keep`: generations left on disk after the commit.
-    `retune`: commit a new generation even when no file changed, its nprobe or efSearch tuned
-    again (on the queries a server kept too, index/served_recall.py). A write
+    `retune`: commit even if no file changed, tuned again (index/served_recall.py). A write
     that fails for want of room or rights (disk full, file-size limit, read-only folder) ends in
     one line saying so and where the index stands; nothing half-written stays behind."""
     started = time.perf_counter()
@@ -242,14 +241,8 @@ def _update(
         count, dim = (len(old) if old else 0) - len(removed_ids) + len(spool), embedder.metadata.embedding_size
         planned = plan_with_choice(count, dim, requested, max_memory, target, old.manifest["index"] if old else None)
         plan, old_kind = planned.plan, old.manifest["index"]["kind"] if old else None
-        nothing_to_do = (
-            old is not None
-            and next_id == first_id
-            and not removed_ids
-            and not touched
-            and plan.kind == old_kind
-            and not retune
-        )
+        unchanged = next_id == first_id and not removed_ids and not touched
+        nothing_to_do = old is not None and unchanged and plan.kind == old_kind and not retune
         if nothing_to_do:
             report.generation, report.count, report.index = old.generation, len(old), old.manifest["index"]
         else:

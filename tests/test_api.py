@@ -73,6 +73,7 @@ def test_info_health_and_openapi(open_server, gallery_index):
     url, client = open_server
     info = client.get(f"{url}api/info").json()
     assert info["images"] == 20 and info["gallery_root"] == str(gallery_index[0]) and info["model"]["weights_sha256"]
+    assert info["served_recall"]["measured"] == 0  # an exact index: nothing to check
     assert client.get(f"{url}api/health").json() == {"status": "ok", "generation": info["generation"], "images": 20}
     paths = client.get(f"{url}openapi.json").json()["paths"]
     assert {"/api/search", "/api/info", "/api/health", "/api/images/{image_id}"} <= set(paths)

@@ -9,6 +9,24 @@ import typer
 
 from .base import app, fail
 
+RecallCheckOption = Annotated[
+    float,
+    typer.Option(
+        min=0,
+        help="Seconds between served queries searched again exactly, in the background, to measure the "
+        "index's recall@10 on real queries (/api/info; docs/index.md); 0: off.",
+    ),
+]
+NprobeOption = Annotated[
+    Optional[int],
+    typer.Option(
+        min=1, help="Probe this many IVF lists instead of the build's tuned number (where served recall is short)."
+    ),
+]
+EfSearchOption = Annotated[
+    Optional[int], typer.Option(min=1, help="HNSW's efSearch instead of the build's tuned value.")
+]
+
 
 @app.command()
 def serve(
@@ -57,23 +75,9 @@ def serve(
             "queries that arrive while the previous batch runs share one (docs/app.md)."
         ),
     ] = 0.0,
-    recall_check_s: Annotated[
-        float,
-        typer.Option(
-            help="Seconds between served queries searched again exactly, in the background, to measure the "
-            "index's recall@10 on real queries (/api/info; docs/index.md); 0: off."
-        ),
-    ] = 1.0,
-    nprobe: Annotated[
-        Optional[int],
-        typer.Option(
-            min=1,
-            help="Probe this many IVF lists instead of the build's tuned number (where the served recall is short).",
-        ),
-    ] = None,
-    ef_search: Annotated[
-        Optional[int], typer.Option(min=1, help="HNSW's efSearch instead of the build's tuned value.")
-    ] = None,
+    recall_check_s: RecallCheckOption = 1.0,
+    nprobe: NprobeOption = None,
+    ef_search: EfSearchOption = None,
 ) -> None:
     """The search service: the web page at / and the JSON API at /api (docs at /docs). Follows the
     index's CURRENT generation, so a rebuilt gallery is served without a restart."""
@@ -96,13 +100,8 @@ def serve(
     scaled = workers > 1 or engine == "ray"
     try:
         access = load_access(auth, auth_file, token)
-        live = LiveIndex(
-            index or newest_index(),
-            model,
-            mmap=scaled,
-            recall_interval=max(0.0, recall_check_s),
-            search={"nprobe": nprobe, "ef_search": ef_search},
-        )
+        search = {"nprobe": nprobe, "ef_search": ef_search}
+        live = LiveIndex(index or newest_index(), model, mmap=scaled, recall_interval=recall_check_s, search=search)
     except (GalleryIndexError, ModelError, AccessError) as error:
         fail(error)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

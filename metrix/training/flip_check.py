@@ -19,10 +19,12 @@ counts balance.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections import defaultdict
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -168,3 +170,9 @@ def choose_flip(model, data, device, seed: int) -> tuple[bool, str, MirrorCheck 
     if check is None:
         return True, "flips on: too few classes with two images to measure mirror images on", None
     return check.flip, check.explain(), check
+
+
+def save_check(run_dir: Path, check: MirrorCheck | None) -> None:
+    """RUN_DIR/FLIP_CHECK_FILE: the check's figures, where one was made."""
+    if check is not None:
+        (run_dir / FLIP_CHECK_FILE).write_text(json.dumps(check.to_dict(), indent=2))

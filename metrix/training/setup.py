@@ -27,7 +27,7 @@ from .config import IMAGES_PER_CLUSTER, ConfigError, TrainConfig
 from .data import load_training_data
 from .decoded_images import DecodedImages
 from .distributed import Distributed
-from .flip_check import FLIP_CHECK_FILE, choose_flip
+from .flip_check import choose_flip, save_check
 from .image_dataset import ImageDataset
 from .objective import build_objective, make_optimizer
 from .sampler import BatchSampler, DistinctRepeats, build_sampler
@@ -111,8 +111,7 @@ def build_run(config: TrainConfig, resume: Path | None, log, distributed: Distri
         run_dir.mkdir(parents=True, exist_ok=True)
     if resume is None and distributed.is_main:
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-        if flip_check is not None:
-            (run_dir / FLIP_CHECK_FILE).write_text(json.dumps(flip_check.to_dict(), indent=2))
+        save_check(run_dir, flip_check)
         log(f"training on {data.describe()}")
         log(
             f"recipe {config.recipe}, {config.backbone} at {model.preprocessing.image_size} px -> "
