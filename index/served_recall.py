@@ -15,6 +15,7 @@ INDEX_DIR/SERVED_QUERIES (the newest KEEP), which the next build (an update, or
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -101,16 +102,19 @@ class ServedRecall:
     def offer(self, gallery, vector: np.ndarray | None) -> None:
         """Take this query for measuring if the interval since the last one has passed; never waits."""
         now = time.monotonic()
-        if vector is None or not self.interval_s or now - self._last < self.interval_s:
+        if vector is None or not self.interval_s:
             return
-        self._last = now
+        with self._lock:  # request threads call this at once
+            if now - self._last < self.interval_s:
+                return
+            self._last = now
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="served-recall", daemon=True)
+                self._thread.start()
         try:
             self._pending.put_nowait((gallery, np.asarray(vector, np.float32).copy()))
         except queue.Full:
-            return
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="served-recall", daemon=True)
-            self._thread.start()
+            pass
 
     def stats(self) -> dict:
         with self._lock:
@@ -170,6 +174,8 @@ class ServedRecall:
                 np.save(f, kept)
             os.replace(tmp, self.dir / SERVED_QUERIES)
         except OSError as error:  # a read-only index folder: measured, not kept
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
             if not self._unsaved:
                 log.warning("served recall: cannot keep the sampled queries in %s: %s", self.dir, error)
             self._unsaved = True
