@@ -16,6 +16,7 @@ INDEX_DIR/SERVED_QUERIES (the newest KEEP), which the next build (an update, or
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import queue
@@ -41,20 +42,12 @@ def exact_top(index, queries: np.ndarray, k: int = K) -> np.ndarray | None:
     None for another kind."""
     import faiss
 
-    from .hnsw import graph, is_hnsw
+    from .hnsw import is_hnsw, search_subset
 
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    if is_hnsw(index):
+    if is_hnsw(index):  # the graph's flat storage, scanned over the live (unmasked) ids
         id_map = faiss.vector_to_array(index.id_map)
-        storage = faiss.downcast_index(graph(index).storage)
-        masked = int(np.count_nonzero(id_map < 0))
-        _, rows = getattr(storage, "search_numpy", storage.search)(queries, k + masked)
-        out = np.full((len(queries), k), -1, np.int64)
-        for q, row in enumerate(rows):
-            found = id_map[row[row >= 0]]
-            found = found[found >= 0][:k]
-            out[q, : len(found)] = found
-        return out
+        return search_subset(index, queries, k, id_map[id_map >= 0])[1]
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is None or not isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFlat):
         return None
@@ -67,10 +60,14 @@ def exact_ids(gallery, vector: np.ndarray, k: int = K) -> np.ndarray | None:
     if gallery.full is not None:  # IVF-PQ: its full vectors
         from .filters import search_subset
 
-        ids = np.fromiter((row[0] for row in gallery.db.execute("SELECT id FROM images")), np.int64)
-        return search_subset(gallery.index, gallery.full, vector[None], k, ids)[1][0]
+        return search_subset(gallery.index, gallery.full, vector[None], k, _live_ids(gallery))[1][0]
     found = exact_top(gallery.index, vector[None], k)
     return None if found is None else found[0][found[0] >= 0]
+
+
+@functools.lru_cache(maxsize=2)  # per generation, not per measured query
+def _live_ids(gallery) -> np.ndarray:
+    return np.fromiter((row[0] for row in gallery.db.execute("SELECT id FROM images")), np.int64)
 
 
 def load_served(index_dir: Path, dim: int) -> np.ndarray | None:
