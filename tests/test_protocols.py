@@ -59,3 +59,37 @@ def test_metrix_code_runs_adam_with_l2_decay_on_random_batches(recorded_run):
     groups = checkpoint.trainer_state()["optimizer"]["param_groups"]
     assert all(g["weight_decay"] == 1e-4 and not g.get("decoupled_weight_decay", False) for g in groups)
     assert torch.isfinite(torch.tensor([r["loss"] for r in _records(recorded_run)])).all()
+
+
+def test_the_pooled_summary_pairs_runs_by_seed_and_matches_scipy(tmp_path):
+    from protocols_summary import comparisons, pooled_rows
+    from scipy import stats
+
+    rng = torch.Generator().manual_seed(0)
+    rows = {}
+    for seed in (2, 0, 1):  # stored out of seed order: pairing must follow the seed, not the order
+        for mixup in ("feature", "none"):
+            r1, best = (60 + 10 * torch.rand(2, generator=rng)).tolist()
+            rows[f"ms-{mixup}-s{seed}"] = {
+                "recipe": "full-cpu",
+                "loss": "ms",
+                "mixup": mixup,
+                "seed": seed,
+                "recall_at_1": r1,
+                "best_test_recall_at_1": max(r1, best),
+                "map_at_r": r1 / 2,
+                "best_test_map_at_r": best / 2,
+            }
+    folder = tmp_path / "protocols-full-cpu-cub100"
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps(rows))
+    [found] = comparisons(folder)
+    assert (found.regime, found.data, found.mixup) == ("full-cpu", "cub100", "feature")
+    diffs = [rows[f"ms-feature-s{s}"]["recall_at_1"] - rows[f"ms-none-s{s}"]["recall_at_1"] for s in (0, 1, 2)]
+    assert found.paired("recall_at_1") == pytest.approx(diffs)
+    line = next(row for row in pooled_rows([found]) if "(ours): R@1" in row and row.startswith("| all"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    low, high = stats.ttest_1samp(diffs, 0).confidence_interval(0.95)
+    assert cells[2] == "3" and float(cells[3]) == pytest.approx(sum(diffs) / 3, abs=0.005)
+    assert cells[4] == f"[{low:+.2f}, {high:+.2f}]"
+    assert cells[5] == f"{sum(d > 0 for d in diffs)} of 3"
