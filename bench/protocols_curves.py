@@ -31,8 +31,12 @@ def main() -> None:
         for row in json.loads((folder / "results.json").read_text()).values():
             if row.get("curve") and "best_test_epoch" in row:
                 panels.setdefault(f"{folder.name.removeprefix('protocols-')}, {row['loss']}", []).append(row)
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    for ax, (title, rows) in zip(axes[0], sorted(panels.items())):
+    columns = min(len(panels), 3)
+    lines = -(-len(panels) // columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(6 * columns, 4.2 * lines), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    for ax, (title, rows) in zip(axes.flat, sorted(panels.items())):
         for row in sorted(rows, key=lambda r: (r["mixup"], r["seed"])):
             epochs = [c["epoch"] for c in row["curve"]]
             values = [c["test_recall_at_1"] for c in row["curve"]]
@@ -40,11 +44,12 @@ def main() -> None:
             ax.plot(epochs, values, color=colour, alpha=0.8, label=f"{row['mixup']}, seed {row['seed']}")
             for epoch, marker in ((row["best_epoch"], "o"), (row["best_test_epoch"], "*")):
                 ax.plot(epoch, values[epochs.index(epoch)], marker, color=colour, markersize=9 if marker == "*" else 6)
-        ax.set_title(f"{title}: o validation-chosen, * best on test")
+        ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.set_ylabel("test R@1 (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    fig.suptitle("test R@1 per epoch; o: the epoch chosen on validation (ours), *: the best on test (official)")
     fig.tight_layout()
     fig.savefig(args.out, dpi=90)
     print(f"wrote {args.out}")
