@@ -12,7 +12,9 @@
     GET  /api/images/{id}   an indexed image (`?thumbnail=N` for one at most N px a side)
 
 Errors are JSON `{"error": "one line"}` with 400 (bad request), 401 (no or wrong credentials),
-404 (not an indexed image, or its file is gone), 413 (upload too large) or 415 (not an image).
+404 (not an indexed image, or its file is gone), 413 (upload too large), 415 (not an image) or
+503 (no generation of the index verifies: a server fault; index/live.py). No answer names a
+folder or file of the server: an index by its folder's name, a generation by its own.
 Only images of the current generation are served, and only while their file is as indexed: a
 non-image file in the gallery folder has no id, so no URL reaches it. Images are read through the
 gallery's source, so an object-store gallery is served from the store (the server needs read
@@ -40,7 +42,16 @@ from metrix.index.store import REBUILD_HINT, GalleryIndexError, Hit
 
 from .access import Access
 from .batching import Batcher
-from .search import DEFAULT_K, MAX_K, MAX_UPLOAD_BYTES, Result, explain_match, run_query
+from .search import (
+    DEFAULT_K,
+    MAX_K,
+    MAX_UPLOAD_BYTES,
+    Result,
+    explain_match,
+    public_location,
+    public_model,
+    run_query,
+)
 
 log = logging.getLogger("metrix.app")
 MAX_THUMBNAIL = 1024
@@ -187,31 +198,30 @@ async def explain(
 def labels(request: Request):
     if (denied := refused(request)) is not None:
         return denied
-    return {
-        "labels": [
-            {"label": label, "images": count} for label, count in service(request).live.snapshot().index.labels()
-        ]
-    }
+    counts = service(request).live.answer(lambda snapshot: snapshot.index.labels())
+    return {"labels": [{"label": label, "images": count} for label, count in counts]}
 
 
 @router.get("/info", summary="What is being served")
 def info(request: Request):
     if (denied := refused(request)) is not None:
         return denied
-    index = service(request).live.snapshot().index
+    live = service(request).live
+    index = live.snapshot().index
     manifest = index.manifest
     batcher = service(request).batcher
     return {
         "version": __version__,
-        "index": str(index.dir),
+        "index": index.dir.name,
         "generation": index.generation,
         "images": len(index),
-        "gallery_root": manifest["gallery_root"],
+        "gallery_root": public_location(manifest["gallery_root"]),
         "updated": manifest["updated"],
         "index_type": manifest["index"],
-        "model": manifest["model"],
+        "model": public_model(manifest["model"]),
         "batching": batcher.stats() if batcher is not None else {"max_batch": 1},
-        "served_recall": service(request).live.recall.stats(),
+        "served_recall": live.recall.stats(),
+        "integrity": live.integrity(),
     }
 
 
@@ -232,8 +242,7 @@ def indexed_image(
     access = service(request).access
     if access.enabled and not access.signed(image_id, expires, sig) and refused(request) is not None:
         return error(401, f"image {image_id}: the link has expired or is not valid; search again")
-    index = service(request).live.snapshot().index
-    row = index.rows([image_id]).get(image_id)
+    index, row = service(request).live.answer(lambda snap: (snap.index, snap.index.rows([image_id]).get(image_id)))
     if row is None:
         return error(404, f"image {image_id}: not in the index being served")
     hit = Hit(image_id, 0.0, *row)

@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from metrix import __version__
+from metrix.index.errors import IndexUnavailable
 from metrix.index.live import LiveIndex
 
 from .access import Access
@@ -46,6 +47,14 @@ def make_api(live: LiveIndex, access: Access, batcher: Batcher | None = None, li
     async def framework_error(request: Request, failure: StarletteHTTPException):
         detail = str(failure.detail or "").strip().splitlines()
         return error(failure.status_code, detail[0] if detail else f"HTTP {failure.status_code}")
+
+    @api.exception_handler(IndexUnavailable)
+    async def unavailable(request: Request, failure: IndexUnavailable):
+        return error(503, str(failure))
+
+    @api.exception_handler(Exception)
+    async def server_fault(request: Request, failure: Exception):  # the traceback goes to the server's log
+        return error(500, "the server failed to answer; its log says why")
 
     @api.exception_handler(RequestValidationError)
     async def one_line(request: Request, failure: RequestValidationError):

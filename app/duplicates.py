@@ -19,7 +19,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse
 
 from metrix.index.duplicates import check_threshold, find_duplicates
-from metrix.index.live import LiveIndex
+from metrix.index.live import LiveIndex, Snapshot
 
 from .access import Access
 from .api import error, image_url
@@ -42,9 +42,12 @@ class DuplicateResults:
         self._results: OrderedDict[tuple[str, float | None], dict] = OrderedDict()
         self._lock = threading.Lock()  # one search at a time; a second asker of the same result waits for it
 
-    def get(self, threshold: str | None) -> dict:
-        threshold = None if threshold in (None, "") else check_threshold(threshold)
-        snapshot = self.live.snapshot()
+    def get(self, threshold: float | None) -> dict:
+        """The groups at `threshold` (parse_threshold's); IndexUnavailable when no generation verifies.
+        Its other errors are the server's (a gallery that cannot be read): a 500, never a 400."""
+        return self.live.answer(lambda snapshot: self._groups(snapshot, threshold))
+
+    def _groups(self, snapshot: Snapshot, threshold: float | None) -> dict:
         key = (snapshot.index.generation, threshold)
         with self._lock:
             if key not in self._results:
@@ -53,6 +56,11 @@ class DuplicateResults:
                     self._results.popitem(last=False)
             self._results.move_to_end(key)
             return self._results[key]
+
+
+def parse_threshold(threshold: str | None) -> float | None:
+    """The query's threshold (None: calibrated); ValueError, the client's, for a bad one."""
+    return None if threshold in (None, "") else check_threshold(threshold)
 
 
 def duplicates_router(live: LiveIndex, access: Access) -> APIRouter:
@@ -72,9 +80,10 @@ def duplicates_router(live: LiveIndex, access: Access) -> APIRouter:
                 headers={"WWW-Authenticate": scheme},
             )
         try:
-            result = results.get(threshold)
+            value = parse_threshold(threshold)
         except ValueError as failure:
             return PlainTextResponse(str(failure), 400)
+        result = results.get(value)
         base = str(request.base_url)
         return HTMLResponse(
             render_page(
@@ -94,9 +103,10 @@ def duplicates_router(live: LiveIndex, access: Access) -> APIRouter:
                 **{"WWW-Authenticate": "Bearer"},
             )
         try:
-            result = results.get(threshold)
+            value = parse_threshold(threshold)
         except ValueError as failure:
             return error(400, str(failure))
+        result = results.get(value)
         base = str(request.base_url)
         return {
             **result,

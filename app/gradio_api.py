@@ -15,6 +15,7 @@ import gradio as gr
 from gradio import FileData
 
 from metrix.images import ImageDecodeError
+from metrix.index.errors import IndexUnavailable
 from metrix.index.live import LiveIndex
 from metrix.index.query import Refinement
 from metrix.index.store import GalleryIndexError
@@ -61,7 +62,7 @@ def search_endpoint(live: LiveIndex, access: Access, batcher: Batcher | None = N
             result = run_query(live, name, k, path.read_bytes(), refinement, batcher)
         except ImageDecodeError as failure:
             raise gr.Error(f"{name}: {failure.reason}") from None
-        except (GalleryIndexError, ValueError) as failure:
+        except (GalleryIndexError, ValueError, IndexUnavailable) as failure:
             raise gr.Error(str(failure)) from None
         answer = result_json(result, k, request_base(request), access)
         for item in (*answer["results"], *answer["left_out"]):

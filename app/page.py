@@ -15,6 +15,7 @@ from PIL import ImageDraw
 from metrix.export.explain import data_url
 from metrix.export.runtime import ModelError
 from metrix.images import ImageDecodeError, decode_rgb, format_box, parse_box
+from metrix.index.errors import IndexUnavailable
 from metrix.index.live import LiveIndex
 from metrix.index.query import Refinement
 from metrix.index.store import GalleryIndex, GalleryIndexError, Hit
@@ -22,7 +23,7 @@ from metrix.index.store import GalleryIndex, GalleryIndexError, Hit
 from .access import Access
 from .api import image_url
 from .batching import Batcher
-from .search import explain_match, run_query
+from .search import explain_match, public_location, run_query
 
 log = logging.getLogger("metrix.app")
 PROMPT = "Upload or paste a photo to search the gallery."
@@ -57,7 +58,7 @@ def header(index: GalleryIndex) -> str:
     kind = params["type"] + (f" ({setting}, recall@10 {params['recall_at_10']:.3f})" if setting else "")
     return (
         f"## Metrix image search\n"
-        f"**{len(index):,} images** from `{manifest['gallery_root']}` · model **{model['backbone']}** "
+        f"**{len(index):,} images** from `{public_location(manifest['gallery_root'])}` · model **{model['backbone']}** "
         f"({model['loss']}, mixup {model['mixup']}, {model['embedding_size']}-d, weights "
         f"`{model['weights_sha256'][:12]}`) · index {kind} ({index.generation}) · built {manifest['updated']}"
         f" · [near-duplicates](duplicates)"
@@ -163,6 +164,8 @@ class Page:
             return [], f"That query cannot be searched: {error.reason}.", []
         except (ValueError, GalleryIndexError) as error:
             return [], f"That search cannot be run: {error}.", []
+        except IndexUnavailable as error:
+            return [], f"The server cannot search now: {error}.", []
         except Exception:  # never show a stack trace in the UI; the server log has it
             log.exception("search failed")
             return [], "The search failed on the server; the log says why.", []
@@ -271,7 +274,7 @@ class Page:
                 box = parse_box(box_text) if box_text and box_text.strip() else None
                 _, explanation = explain_match(self.live, query["name"], query["data"], box, hit["id"])
                 why = heatmaps(hit, explanation)
-            except (LookupError, ModelError, ValueError) as error:
+            except (LookupError, ModelError, ValueError, IndexUnavailable) as error:
                 why = f"<p>No heat map: {html.escape(str(error.args[0] if error.args else error))}.</p>"
             except Exception:
                 log.exception("explaining a match failed")
@@ -282,9 +285,11 @@ class Page:
         """Search with a result: read from the gallery on the server (the page only has its URL)."""
         if not hit:
             return gr.skip(), None, {}, None, [], PROMPT, []
-        source = self.live.snapshot().index.source
         try:
+            source = self.live.snapshot().index.source
             query = new_query(source.name(hit["path"]), source.read(hit["path"]))
+        except IndexUnavailable as error:
+            return gr.skip(), None, {}, None, [], f"The server cannot search now: {error}.", []
         except OSError as error:
             return gr.skip(), None, {}, None, [], f"{hit['path']} cannot be read: {error.strerror or error}.", []
         except ImageDecodeError as error:
@@ -292,5 +297,8 @@ class Page:
         return (query["preview"], query, {}, None, *self.search(query, "", k, labels, prefix, {}, request))
 
     def on_load(self):
-        index = self.live.snapshot().index
+        try:
+            index = self.live.snapshot().index
+        except IndexUnavailable as error:
+            return f"## Metrix image search\n\nThe server cannot search now: {error}.", gr.Dropdown(choices=[])
         return header(index), gr.Dropdown(choices=label_choices(index))

@@ -8,15 +8,34 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from metrix.index.live import LiveIndex
+from metrix.export.runtime import ModelError
+from metrix.index.live import LiveIndex, Snapshot
 from metrix.index.query import Refinement, explain_hit, search_image
-from metrix.index.store import REBUILD_HINT, Hit
+from metrix.index.store import REBUILD_HINT, Answer, Hit
 
 from .batching import Batcher, one_search_thread
 
 DEFAULT_K, MAX_K = 8, 50
 #: Larger uploads are refused (HTTP 413) before they are decoded.
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+
+
+def public_location(root: str) -> str:
+    """Where the gallery lives, as a client may be told: an object store URL as it is, a folder by its
+    name only (the server's folders are none of a client's business)."""
+    return root if "://" in root else Path(root).name
+
+
+def public_model(model: dict) -> dict:
+    """The index's model record with its files and training folder named, not their server paths."""
+    public = dict(model)
+    for key in ("path", "checkpoint"):
+        if public.get(key):
+            public[key] = Path(public[key]).name
+    if ":" in public.get("training_data", ""):  # "name:root" (export/runtime.py ModelMetadata)
+        name, root = public["training_data"].split(":", 1)
+        public["training_data"] = f"{name}:{public_location(root)}"
+    return public
 
 
 @dataclass
@@ -49,15 +68,18 @@ def run_query(
     batcher: Batcher | None = None,
 ) -> Result:
     """Raises metrix.images.ImageDecodeError for an upload that is not a usable image (or box),
-    GalleryIndexError for a feedback mark that is not in the index. With a `batcher`, the same
-    answer, embedded and searched together with the queries that arrive with it."""
+    GalleryIndexError for a feedback mark that is not in the index, IndexUnavailable when no
+    generation verifies (LiveIndex.answer). With a `batcher`, the same answer, embedded and
+    searched together with the queries that arrive with it."""
     start = time.perf_counter()
-    snapshot = live.snapshot()
-    if batcher is None:
-        one_search_thread()
-        answer = search_image(snapshot.index, snapshot.embedder, name, k, data, refinement)
-    else:
-        answer = batcher.search(snapshot, name, k, data, refinement)
+
+    def query(snapshot: Snapshot) -> tuple[Snapshot, Answer]:
+        if batcher is None:
+            one_search_thread()
+            return snapshot, search_image(snapshot.index, snapshot.embedder, name, k, data, refinement)
+        return snapshot, batcher.search(snapshot, name, k, data, refinement)
+
+    snapshot, answer = live.answer(query)
     if not refinement.search_filter:  # a filtered search is exact already
         live.recall.offer(snapshot.index, answer.vector)
     return Result(
@@ -71,6 +93,12 @@ def run_query(
 
 
 def explain_match(live: LiveIndex, name: str | Path, data: bytes | None, box, image_id: int):
-    """index.query.explain_hit on the current generation."""
-    snapshot = live.snapshot()
-    return explain_hit(snapshot.index, snapshot.embedder, name, data, box, image_id)
+    """index.query.explain_hit on the generation served."""
+
+    def explain(snapshot: Snapshot):
+        try:
+            return explain_hit(snapshot.index, snapshot.embedder, name, data, box, image_id)
+        except ModelError as error:  # it names the model's file: the server's business, not the client's
+            raise ModelError(str(error).replace(str(snapshot.embedder.path), "the model served")) from None
+
+    return live.answer(explain)

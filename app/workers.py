@@ -4,7 +4,9 @@ uvicorn's own supervisor (uvicorn.supervisors.Multiprocess) binds the socket onc
 worker processes that accept from it; it restarts a worker that dies and, on SIGTERM or SIGINT,
 stops them all gracefully. Each worker opens the index itself, memory-mapped read-only (so the
 vectors are in memory once, in the page cache, not N times) and follows its CURRENT generation
-with its own LiveIndex watcher. Every response names the worker's pid in `X-Metrix-Worker`.
+with its own LiveIndex watcher, which also re-checks the served generation's files (a worker
+that finds them damaged serves the newest generation that verifies). Every response names the
+worker's pid in `X-Metrix-Worker`.
 
 The page is not served by the workers (app/api_app.py says why); `page_port` serves it, with its
 own copy of the API for its result images, from one more server in the supervising process.
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
-from metrix.index.live import LiveIndex
+from metrix.index.live import DEFAULT_VERIFY_INTERVAL, LiveIndex
 
 from .access import Access
 from .api_app import limit_malloc_arenas, make_api, page_elsewhere, tag_responses
@@ -46,13 +48,14 @@ class ApiOptions:
     batch_wait_ms: float = DEFAULT_WAIT_MS
     max_batch: int = DEFAULT_MAX_BATCH
     page_at: str | None = None  # where the page is served, for the API's answer at /
+    verify_interval: float = DEFAULT_VERIFY_INTERVAL  # seconds between checksum verifications (index/live.py)
 
 
 def open_api(options: ApiOptions, header: str, value: str):
     """The API app of one process, its responses tagged with `header`: `value`; the index opened
     memory-mapped, and followed from the app's startup to its shutdown."""
     limit_malloc_arenas()
-    live = LiveIndex(options.index, options.model, mmap=True)
+    live = LiveIndex(options.index, options.model, mmap=True, verify_interval=options.verify_interval)
     batcher = Batcher(options.batch_wait_ms, options.max_batch) if options.max_batch != 1 else None
 
     @asynccontextmanager

@@ -379,7 +379,7 @@ def main() -> None:
     args.model = (args.model or default_model()).resolve()
     work = args.work or Path(tempfile.mkdtemp(prefix="metrix-compare-"))
     work.mkdir(parents=True, exist_ok=True)
-    from metrix.training.report import cpu_name
+    from metrix.machine import cpu_name
 
     result = {
         "command": shlex.join(["bench/autofaiss_compare.py", *sys.argv[1:]]),

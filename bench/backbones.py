@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ AT_224 = ("vit_small_patch14_dinov2.lvd142m@224", "vit_base_patch14_dinov2.lvd14
 def speed(name: str, batch: int, repeats: int) -> dict:
     from metrix.backbones import TIMM_PREFIX, create_backbone, local_weights
     from metrix.export.onnx_export import export_backbone
+    from metrix.export.quantize import ms_per_image
     from metrix.export.runtime import load_embedder
 
     name, _, size = name.partition("@")  # NAME@SIZE: at another input size than its own
@@ -49,12 +49,7 @@ def speed(name: str, batch: int, repeats: int) -> dict:
         images = np.random.default_rng(0).integers(
             0, 256, (batch, metadata.image_size, metadata.image_size, 3), dtype=np.uint8
         )
-        embedder.embed(images)
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            embedder.embed(images)
-            times.append(time.perf_counter() - started)
+        ms = ms_per_image(embedder, images, repeats)
     backbone = create_backbone(full, pretrained=False)
     return {
         "backbone": full,
@@ -63,7 +58,7 @@ def speed(name: str, batch: int, repeats: int) -> dict:
         "image_size": metadata.image_size,
         "embedding": metadata.embedding_size,
         "onnx_mb": round(size_mb, 1),
-        "images_per_s": round(batch / statistics.median(times), 2),
+        "images_per_s": round(1000 / ms, 2),
         "export_s": round(export_seconds, 1),
         "parity": [str(p) for p in parity],
     }
@@ -99,7 +94,7 @@ def floor(name: str, data_root: str) -> dict:
 
 def main() -> None:
     from metrix.backbones.timm_backbone import RECOMMENDED
-    from metrix.training.report import cpu_name
+    from metrix.machine import cpu_name
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbones", nargs="*", default=[*OFFLINE, *RECOMMENDED, *AT_224])

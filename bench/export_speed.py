@@ -30,8 +30,8 @@ from metrix.export.onnx_export import ImageEmbedder, check_parity, save_checked,
 from metrix.export.quantize import CALIBRATION_IMAGES, quantize_int8
 from metrix.export.runtime import load_embedder, preprocess
 from metrix.images import open_rgb
+from metrix.machine import cpu_name
 from metrix.training.checkpoint import build_model, load_checkpoint
-from metrix.training.report import cpu_name
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ import numpy as np
 from metrix.evaluation.metrics import evaluate_retrieval
 from metrix.export.runtime import embed_files, load_embedder
 from metrix.index.feedback import rocchio
-from metrix.training.report import cpu_name
+from metrix.machine import cpu_name
 
 SHOWN = 8
 BETAS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)

@@ -25,7 +25,7 @@ import numpy as np
 from metrix.index.filters import SearchFilter, matching_ids, search_subset
 from metrix.index.store import SCHEMA
 from metrix.index.vectors import flat_index, ivf_index, tune_nprobe
-from metrix.training.report import cpu_name
+from metrix.machine import cpu_name
 
 LABELS = 1000
 SHARES = (0.001, 0.01, 0.1, 1.0)

@@ -23,11 +23,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from metrix.datasets import load_image_folder
 from metrix.losses import build_loss
+from metrix.machine import cpu_name
 from metrix.mixup import Metrix
 from metrix.model import BFloat16Features, EmbeddingModel, freeze_batchnorm
 from metrix.training.decoded_images import DecodedImages
 from metrix.training.image_dataset import ImageDataset
-from metrix.training.report import cpu_name
 from metrix.transforms import train_transform
 
 

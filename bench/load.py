@@ -231,7 +231,7 @@ def _served_recall(base: str) -> dict | None:
 
 
 def machine() -> dict:
-    from metrix.training.report import cpu_name
+    from metrix.machine import cpu_name
 
     return {"cpu": cpu_name(), "cores": os.cpu_count(), "load_average_at_start": os.getloadavg()}
 

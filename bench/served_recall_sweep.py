@@ -31,7 +31,7 @@ def main() -> None:
     import faiss
 
     from metrix.index.store import open_index
-    from metrix.training.report import cpu_name
+    from metrix.machine import cpu_name
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True)

@@ -32,9 +32,9 @@ from pathlib import Path
 from metrix.datasets import load_image_folder
 from metrix.evaluation.metrics import evaluate_retrieval
 from metrix.evaluation.run import evaluate_run
+from metrix.machine import cpu_name
 from metrix.training.config import resolve_config
 from metrix.training.embedding import embed_samples
-from metrix.training.report import cpu_name
 from metrix.training.trainer import train
 
 METRICS = ("recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8", "map_at_r")

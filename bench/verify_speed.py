@@ -21,7 +21,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from metrix.training.report import cpu_name
+from metrix.machine import cpu_name
 
 CHUNK = 16 * 2**20
 

@@ -54,6 +54,7 @@ class ModelMetadata:
     opset: int = 0
     labels: str = "folder"  # what the model trained with: folder (classes), instances, clusters; "" untrained
     flip: bool | None = None  # whether training flipped images left to right; None untrained
+    int8: dict | None = None  # an int8 model's form and check (export/quantize.py int8_record)
 
     @property
     def training_path(self) -> str:
@@ -134,13 +135,18 @@ def file_sha256(path: Path | str) -> str:
     return digest.hexdigest()
 
 
-def session_options(threads: int | None = None):
+def session_options(threads: int | None = None, reference: bool = False):
     """CPU settings made explicit: all graph optimisations, `threads` intra-op threads (default:
-    the cores this process may use), one inter-op thread (the graph is a chain)."""
+    the cores this process may use), one inter-op thread (the graph is a chain). `reference`: no
+    graph optimisation, so an int8 model's QuantizeLinear/DequantizeLinear pairs run as written
+    around float operators instead of being fused into integer kernels: the model's definition,
+    which no CPU's integer arithmetic can change (slower; export/quantize.py checks against it)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_DISABLE_ALL if reference else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    )
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
     options.inter_op_num_threads = 1
@@ -194,8 +200,9 @@ def read_metadata(path: Path | str) -> ModelMetadata:
     return ModelMetadata.from_props({p.key: p.value for p in model.metadata_props}, path)
 
 
-def load_embedder(path: Path | str, threads: int | None = None, gpu: bool = False) -> Embedder:
-    """`gpu`: run on CUDA where this onnxruntime build has the provider (onnxruntime-gpu), else the CPU."""
+def load_embedder(path: Path | str, threads: int | None = None, gpu: bool = False, reference: bool = False) -> Embedder:
+    """`gpu`: run on CUDA where this onnxruntime build has the provider (onnxruntime-gpu), else the
+    CPU. `reference`: the graph as written (session_options)."""
     import onnxruntime as ort
 
     path = Path(path)
@@ -205,10 +212,15 @@ def load_embedder(path: Path | str, threads: int | None = None, gpu: bool = Fals
     if gpu and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
     try:
-        session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
+        session = ort.InferenceSession(str(path), session_options(threads, reference), providers=providers)
     except Exception as error:  # onnxruntime raises its own exception types
         raise ModelError(f"{path}: onnxruntime cannot load it ({str(error).splitlines()[0]})") from None
-    return Embedder(path, session, ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map, path))
+    metadata = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map, path)
+    if not reference:
+        from .quantize import warn_if_unverified
+
+        warn_if_unverified(path, metadata)
+    return Embedder(path, session, metadata)
 
 
 def embed_files(embedder: Embedder, paths: list[Path], batch_size: int = 32) -> np.ndarray:

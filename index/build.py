@@ -21,8 +21,9 @@ from metrix.files import write_atomically
 from metrix.progress import ProgressBar
 
 from .choose import check_target, plan_with_choice, planned_index
-from .errors import write_fault
+from .errors import IndexIntegrityError, write_fault
 from .gallery import GalleryFile
+from .integrity import build_command
 from .local_engine import embed_locally
 from .plan import human, plan_index
 from .source import open_source
@@ -35,6 +36,7 @@ from .store import (
     copy_rows,
     current_generation,
     open_index,
+    open_newest_verified,
     remove_uncommitted,
     write_generation,
 )
@@ -59,6 +61,7 @@ class BuildReport:
     seconds: float = 0.0
     index: dict = field(default_factory=dict)
     choice: str = ""  # why this build chose its index kind, when it measured candidates
+    recovered: str = ""  # which generation was damaged and which one this update started from
     failed: list[tuple[str, str]] = field(default_factory=list)
 
     def summary(self, most_failures: int = 20) -> list[str]:
@@ -73,6 +76,8 @@ class BuildReport:
         if "estimated_bytes" in index:
             kind += f"; about {human(index['estimated_bytes'])} of RAM"
         lines = [f"{self.index_dir}: {self.count} images ({kind}), generation {self.generation}"]
+        if self.recovered:
+            lines.append(f"  {self.recovered}")
         if self.choice:
             lines.append(f"  {self.choice}")
         target = index.get("target_recall", TARGET_RECALL)
@@ -206,10 +211,13 @@ def _update(
     report: BuildReport,
     retune: bool = False,
 ) -> None:
-    """The build under its lock: the diff against the current generation, the embedding of what is
-    new, and the commit of a new generation (none when nothing changed)."""
+    """The build under its lock: the diff against the current generation (or the newest that
+    verifies, where it does not), the embedding of what is new, and the commit of a new generation
+    (none when nothing changed)."""
     remove_uncommitted(index_dir)
-    old = None if rebuild or current_generation(index_dir) is None else open_index(index_dir)
+    old, damaged = None, []
+    if not rebuild and current_generation(index_dir) is not None:
+        old, damaged = _base(index_dir, source.root, model, report)
     if old is not None:
         _check_same_build(old, source.root, embedder.metadata)
     requested, max_memory, target = _remembered(old, index_type, max_memory, target)
@@ -242,7 +250,7 @@ def _update(
         planned = plan_with_choice(count, dim, requested, max_memory, target, old.manifest["index"] if old else None)
         plan, old_kind = planned.plan, old.manifest["index"]["kind"] if old else None
         unchanged = next_id == first_id and not removed_ids and not touched
-        nothing_to_do = old is not None and unchanged and plan.kind == old_kind and not retune
+        nothing_to_do = old is not None and unchanged and plan.kind == old_kind and not retune and not damaged
         if nothing_to_do:
             report.generation, report.count, report.index = old.generation, len(old), old.manifest["index"]
         else:
@@ -258,6 +266,7 @@ def _update(
                 _manifest(old, source.root, embedder, params, report.count, next_id),
                 staging if full is not None else None,
                 keep,
+                damaged,
             )
     finally:
         if database is not None:
@@ -267,6 +276,29 @@ def _update(
         spool.close()
         if old is not None:
             old.close()
+
+
+def _base(index_dir: Path, root: str, model, report: BuildReport) -> tuple:
+    """(the generation an update starts from, the damaged generations the commit removes): the
+    current one, or where it fails verification, the newest before it that verifies, which
+    report.recovered names. GalleryIndexError naming the command that re-embeds the gallery when
+    none verifies."""
+    try:
+        return open_index(index_dir), []
+    except IndexIntegrityError as damage:
+        old, failed = open_newest_verified(index_dir, skip={damage.generation})
+        if old is None:
+            known = {"gallery_root": root, "model": {"path": str(Path(model).resolve())}}
+            again = build_command(index_dir, known, rebuild=True)
+            raise GalleryIndexError(
+                f"{index_dir / damage.generation} is damaged ({damage.reason}) and no generation before it "
+                f"verifies; re-embed the gallery with {again}"
+            ) from None
+        report.recovered = (
+            f"{damage.generation} is damaged ({damage.reason}); updated from {old.generation}, the newest "
+            "generation that verifies"
+        )
+        return old, [damage.generation, *(error.generation for error in failed)]
 
 
 def _remembered(old, index_type, max_memory, target) -> tuple:

@@ -213,7 +213,9 @@ def _copies(index: GalleryIndex, embedder, sample: np.ndarray, rng) -> tuple[dic
             )
         cosines += (embedder.embed(np.stack(batch)) @ index.vectors([image_id])[0]).tolist()
     if not made:
-        raise ValueError(f"{index.dir}: none of the {len(sample)} images sampled to calibrate could be read")
+        raise ValueError(
+            f"{index.generation}: none of the {len(sample)} gallery images sampled to calibrate could be read"
+        )
     return made, cosines
 
 

@@ -217,7 +217,7 @@ def _pairs(index: GalleryIndex, threshold: float, block: int):
     """(ids, ids, similarities) of the pairs at >= threshold, one block of query images at a time;
     a similarity outside the cosine range stops the search (index/integrity.py)."""
     for a, b, similarity in _candidate_pairs(index, threshold, block):
-        check_scores(similarity, b, index.dir / index.generation / INDEX_FILE)
+        check_scores(similarity, b, index.dir / index.generation / INDEX_FILE, index.manifest)
         yield a, b, similarity
 
 

@@ -13,7 +13,18 @@ class GalleryIndexError(ValueError):
 
 class IndexIntegrityError(GalleryIndexError):
     """A generation whose files are not what its build wrote (a bad disk, a bad copy, a half-synced
-    volume): never searched. The message names the file that failed."""
+    volume): never searched. The message names the file that failed and what repairs the index;
+    `reason` says the same without any folder (what a server may tell its clients), and
+    `generation` names the generation it is in."""
+
+    def __init__(self, path: Path, problem: str, repair: str):
+        super().__init__(f"{path}: {problem}; {repair}")
+        self.generation, self.reason = Path(path).parent.name, f"{Path(path).name}: {problem}"
+
+
+class IndexUnavailable(RuntimeError):
+    """A served index with no generation that verifies: nothing can be answered until a build
+    repairs it. The message names generations, never a folder (a server answers it with 503)."""
 
 
 #: errno of a write that failed for want of room or rights, and what to tell the user

@@ -1,5 +1,6 @@
 """Checksums of a generation's files: written at commit, verified whenever a generation is opened
-(`metrix search`, `metrix serve` at start and at every switch) and by `metrix index verify`.
+(`metrix search`, `metrix serve` at start and at every switch), again in the background while it
+is served (index/guard.py) and by `metrix index verify`.
 
 The manifest lists every other file of its generation with its size and CRC32, and carries the
 CRC32 of its own canonical JSON; it must also be byte for byte the text that was written, so a
@@ -12,6 +13,7 @@ read (docs/index.md has the measured cost).
 from __future__ import annotations
 
 import json
+import shlex
 import zlib
 from pathlib import Path
 
@@ -48,6 +50,23 @@ def manifest_text(manifest: dict) -> str:
     return json.dumps({**body, "checksum": f"{zlib.crc32(_canonical(body)):08x}"}, indent=1, ensure_ascii=False)
 
 
+def build_command(index_dir: Path, manifest: dict | None = None, rebuild: bool = False) -> str:
+    """The `metrix build-index` command that updates (or with `rebuild`, re-embeds) the index in
+    `index_dir`, with its gallery and model where the manifest gives them."""
+    manifest = manifest or {}
+    gallery, model = manifest.get("gallery_root", "GALLERY"), manifest.get("model", {}).get("path", "MODEL")
+    words = ["metrix", "build-index", gallery, "--model", model, "--out", str(index_dir)]
+    return "`" + shlex.join(words + ["--rebuild"] * rebuild) + "`"
+
+
+def repair(folder: Path, manifest: dict | None = None) -> str:
+    """What to run about a damaged generation in `folder`."""
+    return (
+        f"{build_command(folder.parent, manifest)} updates the index from the newest generation that verifies "
+        f"(`metrix index verify {shlex.quote(str(folder.parent))}` lists them)"
+    )
+
+
 def read_manifest(path: Path) -> dict:
     """The manifest at `path`, checked against its own checksum when it has one (an index built
     before checksums has none: see `verified`)."""
@@ -55,11 +74,11 @@ def read_manifest(path: Path) -> dict:
     try:
         manifest = json.loads(raw)
     except (UnicodeDecodeError, ValueError):
-        raise IndexIntegrityError(f"{path}: not valid JSON: the file is damaged; rebuild the index") from None
+        raise IndexIntegrityError(path, "not valid JSON: the file is damaged", repair(path.parent)) from None
     if not isinstance(manifest, dict):
-        raise IndexIntegrityError(f"{path}: not a manifest: the file is damaged; rebuild the index")
+        raise IndexIntegrityError(path, "not a manifest: the file is damaged", repair(path.parent))
     if "checksum" in manifest and manifest_text(manifest).encode() != raw:
-        raise IndexIntegrityError(f"{path}: does not match its checksum: the file is damaged; rebuild the index")
+        raise IndexIntegrityError(path, "does not match its checksum: the file is damaged", repair(path.parent))
     return manifest
 
 
@@ -75,23 +94,25 @@ def verify_files(folder: Path, manifest: dict) -> None:
         try:
             size = path.stat().st_size
         except FileNotFoundError:
-            raise IndexIntegrityError(f"{path}: missing from its generation; rebuild the index") from None
+            raise IndexIntegrityError(path, "missing from its generation", repair(folder, manifest)) from None
         if size != entry["bytes"]:
-            raise IndexIntegrityError(
-                f"{path}: {size:,} bytes, but {entry['bytes']:,} were written: the file is "
-                "truncated or damaged; rebuild the index"
-            )
+            problem = f"{size:,} bytes, but {entry['bytes']:,} were written: the file is truncated or damaged"
+            raise IndexIntegrityError(path, problem, repair(folder, manifest))
         if crc32_of(path) != entry["crc32"]:
-            raise IndexIntegrityError(f"{path}: does not match its checksum: the file is damaged; rebuild the index")
+            raise IndexIntegrityError(
+                path, "does not match its checksum: the file is damaged", repair(folder, manifest)
+            )
 
 
-def check_scores(scores: np.ndarray, ids: np.ndarray, index_file: Path) -> None:
+def check_scores(scores: np.ndarray, ids: np.ndarray, index_file: Path, manifest: dict | None = None) -> None:
     """A cosine outside [-1, 1] (beyond rounding) comes from damaged data, never from a search.
     Places without a result (id -1) are not scores."""
     real = scores[ids >= 0]
     bad = real[~np.isfinite(real) | (np.abs(real) > MAX_ABS_SCORE)]
     if bad.size:
+        problem = f"a search scored {bad[0]:.6g}, outside the cosine range [-1, 1]: the index is damaged"
+        folder = index_file.parent
+        again = build_command(folder.parent, manifest, rebuild=True)
         raise IndexIntegrityError(
-            f"{index_file}: a search scored {bad[0]:.6g}, outside the cosine range [-1, 1]: "
-            "the index is damaged; rebuild it"
+            index_file, problem, f"{repair(folder, manifest)}; where every generation verifies, re-embed with {again}"
         )

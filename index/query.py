@@ -118,7 +118,7 @@ def explain_hit(index: GalleryIndex, embedder, name: str | Path, data: bytes | N
 
     row = index.rows([image_id]).get(image_id)
     if row is None:
-        raise LookupError(f"image {image_id}: not in {index.dir} ({index.generation})")
+        raise LookupError(f"image {image_id}: not in the index ({index.generation})")
     hit = Hit(image_id, 0.0, *row)
     if (reason := index.stale(hit)) is not None:
         raise LookupError(f"{hit.path}: {reason} since indexing; {REBUILD_HINT}")

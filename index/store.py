@@ -11,9 +11,10 @@ gen-NNNNNN and only then replaces CURRENT (an atomic rename). A kill -9 at any m
 CURRENT naming a complete generation, and a reader that resolved CURRENT sees that generation's
 three files, never a mix of two builds. The manifest records the size and CRC32 of every other
 file and its own (index/integrity.py); a generation is verified whenever it is opened, and one
-that fails is never searched. The newest `keep` generations stay (by default the current one and
-the one before it, so a reader that opened that one just before a switch can finish); older ones
-are removed after each commit.
+that fails is never searched. A generation's files are read-only (0444) from its commit on: no
+one writes into a committed generation. The newest `keep` generations stay (by default the
+current one and the one before it, so a reader that opened that one just before a switch can
+finish); older ones are removed after each commit.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import numpy as np
 from metrix.files import fsync_path, write_atomically
 
 from .errors import GalleryIndexError, IndexIntegrityError
-from .integrity import check_scores, file_entries, manifest_text, read_manifest, verified, verify_files
+from .guard import FileGuard, file_stats
+from .integrity import build_command, check_scores, file_entries, manifest_text, read_manifest, verified, verify_files
 
 log = logging.getLogger("metrix.index")
 INDEX_FILE, METADATA_FILE, MANIFEST_FILE, CURRENT, REPORT_FILE = (
@@ -55,6 +57,8 @@ CREATE INDEX IF NOT EXISTS images_by_label ON images (label)"""
 COLUMNS = ("id", "path", "size", "mtime_ns", "sha256", "label", "width", "height")
 #: Generations kept on disk after a commit (build-index --keep): the new one and the one before it.
 DEFAULT_KEEP = 2
+#: A committed generation's files: read-only for everyone (the folder stays writable, for its removal).
+READ_ONLY = 0o444
 __all__ = ["GalleryIndexError", "IndexIntegrityError"]  # re-exported: most callers import them from here
 
 
@@ -91,10 +95,18 @@ class GalleryIndex:
     """One generation of an index, opened for searching."""
 
     def __init__(
-        self, index_dir: Path, generation: str, manifest: dict, index, database: sqlite3.Connection, full=None
+        self,
+        index_dir: Path,
+        generation: str,
+        manifest: dict,
+        index,
+        database: sqlite3.Connection,
+        full=None,
+        files: FileGuard | None = None,
     ):
         self.dir, self.generation, self.manifest, self.index, self.db = index_dir, generation, manifest, index, database
         self.full = full  # vectors.FullVectors of an IVF-PQ index (its exact re-rank), else None
+        self.files = files  # its files as verified at open (index/guard.py)
         self._source = None
 
     @property
@@ -141,7 +153,8 @@ class GalleryIndex:
             if want.get(key) != value:
                 raise GalleryIndexError(
                     f"{self.dir}: built with a model whose {key} is {want.get(key)!r}, this "
-                    f"model's is {value!r}; use the index's model, or re-embed with build-index --rebuild"
+                    f"model's is {value!r}; use the index's model, or re-embed the gallery with "
+                    + build_command(self.dir, {**self.manifest, "model": {"path": "NEW_MODEL"}}, rebuild=True)
                 )
 
     def search(self, vectors: np.ndarray, k: int = 10, only: np.ndarray | None = None) -> list[list[Hit]]:
@@ -164,7 +177,7 @@ class GalleryIndex:
             scores, ids = search(self.index, vectors, k, self.manifest["index"]["ef_search"])
         else:
             scores, ids = self.index.search(vectors, k)
-        check_scores(scores, ids, self.dir / self.generation / INDEX_FILE)
+        check_scores(scores, ids, self.dir / self.generation / INDEX_FILE, self.manifest)
         rows = self.rows(int(i) for i in np.unique(ids) if i >= 0)
         return [
             [Hit(int(i), float(s), *rows[int(i)]) for s, i in zip(sc, row) if i >= 0] for sc, row in zip(scores, ids)
@@ -210,7 +223,7 @@ class GalleryIndex:
             try:
                 out[row] = self.index.reconstruct(int(i))
             except RuntimeError:  # faiss: "key not found"
-                raise KeyError(f"id {int(i)} is not in {self.dir} ({self.generation})") from None
+                raise KeyError(f"id {int(i)} is not in the index ({self.generation})") from None
         return out
 
     def labels(self) -> list[tuple[str, int]]:
@@ -246,13 +259,7 @@ def current_generation(index_dir: Path) -> str | None:
 
 
 def open_index(index_dir: Path | str, metadata=None, mmap: bool = False) -> GalleryIndex:
-    """The current generation, its files verified against their checksums; with a model's
-    metadata, also checks it is the index's model. `mmap`: the faiss index memory-mapped read-only
-    (faiss's IO_FLAG_MMAP_IFC: the flat codes of IDMap2,Flat and HNSW, the inverted lists of IVF and
-    IVF-PQ), so that processes serving one generation share its pages; it must never be written to
-    (faiss would fault), which serving never does."""
-    import faiss
-
+    """The current generation, opened by open_generation."""
     index_dir = Path(index_dir)
     for attempt in range(3):  # a build may remove the generation between reading CURRENT and opening it
         generation = current_generation(index_dir)
@@ -260,27 +267,42 @@ def open_index(index_dir: Path | str, metadata=None, mmap: bool = False) -> Gall
             raise GalleryIndexError(
                 f"{index_dir}: no index here (no {CURRENT} file); build one with `metrix build-index`"
             )
-        folder = index_dir / generation
         try:
-            manifest = read_manifest(folder / MANIFEST_FILE)
-            verify_files(folder, manifest)
-            flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0
-            index = faiss.read_index(str(folder / INDEX_FILE), flags)
-            database = sqlite3.connect(f"file:{folder / METADATA_FILE}?mode=ro", uri=True, check_same_thread=False)
-            break
+            return open_generation(index_dir, generation, metadata, mmap)
         except FileNotFoundError:
             if attempt == 2:
                 raise GalleryIndexError(
-                    f"{folder}: generation vanished while opening it; is a build deleting it?"
+                    f"{index_dir / generation}: generation vanished while opening it; is a build deleting it?"
                 ) from None
-        except GalleryIndexError:
-            raise
-        except (ValueError, RuntimeError, sqlite3.Error) as error:
-            raise GalleryIndexError(f"{folder}: unreadable index ({str(error).splitlines()[0]})") from None
+
+
+def open_generation(index_dir: Path, generation: str, metadata=None, mmap: bool = False) -> GalleryIndex:
+    """A generation, its files verified against their checksums; with a model's metadata, also
+    checks it is the index's model. `mmap`: the faiss index memory-mapped read-only (faiss's
+    IO_FLAG_MMAP_IFC: the flat codes of IDMap2,Flat and HNSW, the inverted lists of IVF and
+    IVF-PQ), so that processes serving one generation share its pages; it must never be written to
+    (faiss would fault), which serving never does. FileNotFoundError when the folder is gone."""
+    import faiss
+
+    folder = Path(index_dir) / generation
+    stats = file_stats(folder)  # before verifying: a change from here on is seen by the guard
+    try:
+        manifest = read_manifest(folder / MANIFEST_FILE)
+        verify_files(folder, manifest)
+        flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if mmap else 0
+        index = faiss.read_index(str(folder / INDEX_FILE), flags)
+        database = sqlite3.connect(f"file:{folder / METADATA_FILE}?mode=ro", uri=True, check_same_thread=False)
+    except GalleryIndexError:
+        raise
+    except (ValueError, RuntimeError, sqlite3.Error) as error:
+        raise GalleryIndexError(f"{folder}: unreadable index ({str(error).splitlines()[0]})") from None
     if not verified(manifest):
         log.warning("%s: built before checksums, so it cannot be verified; the next build-index adds them", folder)
     if manifest.get("format") != FORMAT:
-        raise GalleryIndexError(f"{folder}: index format {manifest.get('format')!r} is not {FORMAT!r}; rebuild it")
+        raise GalleryIndexError(
+            f"{folder}: index format {manifest.get('format')!r} is not {FORMAT!r}; rebuild it with "
+            + build_command(Path(index_dir), manifest, rebuild=True)
+        )
     if "nprobe" in manifest["index"]:
         faiss.extract_index_ivf(index).nprobe = manifest["index"]["nprobe"]
     if "ef_search" in manifest["index"]:
@@ -293,10 +315,29 @@ def open_index(index_dir: Path | str, metadata=None, mmap: bool = False) -> Gall
             full = FullVectors.open(folder)
         except (OSError, ValueError) as error:
             raise GalleryIndexError(f"{folder}: unreadable full vectors ({str(error).splitlines()[0]})") from None
-    opened = GalleryIndex(index_dir, generation, manifest, index, database, full)
+    files = FileGuard(folder, manifest, MANIFEST_FILE, stats)
+    opened = GalleryIndex(Path(index_dir), generation, manifest, index, database, full, files)
     if metadata is not None:
         opened.check_model(metadata)
     return opened
+
+
+def open_newest_verified(
+    index_dir: Path, skip=(), mmap: bool = False
+) -> tuple[GalleryIndex | None, list[IndexIntegrityError]]:
+    """The newest committed generation (up to CURRENT's) not in `skip` that verifies, opened (None
+    when none does), and the integrity errors of the newer ones that did not."""
+    current, damaged = _number(current_generation(index_dir)), []
+    for generation in reversed(generations(index_dir)):
+        if generation in skip or _number(generation) > current:
+            continue
+        try:
+            return open_generation(index_dir, generation, mmap=mmap), damaged
+        except IndexIntegrityError as error:
+            damaged.append(error)
+        except (FileNotFoundError, GalleryIndexError) as error:  # removed meanwhile, or unreadable
+            log.warning("%s: cannot open it: %s", index_dir / generation, error)
+    return None, damaged
 
 
 def open_with_model(index_dir: Path | str, model: Path | str | None = None, mmap: bool = False):
@@ -317,11 +358,13 @@ def write_generation(
     manifest: dict,
     vectors_folder: Path | None = None,
     keep: int = DEFAULT_KEEP,
+    damaged=(),
 ) -> str:
-    """Write a complete new generation and make it current; returns its name.
+    """Write a complete new generation, its files read-only, and make it current; returns its name.
     `rows_database` is a finished SQLite file, moved into the generation, as are the files of
     `vectors_folder` (an IVF-PQ index's full vectors). Any failure removes the staging folder and
-    leaves CURRENT as it was; after the commit, only the newest `keep` generations stay."""
+    leaves CURRENT as it was; after the commit, the `damaged` generations are removed and only the
+    newest `keep` of the others stay."""
     import faiss
 
     previous = current_generation(index_dir)
@@ -338,9 +381,11 @@ def write_generation(
                 files.append(file.name)
             vectors_folder.rmdir()
         for file in files:
+            os.chmod(tmp / file, READ_ONLY)
             fsync_path(tmp / file)
         entries = file_entries(tmp, files)
         (tmp / MANIFEST_FILE).write_text(manifest_text({**manifest, "generation": name, "files": entries}))
+        os.chmod(tmp / MANIFEST_FILE, READ_ONLY)
         fsync_path(tmp / MANIFEST_FILE)
         fsync_path(tmp)
         os.replace(tmp, index_dir / name)
@@ -348,7 +393,7 @@ def write_generation(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     write_atomically(index_dir / CURRENT, name)
-    remove_old_generations(index_dir, keep)
+    remove_old_generations(index_dir, keep, damaged)
     return name
 
 
@@ -372,11 +417,12 @@ def generations(index_dir: Path) -> list[str]:
     return sorted(e.name for e in Path(index_dir).iterdir() if e.is_dir() and e.name.startswith("gen-"))
 
 
-def remove_old_generations(index_dir: Path, keep: int) -> None:
-    """All but the newest `keep` generations up to the current one (at least the current one)."""
+def remove_old_generations(index_dir: Path, keep: int, damaged=()) -> None:
+    """The `damaged` generations, and all but the newest `keep` of the others up to the current one
+    (at least the current one). The folders are writable, so their read-only files go too."""
     current = _number(current_generation(index_dir))
-    committed = [g for g in generations(index_dir) if _number(g) <= current]
-    for generation in committed[: -max(1, keep)]:
+    committed = [g for g in generations(index_dir) if _number(g) <= current and g not in damaged]
+    for generation in [*damaged, *committed[: -max(1, keep)]]:
         shutil.rmtree(index_dir / generation, ignore_errors=True)
 
 

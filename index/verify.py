@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import GalleryIndexError
-from .integrity import read_manifest, verified, verify_files
+from .integrity import build_command, read_manifest, verified, verify_files
 from .store import CURRENT, INDEX_FILE, MANIFEST_FILE, METADATA_FILE, current_generation, generations
 
 
@@ -38,7 +38,7 @@ def verify_index(index_dir: Path | str) -> Verification:
             if not verified(manifest):
                 result.problems.append(
                     f"{folder / MANIFEST_FILE}: built before checksums, cannot be verified; "
-                    "rebuild with `metrix build-index --rebuild`"
+                    f"rebuild it with {build_command(index_dir, manifest, rebuild=True)}"
                 )
             verify_files(folder, manifest)
         except FileNotFoundError as error:

@@ -154,6 +154,7 @@ def test_serving_path_imports_no_torch(gallery_index):
     assert result.stdout.strip() == "False", result.stderr
 
 
+@pytest.mark.slow
 def test_metrix_serve_command(gallery_index):
     root, index_dir = gallery_index
     with serve_process(index_dir) as (url, process):
@@ -163,6 +164,7 @@ def test_metrix_serve_command(gallery_index):
     assert failed.returncode == 2 and "no index here" in failed.stderr
 
 
+@pytest.mark.slow
 def test_serving_to_the_network_without_access_control_warns(gallery_index):
     _, index_dir = gallery_index
     for env, warned in (({}, True), ({"METRIX_API_TOKEN": "t" * 24}, False)):
@@ -175,6 +177,7 @@ def test_serving_to_the_network_without_access_control_warns(gallery_index):
         assert ("with access control" in output) != warned, output
 
 
+@pytest.mark.slow
 def test_browser_upload_click_and_search_again(served, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC

@@ -223,6 +223,7 @@ def test_each_query_of_a_batch_is_answered_from_the_generation_it_started_on(tmp
     assert "ants/new.png" not in {h.path for h in answers[0].hits}
 
 
+@pytest.mark.slow
 def test_a_query_with_most_hits_left_out_is_searched_again_as_alone(tmp_path, tiny_model):
     root = tmp_path / "gallery"
     pictures = make_gallery(root, seed=950)

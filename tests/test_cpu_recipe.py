@@ -72,6 +72,7 @@ def test_config_rules():
         resolve_config(recipe="cpu", mixup="input")
 
 
+@pytest.mark.slow
 def test_frozen_stages_stay_frozen_and_the_tail_trains(tiny, tmp_path):
     root, _, model = tiny
     out = tmp_path / "run"

@@ -24,6 +24,8 @@ from metrix.mixup import Metrix
 from .test_metrix import TinySplitModel
 from .training_helpers import metrix_cli, tiny_dataset, write_config
 
+pytestmark = pytest.mark.slow  # the fast lane (pytest -m 'not slow') leaves these out
+
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 REPO = Path(__file__).resolve().parents[1]
 GRADIENT_ATOL = 1e-5

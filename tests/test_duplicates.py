@@ -285,6 +285,7 @@ def cli_json(index_dir: Path, threshold: float | None = PICTURE_THRESHOLD) -> di
     return json.loads(metrix_cli("duplicates", index_dir, *given, "--json").stdout)
 
 
+@pytest.mark.slow
 def test_command_finds_each_planted_group(pictures, tmp_path):
     root, index_dir, planted_groups = pictures
     result = cli_json(index_dir)
@@ -318,6 +319,7 @@ def test_command_finds_each_planted_group(pictures, tmp_path):
     assert all(path in page for group in planted_groups for path in group)
 
 
+@pytest.mark.slow
 def test_the_default_is_calibrated_on_the_gallery_and_confirms_each_pair(pictures, floor_model, tmp_path):
     """No threshold given: the thresholds come from the gallery's own edited copies, every pair is
     confirmed by the copy check, and the planted groups come out; the same pictures without their
@@ -418,6 +420,7 @@ def without_times_and_urls(result: dict) -> dict:
     return result
 
 
+@pytest.mark.slow
 def test_api_answers_what_the_command_prints(served, pictures, monkeypatch):
     from metrix.app import duplicates as service
 
@@ -504,6 +507,7 @@ def test_follows_a_rebuilt_index(pictures, floor_model, tmp_path):
         server.stop()
 
 
+@pytest.mark.slow
 def test_browser_from_the_search_page_to_the_groups_and_another_threshold(served, pictures, tmp_path):
     from selenium.common.exceptions import (
         ElementClickInterceptedException,

@@ -228,6 +228,7 @@ def evaluated(tiny_run, tmp_path_factory):
     return out, json.loads(metrix_cli("evaluate", tiny_run, "--floor", "--json").stdout)
 
 
+@pytest.mark.slow
 def test_cli_report_is_self_contained_with_the_metrics_of_evaluate(evaluated, tiny_run):
     from metrix.evaluation.run import embed_run
 
@@ -273,6 +274,7 @@ def test_cli_report_is_self_contained_with_the_metrics_of_evaluate(evaluated, ti
         assert tag not in ("link", "script", "iframe", "object", "embed")
 
 
+@pytest.mark.slow
 def test_cli_report_in_an_unwritable_place_fails_in_one_line(tiny_run, tmp_path):
     (tmp_path / "a-file").write_text("x")
     (tmp_path / "a-folder.html").mkdir()
@@ -286,6 +288,7 @@ def test_cli_report_in_an_unwritable_place_fails_in_one_line(tiny_run, tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["a-file", "a-folder.html"] and not os.listdir(tmp_path / "a-folder.html")
 
 
+@pytest.mark.slow
 def test_browser_report_images_chart_and_framed_rows(evaluated):
     from selenium.webdriver.common.by import By
 

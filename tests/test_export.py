@@ -17,7 +17,17 @@ from PIL import Image
 
 from metrix.cli.run_export import export_run
 from metrix.export import onnx_export
-from metrix.export.onnx_export import ExportError, ImageEmbedder, check_parity
+from metrix.export.cpu_kernels import int8_kernels
+from metrix.export.onnx_export import ExportError, ImageEmbedder, check_parity, verification_images
+from metrix.export.quantize import (
+    CALIBRATION_IMAGES,
+    DEFAULT_FORM,
+    MIN_FIDELITY,
+    UNSAFE_FORM,
+    agreement,
+    kernel_fidelity,
+    quantize_int8,
+)
 from metrix.export.runtime import ModelError, ModelMetadata, load_embedder, preprocess, read_metadata
 from metrix.images import open_rgb
 from metrix.training.checkpoint import CheckpointError, build_model, load_checkpoint
@@ -51,6 +61,7 @@ def _test_images(run, count):
     return [open_rgb(p) for p in paths[:: len(paths) // count][:count]]
 
 
+@pytest.mark.slow
 def test_metadata_describes_the_run(exported):
     checkpoint, stdout = exported
     embedder = load_embedder(checkpoint / "model.onnx")
@@ -114,13 +125,111 @@ def test_int8_model_is_quantised_and_measured(exported):
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     int8, fp32 = load_embedder(path), load_embedder(checkpoint / "model.onnx")
     assert int8.metadata.quantization == "int8" and int8.metadata.weights_sha256 == fp32.metadata.weights_sha256
-    line = next(line for line in stdout.splitlines() if line.strip().startswith("int8"))
-    assert "R@1 on folder data at" in line and "fp32" in line and "120 queries" in line
+    record = int8.metadata.int8
+    assert record["form"] == DEFAULT_FORM.name and record["verified_kernels"] == int8_kernels()
+    assert 0.9 < record["mean_cosine"] <= 1 and 0 < record["speedup"] and "120 queries" in record["data"]
+    assert record["kernel_fidelity"] >= MIN_FIDELITY
+    lines = [line for line in stdout.splitlines() if line.strip().startswith("int8")]
+    assert "R@1 on folder data at" in lines[0] and "fp32" in lines[0] and "120 queries" in lines[0]
+    assert "against fp32 on the same images: cosine mean" in lines[1]
+    assert f"verified on {int8_kernels()} kernels" in lines[2] and "computes its own definition" in lines[2]
     batch = np.stack([fp32.preprocess(im) for im in _test_images(checkpoint.parent.parent, 16)])
-    a, b = fp32.embed(batch), int8.embed(batch)
-    assert 0.9 < (a * b).sum(1).mean() < 1 - 1e-7  # close to fp32, and really quantised
+    measured = agreement(fp32.embed(batch), int8.embed(batch))
+    assert 0.9 < measured.mean_cosine < 1 - 1e-7, measured  # close to fp32, and really quantised
+    assert kernel_fidelity(path, batch).mean_cosine >= MIN_FIDELITY  # this CPU computes what the model defines
 
 
+def _embed_on_emulated_cpu(
+    model: Path, batch: np.ndarray, tmp_path: Path, cpu: str = "Haswell"
+) -> tuple[np.ndarray, str]:
+    """The model's embeddings of `batch` computed by onnxruntime on an emulated CPU (QEMU user mode):
+    onnxruntime then picks that CPU's int8 kernels. About 200x slower: keep batches small."""
+    if shutil.which("qemu-x86_64") is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the emulated-CPU test: install Debian's qemu-user (.ci/run does)")
+        pytest.skip("needs qemu-x86_64 (Debian's qemu-user)")
+    np.save(tmp_path / "batch.npy", batch)
+    script = (
+        "import sys, numpy as np; from metrix.export.runtime import load_embedder; "
+        "from metrix.export.cpu_kernels import int8_kernels; print(int8_kernels()); "
+        "np.save(sys.argv[3], load_embedder(sys.argv[1]).embed(np.load(sys.argv[2])))"
+    )
+    out = tmp_path / "embedded.npy"
+    result = subprocess.run(
+        ["qemu-x86_64", "-cpu", cpu, sys.executable, "-c", script, str(model), str(tmp_path / "batch.npy"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1] == "avx2"  # the emulated CPU's kernels, not this machine's
+    return np.load(out), result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form, sound", [(DEFAULT_FORM, True), (UNSAFE_FORM, False)], ids=["default", "unsafe"])
+def test_int8_check_holds_on_avx2_kernels_and_catches_saturation(exported, form, sound, tmp_path):
+    """The default form computes what it defines on a CPU without AVX-512 or VNNI too, as on this
+    one; the form used before (u8 x s8 with 8-bit weights) saturates there, the same check says
+    so, and loading it there warns once."""
+    checkpoint, _ = exported
+    fp32 = load_embedder(checkpoint / "model.onnx")
+    model = tmp_path / "model.int8.onnx"
+    quantize_int8(checkpoint / "model.onnx", model, _calibration_batch(checkpoint, fp32), form)
+    onnx_export.set_metadata(
+        model, fp32.metadata, quantization="int8", int8={"form": form.name, "verified_kernels": "avx512-vnni"}
+    )
+    batch = np.stack([fp32.preprocess(im) for im in _test_images(checkpoint.parent.parent, 16)])
+    definition = load_embedder(model, reference=True).embed(batch)
+    emulated, log = _embed_on_emulated_cpu(model, batch, tmp_path)
+    measured = agreement(definition, emulated)
+    print(f"\n{form.name} on emulated avx2 kernels against its definition: {measured}")
+    assert (measured.mean_cosine >= MIN_FIDELITY) is sound, measured
+    assert log.count("where its form saturates") == (0 if sound else 1), log
+
+
+def _calibration_batch(checkpoint, embedder):
+    """Images of the training classes, as `metrix export --quantize int8` calibrates."""
+    train_classes = set(json.loads((checkpoint / "config.json").read_text())["data"]["train_classes"])
+    paths = [p for p in _image_paths(checkpoint.parent.parent) if p.parent.name in train_classes]
+    return verification_images(paths, embedder.metadata, CALIBRATION_IMAGES)
+
+
+def test_an_int8_model_on_other_kernels_is_logged_once_by_every_reader(exported, tmp_path, caplog):
+    """Verified on one kernel family, run on another: load_embedder (search, serve, Index.open,
+    build-index) logs it once per model: a warning where the form saturates on this CPU, else a
+    note; on its own kernels it is silent."""
+    checkpoint, _ = exported
+    here = int8_kernels()
+    other = "avx2" if here != "avx2" else "avx512-vnni"
+    metadata = read_metadata(checkpoint / "model.int8.onnx")
+    models = {}
+    for name, form in (("same", DEFAULT_FORM), ("default", DEFAULT_FORM), ("unsafe", UNSAFE_FORM)):
+        models[name] = tmp_path / f"{name}.int8.onnx"
+        shutil.copy(checkpoint / "model.int8.onnx", models[name])
+        kernels = here if name == "same" else other
+        onnx_export.set_metadata(
+            models[name], metadata, int8={**metadata.int8, "form": form.name, "verified_kernels": kernels}
+        )
+    with caplog.at_level("INFO", logger="metrix.export"):
+        for name in ("same", "default", "default", "unsafe", "unsafe"):
+            load_embedder(models[name])
+    logged = {Path(r.getMessage().split(": ")[0]).name: r for r in caplog.records}
+    assert len(caplog.records) == 2 and set(logged) == {"default.int8.onnx", "unsafe.int8.onnx"}
+    assert logged["default.int8.onnx"].levelname == "INFO"
+    assert "computes the same on both" in logged["default.int8.onnx"].getMessage()
+    unsafe = logged["unsafe.int8.onnx"]
+    assert f"verified on {other} kernels, running on {here} kernels" in unsafe.getMessage()
+    assert unsafe.levelname == ("WARNING" if UNSAFE_FORM.saturates_on(here) else "INFO")
+    image = _image_paths(checkpoint.parent.parent)[0]
+    index = tmp_path / "index"
+    built = metrix_cli("build-index", image.parent, "--model", models["unsafe"], "--out", index, "--no-progress")
+    searched = metrix_cli("search", image, "--index", index)
+    for output in (built.stderr, searched.stderr):  # warnings reach the terminal; notes do not
+        assert output.count("where its form saturates") == int(UNSAFE_FORM.saturates_on(here)), output
+
+
+@pytest.mark.slow
 def test_int8_losing_too_much_is_refused_and_fp32_stands(run, tmp_path):
     output = tmp_path / "m.onnx"
     result = metrix_cli("export", run, "-o", output, "--quantize", "int8", "--max-r1-drop", "-1000", check=False)
@@ -130,6 +239,7 @@ def test_int8_losing_too_much_is_refused_and_fp32_stands(run, tmp_path):
     assert output.is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
+@pytest.mark.slow
 def test_parity_failure_fails_the_export_with_numbers(run, tmp_path, monkeypatch):
     monkeypatch.setattr(onnx_export, "MIN_COSINE", 1.5)
     with pytest.raises(
@@ -148,6 +258,7 @@ def test_check_parity_sees_a_different_model(exported, run):
     assert not any(p.ok for p in check_parity(module, checkpoint / "model.onnx", images))
 
 
+@pytest.mark.slow
 def test_bad_runs_fail_in_one_line_and_keep_what_is_stored(run, tmp_path):
     good = tmp_path / "keep.onnx"
     metrix_cli("export", run, "-o", good)

@@ -84,6 +84,7 @@ def pretrained():
     return EmbeddingModel(create_backbone("efficientnet_lite0", True, 96), 32)
 
 
+@pytest.mark.slow
 def test_mirror_images_that_are_other_classes_turn_flips_off(pretrained, tmp_path):
     check = check_mirrors(pretrained, _glyph_set(tmp_path, mirror_classes=True), torch.device("cpu"))
     assert not check.flip, check.explain()
@@ -96,6 +97,7 @@ def test_classes_seen_both_ways_keep_flips_on(pretrained, tmp_path):
     assert check.excess < MIN_EXCESS
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, flip", [("omniglot_small", False), ("cub100", True)])
 def test_the_check_on_real_sets(pretrained, name, flip):
     """Handwritten characters: a mirrored character is not its class. Birds: a mirrored bird is

@@ -77,6 +77,7 @@ def _grid(pack, out, minutes):
     ).stdout
 
 
+@pytest.mark.slow
 def test_a_tiny_grid_stops_at_its_limit_and_resumes_exactly(tmp_path):
     pack = tmp_path / "tiny.pt"
     subprocess.run(

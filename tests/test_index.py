@@ -225,6 +225,7 @@ def test_incremental_updates(gallery, tiny_model, tmp_path):
     assert rebuilt_report.added == len(good) and rebuilt_report.unchanged == 0
 
 
+@pytest.mark.slow
 def test_another_model_is_refused(gallery, tiny_run, tiny_model, tmp_path):
     root, _, _ = gallery
     build_index(root, tiny_model, tmp_path / "idx", progress=False)
@@ -349,6 +350,7 @@ def _build_process(root, model, index_dir) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_kill_9_at_any_moment_leaves_a_complete_index(tiny_model, tmp_path):
     root, index_dir = tmp_path / "gallery", tmp_path / "idx"
     _many_images(root, 0, 300)

@@ -171,6 +171,7 @@ def test_nlist_rule_is_ivf_index_rule():
 # --- estimates against real indexes ---
 
 
+@pytest.mark.slow
 def test_estimates_match_built_sizes(gallery, small_opq):
     x, ids, _, ivfpq = gallery
     flat = flat_index(DIM)
@@ -236,6 +237,7 @@ def test_tune_nprobe_full(gallery):
         ivf_of(index).nprobe = 16
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opq", [False, True])
 def test_ivfpq_remove_and_add_by_id(opq, request):
     x, ids, plan, built = request.getfixturevalue("small_opq") if opq else small_ivfpq(opq=False)
@@ -305,6 +307,7 @@ def test_rerank_is_brute_force(tmp_path):
         assert (found[row, want:] == -1).all() and np.isneginf(scores[row, want:]).all()
 
 
+@pytest.mark.slow
 def test_tune_ivfpq_reranks_deeper_where_the_codes_rank_too_coarsely(tmp_path):
     """Five tight clusters of 2,000 points with isotropic noise: within a cluster every point is
     nearly as close as any other, so 8-byte codes cannot order them and 100 candidates miss most of

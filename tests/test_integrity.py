@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -50,7 +51,14 @@ def ivfpq_index(tmp_path_factory, tiny_model):
     return gallery, root / "index", files
 
 
+def _writable(*paths: Path) -> None:
+    """A committed generation's files are read-only (0444); a test that damages one says so first."""
+    for path in paths:
+        os.chmod(path, 0o644)
+
+
 def _damage(path: Path, fault: str) -> None:
+    _writable(path)
     data = bytearray(path.read_bytes())
     if fault == "flip":
         data[len(data) // 2] ^= 0xFF
@@ -79,6 +87,7 @@ class Client(threading.Thread):
                 time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_fault_matrix_no_damaged_file_is_ever_searched(ivfpq_index, tmp_path):
     gallery, index_dir, files = ivfpq_index
     index_dir = Path(shutil.copytree(index_dir, tmp_path / "index"))
@@ -140,12 +149,14 @@ def test_a_good_index_verifies_and_its_manifest_is_sealed(ivfpq_index):
     manifest = json.loads(raw)
     assert set(manifest["files"]) == set(files) - {"manifest.json"} and manifest_text(manifest) == raw
     assert all(len(entry["crc32"]) == 8 for entry in manifest["files"].values())
+    assert {stat.S_IMODE((index_dir / GOOD / name).stat().st_mode) for name in files} == {0o444}  # read-only
 
 
 def test_a_changed_manifest_value_is_caught_even_when_it_still_parses(ivfpq_index, tmp_path):
     _, index_dir, _ = ivfpq_index
     index_dir = Path(shutil.copytree(index_dir, tmp_path / "index"))
     path = index_dir / GOOD / "manifest.json"
+    _writable(path)
     path.write_text(path.read_text().replace('"nprobe": ', '"nprobe": 1', 1))  # still valid JSON
     with pytest.raises(IndexIntegrityError, match=r"manifest\.json: does not match its checksum"):
         open_index(index_dir)
@@ -173,6 +184,7 @@ def test_scores_outside_the_cosine_range_are_integrity_errors_on_every_search(iv
     vectors = np.stack([flat.reconstruct(int(i)) for i in ids])
     scaled = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
     scaled.add_with_ids(50 * vectors, ids)
+    _writable(folder / "index.faiss", folder / "manifest.json")
     faiss.write_index(scaled, str(folder / "index.faiss"))
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["files"]["index.faiss"] = {
@@ -249,6 +261,7 @@ def _assert_unchanged(index_dir, result, count=60):
     return error[0]
 
 
+@pytest.mark.slow
 def test_a_file_size_limit_anywhere_in_a_build_leaves_the_index_as_it_was(updatable, wide_model):
     """The limits land in SQLite's copy of the rows, the rows added, the spooled vectors (60 x
     1280-d) and the new index (120 x 1280-d), in the order the build writes them."""
@@ -281,6 +294,7 @@ def _in_private_mount(*commands: str) -> list[str] | None:
     return ["unshare", "-m", "sh", "-c", " && ".join(commands) + ' && exec "$0" "$@"']
 
 
+@pytest.mark.slow
 def test_a_read_only_index_folder_leaves_the_index_as_it_was(updatable, wide_model):
     gallery, index_dir = updatable
     wrap = _in_private_mount(f"mount --bind {index_dir} {index_dir}", f"mount -o remount,bind,ro {index_dir}")
@@ -290,6 +304,7 @@ def test_a_read_only_index_folder_leaves_the_index_as_it_was(updatable, wide_mod
     assert "read-only file system" in _assert_unchanged(index_dir, result)
 
 
+@pytest.mark.slow
 def test_a_full_disk_leaves_the_index_as_it_was(updatable, wide_model, tmp_path):
     gallery, index_dir = updatable
     size = sum(p.stat().st_size for p in index_dir.rglob("*") if p.is_file())
@@ -335,6 +350,7 @@ def test_keep_leaves_that_many_generations_and_an_open_older_one_still_answers(t
     assert generations(index_dir) == ["gen-000006"]
 
 
+@pytest.mark.slow
 def test_sigterm_lets_queries_finish_and_exits_zero(tmp_path, tiny_model):
     gallery = tmp_path / "gallery"
     make_gallery(gallery, per_label=5)
@@ -377,3 +393,219 @@ def test_sigterm_lets_queries_finish_and_exits_zero(tmp_path, tiny_model):
     assert set(outcomes) <= {"200", "refused", "reset"}, sorted(set(outcomes))
     assert outcomes.count("reset") <= len(clients)  # at most one queued connection per client
     assert "Traceback" not in output and "Cancel" not in output and "graceful shutdown exceeded" not in output, output
+
+
+# ---- damage under a running server ------------------------------------------------------------------
+
+
+def _flip_signs_in_the_middle(path: Path) -> None:
+    """In place, the size kept: the top bit of every 4th byte of 4 kB in the middle (float32 signs
+    where the codes are aligned so, else other bits): the vectors there change."""
+    _writable(path)
+    with open(path, "r+b") as file:
+        middle = file.seek(0, os.SEEK_END) // 2 & ~3
+        file.seek(middle)
+        block = bytearray(file.read(4096))
+        block[3::4] = bytes(byte ^ 0x80 for byte in block[3::4])
+        file.seek(middle)
+        file.write(block)
+
+
+def _truncate(path: Path) -> None:
+    _writable(path)
+    os.truncate(path, path.stat().st_size * 9 // 10)
+
+
+def _rewritten(path: Path, scale: float, signs: bool, in_place: bool) -> None:
+    """The index rewritten with other vectors: scaled, or a twentieth of each one's components
+    negated (what a user saw: the query's own image at 0.94, another in the top 5); in place (the
+    same size and inode) or as a new file renamed over it."""
+    import faiss
+
+    index = faiss.read_index(str(path))
+    ids = faiss.vector_to_array(index.id_map)
+    vectors = scale * np.stack([index.reconstruct(int(i)) for i in ids])
+    if signs:
+        vectors[:, : max(1, index.d // 20)] *= -1
+    other = faiss.IndexIDMap2(faiss.IndexFlatIP(index.d))
+    other.add_with_ids(vectors, ids)
+    data = faiss.serialize_index(other).tobytes()
+    if in_place:
+        _writable(path)
+        with open(path, "r+b") as file:
+            file.write(data)
+    else:
+        path.with_suffix(".new").write_bytes(data)
+        os.replace(path.with_suffix(".new"), path)
+
+
+FAULTS = {
+    "flip": _flip_signs_in_the_middle,
+    "truncate": _truncate,
+    "signs in place": lambda path: _rewritten(path, 1.0, signs=True, in_place=True),
+    "scaled, renamed": lambda path: _rewritten(path, 3.0, signs=False, in_place=False),
+}
+
+
+class Recorder(threading.Thread):
+    """Searches throughout, one query at a time, on fresh connections (so every worker is met);
+    records (status, body or None, the answer's generation and (id, score) pairs)."""
+
+    def __init__(self, url: str, query: Path):
+        super().__init__(daemon=True)
+        self.url, self.query, self.answers, self.dropped = url, query, [], 0
+        self.stop = threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                with httpx.Client(timeout=30, headers={"Connection": "close"}) as client:
+                    response = post_image(client, self.url, self.query, k=5)
+            except httpx.TransportError:  # a worker killed mid-answer (SIGBUS on a truncated map) is restarted
+                self.dropped += 1
+                continue
+            self.answers.append((response.status_code, response.text, *_hits(response)))
+            time.sleep(0.02)
+
+
+def _hits(response) -> tuple[str | None, list[tuple[int, float]]]:
+    if response.status_code != 200:
+        return None, []
+    body = response.json()
+    return body["generation"], [(hit["id"], hit["score"]) for hit in body["results"]]
+
+
+def _until(url: str, want, seconds: float = 20, times: int = 8) -> None:
+    """Until /api/health, asked on fresh connections, answers `want` (a generation, or 503) `times`
+    in a row: every process of the server has taken it."""
+    deadline, streak = time.monotonic() + seconds, 0
+    while streak < times:
+        assert time.monotonic() < deadline, f"the server did not come to {want}"
+        try:
+            response = httpx.get(f"{url}api/health", timeout=10, headers={"Connection": "close"})
+        except httpx.TransportError:
+            streak = 0
+            continue
+        got = response.json().get("generation") if response.status_code == 200 else response.status_code
+        streak = streak + 1 if got == want else 0
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_damage_after_the_server_opened_the_generation_is_never_answered(tmp_path, tiny_model, workers):
+    """Files of the served generation damaged under a running `metrix serve` (memory-mapped with
+    --workers 2): no answer from changed bytes, the previous generation that verifies serves at
+    once, 503 when none does, and no answer names a folder of the server."""
+    gallery = tmp_path / "gallery"
+    make_gallery(gallery, per_label=6)
+    index_dir = tmp_path / "index"
+    build_index(gallery, tiny_model, index_dir, index_type="flat", progress=False)
+    make_gallery(gallery / "more", per_label=2, seed=900)
+    build_index(gallery, tiny_model, index_dir, index_type="flat", progress=False)
+    pristine = Path(shutil.copytree(index_dir / "gen-000002", tmp_path / "pristine"))
+    write_atomically(index_dir / CURRENT, GOOD)
+    query = gallery / "ants" / "03.png"
+    scale = ("--workers", 2) if workers == 2 else ()
+    with serve_process(index_dir, "--verify-interval", 1, *scale) as (url, process):
+        lines: list[str] = []
+        threading.Thread(target=lambda: lines.extend(iter(process.stdout.readline, "")), daemon=True).start()
+        with httpx.Client(timeout=30) as client:
+            good = {GOOD: _hits(post_image(client, url, query))[1]}
+            write_atomically(index_dir / CURRENT, "gen-000002")
+            _until(url, "gen-000002")
+            good["copy"] = _hits(post_image(client, url, query))[1]
+            info = client.get(f"{url}api/info")
+            bad_id = client.post(
+                f"{url}api/search", files={"image": ("q.png", query.read_bytes())}, data={"right": "99999999"}
+            )
+        assert info.json()["index"] == "index" and bad_id.status_code == 400
+        assert bad_id.json()["error"] == "right: id 99999999 is not in the index (gen-000002)"
+        client_thread = Recorder(url, query)
+        client_thread.start()
+        damaged = []
+        for number, (fault, damage) in enumerate(FAULTS.items(), 2):
+            generation = f"gen-{number:06d}"
+            if number > 2:  # a fresh good copy to serve, then damaged in turn
+                shutil.copytree(pristine, index_dir / generation)
+                write_atomically(index_dir / CURRENT, generation)
+                _until(url, generation)
+            time.sleep(0.3)  # answers from the good copy
+            damage(index_dir / generation / "index.faiss")
+            damaged.append(generation)
+            _until(url, GOOD)  # the previous generation that verifies, in every process
+            time.sleep(0.3)
+        _flip_signs_in_the_middle(index_dir / GOOD / "index.faiss")  # and now the last one that verified
+        _until(url, 503)
+        time.sleep(0.3)
+        client_thread.stop.set()
+        client_thread.join(30)
+        with httpx.Client(timeout=30) as client:
+            unavailable = [client.get(f"{url}api/{route}") for route in ("health", "info", "labels")]
+        output = "".join(lines)
+    answers = client_thread.answers
+    reference = {generation: good[GOOD if generation == GOOD else "copy"] for generation in [GOOD, *damaged]}
+    served = [a for a in answers if a[0] == 200]
+    corrupted = [
+        a
+        for a in served
+        if [i for i, _ in a[3]] != [i for i, _ in reference[a[2]]]
+        or not np.allclose([s for _, s in a[3]], [s for _, s in reference[a[2]]], atol=1e-5)
+        or max(abs(s) for _, s in a[3]) > 1.0001
+    ]
+    errors = [a for a in answers if a[0] != 200] + [(r.status_code, r.text) for r in unavailable]
+    folders = {str(index_dir), str(index_dir.resolve())}
+    leaks = [text for _, text, *_ in [*errors, (0, info.text)] if any(folder in text for folder in folders)]
+    print(
+        f"\nworkers {workers}: {len(served)} answers ({sum(a[2] == GOOD for a in served)} from {GOOD}), "
+        f"{len(corrupted)} corrupted, {len(errors)} errors ({sorted({a[0] for a in errors})}), {len(leaks)} naming "
+        f"a server path, {client_thread.dropped} dropped connections"
+    )
+    assert good[GOOD][0][0] == good["copy"][0][0] and good["copy"][0][1] > 0.999  # the query's own image
+    assert not corrupted and not leaks and len(served) > 20
+    assert {a[0] for a in errors} == {503} and all("no generation of index index verifies" in a[1] for a in errors)
+    assert "Traceback" not in output, output
+    for generation in [*damaged, GOOD]:
+        logged = [line for line in lines if f"{generation} is damaged" in line]
+        assert logged and all(f"{generation}/index.faiss" in line for line in logged), (generation, output)
+        assert len(logged) <= (1 if workers == 1 else workers + 1), logged  # once per process (the supervisor's too)
+    if workers == 1:
+        assert client_thread.dropped == 0
+
+
+# ---- recovery ------------------------------------------------------------------------------------
+
+
+def test_build_index_updates_from_the_newest_generation_that_verifies(tmp_path, tiny_model):
+    gallery = tmp_path / "gallery"
+    make_gallery(gallery, per_label=4)
+    index_dir = tmp_path / "index"
+    build_index(gallery, tiny_model, index_dir, progress=False)
+    make_gallery(gallery / "more", per_label=2, seed=900)
+    build_index(gallery, tiny_model, index_dir, progress=False)
+    make_gallery(gallery / "later", per_label=1, seed=950)  # in no generation yet
+    _damage(index_dir / "gen-000002" / "index.faiss", "flip")
+    with pytest.raises(IndexIntegrityError) as raised:
+        open_index(index_dir)
+    manifest = json.loads((index_dir / GOOD / "manifest.json").read_text())
+    command = f"`metrix build-index {manifest['gallery_root']} --model {manifest['model']['path']} --out {index_dir}`"
+    assert command in str(raised.value)  # the exact command, as the user runs it
+
+    built = metrix_cli("build-index", gallery, "--model", tiny_model, "--out", index_dir, "--no-progress")
+    assert (
+        "gen-000002 is damaged (index.faiss: does not match its checksum: the file is damaged); updated "
+        f"from {GOOD}, the newest generation that verifies"
+    ) in built.stdout
+    assert "added 6, changed 0, removed 0, unchanged 8" in built.stdout  # only what gen-000001 lacks is embedded
+    assert generations(index_dir) == [GOOD, "gen-000003"]  # the damaged one is gone, the sound one kept
+    verified = metrix_cli("index", "verify", index_dir)
+    assert verified.stdout.splitlines()[-1] == "ok: gen-000003 (current): 3 files verified"
+    assert len(open_index(index_dir)) == 14
+
+    for generation in generations(index_dir):  # none left that verifies: the command that re-embeds
+        _damage(index_dir / generation / "metadata.sqlite", "truncate")
+    failed = metrix_cli("build-index", gallery, "--model", tiny_model, "--out", index_dir, "--no-progress", check=False)
+    error = failed.stderr.strip().splitlines()
+    assert failed.returncode != 0 and len(error) == 1 and "Traceback" not in failed.stderr, failed.stderr
+    assert "gen-000003 is damaged (metadata.sqlite: " in error[0] and "no generation before it verifies" in error[0]
+    assert error[0].endswith(f"{command[:-1]} --rebuild`"), error[0]

@@ -61,6 +61,7 @@ REFERENCES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("explicit_vectors", [False, True], ids=["closed-form", "explicit"])
 @pytest.mark.parametrize("lam", [0.0, 0.3, 0.77, 1.0])
 @pytest.mark.parametrize("k", [1, 3, None])
@@ -127,6 +128,7 @@ def _mixed_at(loss, x, y, plan, lam):
 CONTINUITY_LOSSES = [MultiSimilarityLoss, ContrastiveLoss, lambda: ProxyAnchorLoss(8, 5).double()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make_loss", CONTINUITY_LOSSES)
 def test_mixed_loss_is_continuous_in_lambda_inside(make_loss):
     """On a fine grid inside (0, 1), each step of the loss is bounded by the step times its slope

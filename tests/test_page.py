@@ -20,6 +20,8 @@ from .pictures import assert_apart
 from .service_helpers import free_port
 from .test_refinements import write_gallery
 
+pytestmark = pytest.mark.slow  # the fast lane (pytest -m 'not slow') leaves these out
+
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, tiny_model):

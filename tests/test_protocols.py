@@ -32,6 +32,7 @@ def _records(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_recorded_test_metrics_equal_metrix_evaluate_at_each_epoch(recorded_run):
     records = _records(recorded_run)
     assert len(records) == 2
@@ -41,6 +42,7 @@ def test_recorded_test_metrics_equal_metrix_evaluate_at_each_epoch(recorded_run)
             assert record[f"test_{key}"] == pytest.approx(evaluated[key], abs=1e-6), (record["epoch"], key)
 
 
+@pytest.mark.slow
 def test_the_best_checkpoint_follows_validation_and_the_grid_reports_both(recorded_run):
     records = _records(recorded_run)
     by_val = max(records, key=lambda r: r["val_map_at_r"])
@@ -52,6 +54,7 @@ def test_the_best_checkpoint_follows_validation_and_the_grid_reports_both(record
     assert chosen["best_test_map_at_r"] == by_test["test_map_at_r"]
 
 
+@pytest.mark.slow
 def test_metrix_code_runs_adam_with_l2_decay_on_random_batches(recorded_run):
     checkpoint = load_checkpoint(recorded_run, "latest")
     config = checkpoint.config["train_config"]

@@ -11,6 +11,8 @@ import pytest
 from .scaling_helpers import answers_by_process, build, grow, start_serve, stop, until_all_serve
 from .service_helpers import make_gallery, post_image
 
+pytestmark = pytest.mark.slow  # the fast lane (pytest -m 'not slow') leaves these out
+
 pytest.importorskip("ray.serve", reason="the serve extra (ray[serve]) is not installed")
 REPLICA = "X-Metrix-Replica"
 

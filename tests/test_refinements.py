@@ -284,6 +284,7 @@ def _post(client, url, path, route="search", **fields):
     return client.post(f"{url}api/{route}", files={"image": (path.name, path.read_bytes())}, data=data)
 
 
+@pytest.mark.slow
 def test_api_region_filters_and_feedback(api, gallery, tiny_model):
     url, client = api
     root, index_dir, paths = gallery
@@ -403,6 +404,7 @@ def floor_model(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_heat_maps_are_cells_against_the_other_embedding(floor_model, tmp_path):
     embedder = load_embedder(floor_model)
     a, b = blocks(11, (200, 160)), blocks(12, (160, 200))

@@ -43,6 +43,7 @@ def pictures(tmp_path, tiny_model):
     return tmp_path / "all", gallery
 
 
+@pytest.mark.slow
 def test_rebuilds_reach_a_running_server_one_whole_generation_at_a_time(tmp_path, tiny_model, pictures):
     every, gallery = pictures
     index_dir = tmp_path / "index"
@@ -104,6 +105,7 @@ def test_rebuilds_reach_a_running_server_one_whole_generation_at_a_time(tmp_path
             assert answer["results"][0]["path"] == query
 
 
+@pytest.mark.slow
 def test_moved_and_changed_files_are_left_out_and_k_still_come_back(tmp_path, tiny_model, pictures):
     gradio_client = pytest.importorskip("gradio_client")
     _, gallery = pictures
@@ -157,6 +159,7 @@ def _distinct_upload(base: Image.Image, n: int) -> bytes:
     return encoded.getvalue()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the server's memory from /proc")
 def test_soak_a_thousand_queries_leave_disk_and_memory_flat(tmp_path, tiny_model, pictures):
     gradio_client = pytest.importorskip("gradio_client")

@@ -44,6 +44,7 @@ SPLITS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, size, count", SPLITS)
 def test_stages_compose_to_timms_forward_features(name, size, count):
     torch.manual_seed(0)
@@ -143,6 +144,7 @@ def pipeline(request, tmp_path_factory):
     return request.param, data, tmp / "run", model, tmp / "index", exported.stdout
 
 
+@pytest.mark.slow
 def test_export_verifies_at_batch_1_and_more_and_serves_without_torch(pipeline):
     name, data, run, model, _, stdout = pipeline
     assert "parity  onnxruntime vs PyTorch, batch 1" in stdout and "batch 7" in stdout
@@ -157,6 +159,7 @@ def test_export_verifies_at_batch_1_and_more_and_serves_without_torch(pipeline):
     assert result.stdout.strip() == "ok", result.stderr
 
 
+@pytest.mark.slow
 def test_search_and_serve_find_the_query_itself(pipeline):
     _, data, _, _, index, _ = pipeline
     query = sorted(data.rglob("*.png"))[5]
@@ -167,6 +170,7 @@ def test_search_and_serve_find_the_query_itself(pipeline):
     assert [h["path"] for h in served] == [h["path"] for h in hits]
 
 
+@pytest.mark.slow
 def test_evaluate_with_the_floor(pipeline):
     _, _, run, _, _, _ = pipeline
     reports = json.loads(metrix_cli("evaluate", run, "--floor", "--json").stdout)
@@ -215,6 +219,7 @@ def _hub_cache(root: Path, name: str, state: dict) -> Path:
     return snapshot / "model.safetensors"
 
 
+@pytest.mark.slow
 def test_cached_weights_load_offline_and_are_listed(tmp_path):
     state = _net_state("resnet18", 2)
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
@@ -234,6 +239,7 @@ def test_cached_weights_load_offline_and_are_listed(tmp_path):
     assert "efficientnet_lite0   weights on this machine" in listing
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("network", ["offline", "unreachable"])
 def test_missing_weights_fail_in_one_line_saying_what_to_do(tmp_path, network):
     """With HF_HUB_OFFLINE, or a hub that refuses connections: one line, at once, not a trace or
@@ -263,6 +269,7 @@ def test_missing_weights_fail_in_one_line_saying_what_to_do(tmp_path, network):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_backbone_that_runs_whole_refuses_frozen_stages(tmp_path):
     data = tiny_dataset(tmp_path / "data")
     config = write_config(

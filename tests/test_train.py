@@ -37,6 +37,7 @@ def trained_run(tmp_path_factory):
     return out, result.stdout
 
 
+@pytest.mark.slow
 def test_train_without_data_uses_synthetic_and_writes_a_run(trained_run):
     run, stdout = trained_run
     assert "built-in synthetic dataset" in stdout
@@ -69,6 +70,7 @@ def test_train_decides_flips_from_the_data_and_says_why(trained_run):
     assert f"flips {'on' if flip else 'off'}," in stdout  # the settings line
 
 
+@pytest.mark.slow
 def test_no_flip_is_kept_without_a_check(tmp_path):
     data = tiny_dataset(tmp_path / "data")
     config = write_config(tmp_path / "config.json", epochs=1, warmup_epochs=0)
@@ -126,6 +128,7 @@ def test_benchmark_root_without_its_split_files(tmp_path):
     _fails(["--dataset", "cub", "--data-root", tmp_path / "empty"], "images.txt", tmp_path)
 
 
+@pytest.mark.slow
 def test_a_small_folder_trains_with_the_batch_it_can_fill(tmp_path):
     """A first try is a small folder (issue 28): 4 training classes cannot fill 50 classes of 2, so
     the batch shrinks to every class, says so, and the run trains."""
@@ -233,6 +236,7 @@ def run_without_validation(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_evaluate_without_a_validation_split_uses_latest_and_says_so(run_without_validation):
     run = run_without_validation
     latest = (run / "latest").read_text()

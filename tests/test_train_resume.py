@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -26,6 +27,7 @@ def _start_train(data, config, out):
     )
 
 
+@pytest.mark.slow
 def test_kill_after_epoch_one_then_resume_matches_an_uninterrupted_run(tmp_path):
     data = tiny_dataset(tmp_path / "data")
     config = write_config(tmp_path / "config.json", epochs=3, log="tensorboard")

@@ -162,6 +162,7 @@ TRAIN = (
 )
 
 
+@pytest.mark.slow
 def test_instances_train_export_index_and_search_a_flat_folder(tmp_path):
     photos = flat_folder(tmp_path / "photos")
     run = tmp_path / "run"
@@ -184,6 +185,7 @@ def test_instances_train_export_index_and_search_a_flat_folder(tmp_path):
     assert hits["results"][0]["path"] == "007.png" and hits["results"][0]["label"] == ""
 
 
+@pytest.mark.slow
 def test_clusters_train_and_resume_exactly(tmp_path):
     """Resumed after epoch 1 of 2, with clusters drawn before epoch 1 only: epoch 2 trains on the
     clusters kept in the checkpoint, and ends with the uninterrupted run's weights."""
@@ -222,6 +224,7 @@ def test_clusters_train_and_resume_exactly(tmp_path):
     assert report["num_classes"] == 10
 
 
+@pytest.mark.slow
 def test_build_index_with_no_model_uses_the_untrained_backbone(tmp_path):
     photos = flat_folder(tmp_path / "photos", count=6)
     result = metrix_cli("build-index", photos, "--no-progress", cwd=tmp_path)
@@ -252,6 +255,7 @@ def test_build_index_with_no_model_uses_the_untrained_backbone(tmp_path):
     assert "shapes are used only with --model: using the untrained pretrained" in again.stdout
 
 
+@pytest.mark.slow
 def test_export_backbone(tmp_path):
     result = metrix_cli(
         "export",

@@ -21,6 +21,8 @@ from metrix.index.store import current_generation, open_index
 from .pictures import assert_apart
 from .service_helpers import make_gallery, post_image, serve_process
 
+pytestmark = pytest.mark.slow  # the fast lane (pytest -m 'not slow') leaves these out
+
 pytest.importorskip("watchdog")
 
 #: From the last change until the index must equal a fresh build (docs/index.md states it):

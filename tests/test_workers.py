@@ -28,6 +28,7 @@ def alive(pid: int) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_two_workers_answer_follow_a_rebuild_and_stop_on_sigterm(tmp_path, tiny_model):
     gallery = tmp_path / "gallery"
     pictures = make_gallery(gallery, per_label=3)

@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from metrix.machine import cpu_name
+
 from .base import app, fail, path_str
 
 RunDirOption = Annotated[Optional[Path], typer.Argument(help="A run directory written by metrix train.")]
@@ -29,6 +31,13 @@ QuantizeOption = Annotated[
     typer.Option(help="int8: also write MODEL.int8.onnx, with its R@1 change measured on the test split."),
 ]
 MaxR1DropOption = Annotated[float, typer.Option(help="Refuse an int8 model that loses more R@1 points than this.")]
+Int8FormOption = Annotated[
+    str,
+    typer.Option(
+        help="How int8 quantises (docs/export.md): u8s8-7bit-per-channel gives the same answers on every x86 CPU; "
+        "u8s8-per-channel is closer to fp32 but only on CPUs with VNNI or AMX."
+    ),
+]
 BackboneOption = Annotated[
     Optional[str],
     typer.Option(
@@ -49,6 +58,7 @@ def export_(
     checkpoint: CheckpointOption = "best",
     quantize: QuantizeOption = None,
     max_r1_drop: MaxR1DropOption = 1.0,
+    int8_form: Int8FormOption = "u8s8-7bit-per-channel",
     backbone: BackboneOption = None,
     image_size: ImageSizeOption = None,
     weights: WeightsOption = None,
@@ -80,7 +90,7 @@ def export_(
                 "checkpoint_choice": f"{backbone} with no training: its pooled features, L2-normalised",
             }
         else:
-            report = export_run(run_dir, output, checkpoint, quantize, max_r1_drop)
+            report = export_run(run_dir, output, checkpoint, quantize, max_r1_drop, int8_form)
     except (CheckpointError, ExportError, ModelError, BackboneError) as error:
         fail(error)
     meta = report["metadata"]
@@ -109,4 +119,12 @@ def export_(
         typer.echo(
             f"  int8    R@1 on {q['data']} {q['split']} ({q['num_queries']} queries): fp32 {q['recall_at_1_fp32']:.2f}, "
             f"int8 {q['recall_at_1_int8']:.2f} ({q['recall_at_1_change']:+.2f})"
+        )
+        typer.echo(f"  int8    against fp32 on the same images: {q['agreement']}")
+        speedup = q["ms_per_image_fp32"] / q["ms_per_image_int8"]
+        typer.echo(
+            f"  int8    form {q['form']}, verified on {q['kernels']} kernels ({cpu_name()}): computes its own "
+            f"definition to cosine {q['fidelity'].mean_cosine:.4f}; {q['ms_per_image_int8']:.1f} ms/image against "
+            f"fp32's {q['ms_per_image_fp32']:.1f} ({speedup:.2f}x)"
+            + ("" if speedup > 1 else "; not faster here: serve the fp32 model on this CPU")
         )

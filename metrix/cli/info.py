@@ -22,7 +22,7 @@ def info() -> None:
     import torch
 
     typer.echo(f"metrix {__version__}")
-    from metrix.training.report import cpu_name
+    from metrix.machine import cpu_name
 
     typer.echo(f"python {platform.python_version()} on {platform.platform()}")
     typer.echo(f"cpu {cpu_name()}")

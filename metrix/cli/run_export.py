@@ -49,11 +49,18 @@ def export_run(
     checkpoint: str = "best",
     quantize: str | None = None,
     max_r1_drop: float = 1.0,
+    int8_form: str = "u8s8-7bit-per-channel",
 ) -> dict:
     """`metrix export`: the run's checkpoint (default: the one chosen on the validation classes,
     latest where the run has none) to ONNX (default: model.onnx in the checkpoint folder),
     verified on images of its test split (seeded noise where its data is unreachable); with
-    quantize="int8", also model.int8.onnx with its measured R@1 change."""
+    quantize="int8", also model.int8.onnx in `int8_form` with its measured R@1 change."""
+    from metrix.export.quantize import Int8Form
+
+    try:
+        form = Int8Form.parse(int8_form)
+    except ValueError as error:
+        raise ExportError(f"--int8-form: {error}") from None
     ckpt = load_checkpoint(run_dir, checkpoint)
     output = Path(output) if output is not None else ckpt.path / "model.onnx"
     data = run_data(ckpt)
@@ -75,7 +82,7 @@ def export_run(
             )
         from metrix.export.quantize import quantize_run
 
-        report["int8"] = quantize_run(output, data, max_r1_drop=max_r1_drop)
+        report["int8"] = quantize_run(output, data, max_r1_drop=max_r1_drop, form=form)
     return report
 
 

@@ -26,6 +26,14 @@ NprobeOption = Annotated[
 EfSearchOption = Annotated[
     Optional[int], typer.Option(min=1, help="HNSW's efSearch instead of the build's tuned value.")
 ]
+VerifyIntervalOption = Annotated[
+    float,
+    typer.Option(
+        min=0,
+        help="Seconds between re-verifications of the served generation's checksums, in the background, in "
+        "every process (a changed file's stat is seen within a second regardless; docs/index.md); 0: off.",
+    ),
+]
 
 
 @app.command()
@@ -78,6 +86,7 @@ def serve(
     recall_check_s: RecallCheckOption = 1.0,
     nprobe: NprobeOption = None,
     ef_search: EfSearchOption = None,
+    verify_interval: VerifyIntervalOption = 300.0,  # index/live.py DEFAULT_VERIFY_INTERVAL
 ) -> None:
     """The search service: the web page at / and the JSON API at /api (docs at /docs). Follows the
     index's CURRENT generation, so a rebuilt gallery is served without a restart."""
@@ -101,7 +110,14 @@ def serve(
     try:
         access = load_access(auth, auth_file, token)
         search = {"nprobe": nprobe, "ef_search": ef_search}
-        live = LiveIndex(index or newest_index(), model, mmap=scaled, recall_interval=recall_check_s, search=search)
+        live = LiveIndex(
+            index or newest_index(),
+            model,
+            mmap=scaled,
+            recall_interval=recall_check_s,
+            search=search,
+            verify_interval=verify_interval,
+        )
     except (GalleryIndexError, ModelError, AccessError) as error:
         fail(error)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -170,7 +186,9 @@ def serve_scaled(live, access, host, port, workers, engine, replicas, page_port,
 
     model = live.model and str(Path(live.model).resolve())
     page_at = f"port {page_port}" if page_port is not None else None
-    options = ApiOptions(str(live.dir.resolve()), model, access, page_at=page_at, **batching)
+    options = ApiOptions(
+        str(live.dir.resolve()), model, access, page_at=page_at, verify_interval=live.verify_interval, **batching
+    )
 
     def start_page():
         from metrix.app.server import Server

@@ -7,6 +7,8 @@ import platform
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from metrix.machine import cpu_name
+
 METRICS_FILE, CURVES_FILE = "metrics.jsonl", "curves.png"
 
 
@@ -62,15 +64,6 @@ def plot_curves(run_dir: Path) -> Path:
     plt.close(fig)
     tmp.replace(path)
     return path
-
-
-def cpu_name() -> str:
-    """The CPU model, which every measured figure names (these machines differ between sessions)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in cpuinfo.read_text().splitlines() if cpuinfo.exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def versions() -> dict:
