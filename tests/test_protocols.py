@@ -93,3 +93,99 @@ def test_the_pooled_summary_pairs_runs_by_seed_and_matches_scipy(tmp_path):
     assert cells[2] == "3" and float(cells[3]) == pytest.approx(sum(diffs) / 3, abs=0.005)
     assert cells[4] == f"[{low:+.2f}, {high:+.2f}]"
     assert cells[5] == f"{sum(d > 0 for d in diffs)} of 3"
+
+
+def test_paired_power_matches_published_values():
+    """Textbook values for the one-sample (= paired) two-sided t-test at alpha 0.05, effect size
+    d = change / sd: G*Power gives n = 34 for d = 0.5 and power 0.8, with actual power 0.8077775;
+    R's pwr.t.test gives n = 33.36713 (one-sample, d = 0.5) and n = 14.30276 (paired, d = 0.8)."""
+    from protocols_summary import paired_power
+
+    assert paired_power(0.5, 1.0, 34) == pytest.approx(0.8077775, abs=1e-6)
+    assert paired_power(0.5, 1.0, 33) < 0.8
+    assert paired_power(0.5, 1.0, 33.36713) == pytest.approx(0.8, abs=1e-6)
+    assert paired_power(0.8, 1.0, 14.30276) == pytest.approx(0.8, abs=1e-6)
+    assert paired_power(-0.5, 2.0, 34) == pytest.approx(paired_power(1.0, 4.0, 34))  # two-sided, scale-free
+
+
+@pytest.mark.parametrize("pairs, sd", [(3, 0.8), (5, 1.5), (10, 0.4)])
+def test_the_detectable_change_is_rejected_four_times_in_five_by_simulation(pairs, sd):
+    """The oracle: simulate rows of `pairs` normal paired changes whose true mean is the detectable
+    change and run scipy's paired t-test on each; about 80% of them must reject no change."""
+    import numpy as np
+    from protocols_summary import detectable_change
+    from scipy import stats
+
+    change = detectable_change(sd, pairs)
+    rows = np.random.default_rng(pairs).normal(change, sd, size=(40_000, pairs))
+    rejected = stats.ttest_1samp(rows, 0.0, axis=1).pvalue < 0.05
+    assert rejected.mean() == pytest.approx(0.80, abs=0.01)  # 5 standard errors of the simulation
+    half = stats.t.ppf(0.975, pairs - 1) * sd / pairs**0.5
+    assert change > half  # more than the interval's half-width: a change only just significant is found half the time
+
+
+def test_each_row_gets_its_interval_detectable_change_and_verdict(tmp_path):
+    from protocols_summary import comparisons, detectable_change, paired_row, statistics_row
+
+    def write(folder, changes):
+        rows = {}
+        for seed, change in enumerate(changes):
+            base = 70.0 + seed
+            for mixup, r1 in (("none", base), ("feature", base + change)):
+                rows[f"ms-{mixup}-s{seed}"] = {
+                    "recipe": "cpu",
+                    "loss": "ms",
+                    "mixup": mixup,
+                    "seed": seed,
+                    "recall_at_1": r1,
+                    "map_at_r": r1 / 2,
+                    "best_test_recall_at_1": r1,
+                    "best_test_map_at_r": r1 / 2,
+                }
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "results.json").write_text(json.dumps(rows))
+        [found] = comparisons(tmp_path / folder)
+        return found
+
+    gain = write("small-folders-cpu-cub100-5", [1.0, 1.2, 0.9, 1.1, 1.0])
+    assert gain.data == "cub100-5"
+    assert paired_row(gain.paired("recall_at_1")).verdict == "gain"
+    loss = write("small-folders-cpu-cub100-10", [-1.0, -1.2, -0.9, -1.1, -1.0])
+    assert paired_row(loss.paired("recall_at_1")).verdict == "loss"
+    unclear = write("small-folders-cpu-cub100-20", [1.0, -1.0, 0.5, -0.5, 0.2])
+    row = paired_row(unclear.paired("recall_at_1"))
+    assert row.low < 0 < row.high and row.detectable == pytest.approx(detectable_change(row.sd, 5))
+    assert row.verdict == f"no evidence either way, could not detect less than {row.detectable:.2f}"
+    cells = [c.strip() for c in statistics_row(unclear).strip("|").split("|")]
+    low, high = stats_interval([1.0, -1.0, 0.5, -0.5, 0.2])
+    assert cells[:5] == ["cpu", "cub100-20", "ms", "feature", "5"]
+    assert cells[6] == f"{0.04:+.2f} [{low:+.2f}, {high:+.2f}]" and cells[9] == row.verdict
+    half = paired_row(unclear.paired("map_at_r"))  # MAP@R moves by half as much: half the detectable change
+    assert half.detectable == pytest.approx(row.detectable / 2) and cells[12] == f"{half.detectable:.2f}"
+
+
+def stats_interval(values):
+    from scipy import stats
+
+    return stats.ttest_1samp(values, 0).confidence_interval(0.95)
+
+
+def test_small_folders_overfitting_reads_the_peak_the_fall_and_the_gap(tmp_path):
+    from small_folders_summary import overfitting, overfitting_rows
+
+    curve = [
+        {"epoch": e, "val_map_at_r": v, "train_map_at_r": t}
+        for e, v, t in ((1, 60.0, 62.0), (2, 64.0, 70.0), (3, 63.0, 80.0), (4, 61.5, 90.0))
+    ]
+    assert overfitting({"curve": curve}) == {"epochs": 4, "best_epoch": 2, "fall": 2.5, "gap": 28.5}
+    rows = {
+        f"ms-{mixup}-s{seed}": {"loss": "ms", "mixup": mixup, "seed": seed, "curve": curve}
+        for mixup in ("feature", "none")
+        for seed in (0, 1)
+    }
+    folder = tmp_path / "small-folders-cpu-cub100-5"
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps(rows))
+    none, feature = overfitting_rows(folder)
+    assert none == "| cpu-cub100-5 | ms | none | 2 | 4 | 2 (2-2) | 2.50 | 2 of 2 | +28.50 |"
+    assert "| feature |" in feature
