@@ -55,7 +55,7 @@ def test_train_records_it_and_trains_on_the_cut(folder, tmp_path):
         "--data",
         folder,
         "--config",
-        write_config(tmp_path / "c.json", epochs=1),
+        write_config(tmp_path / "c.json", epochs=1, train_retrieval=True),  # 2 classes x 3 images: fewer than K = 8
         "--train-images-per-class",
         "3",
         "--seed",
@@ -72,6 +72,8 @@ def test_train_records_it_and_trains_on_the_cut(folder, tmp_path):
     latest = (out / "latest").read_text().strip()
     checkpoint = json.loads((out / "checkpoints" / latest / "config.json").read_text())
     assert checkpoint["data"]["num_train_images"] == 24 and checkpoint["data"]["num_val_images"] == 24
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert 0 <= record["train_map_at_r"] <= 100  # training-class retrieval among 6 images
 
 
 def test_fewer_than_two_is_refused():
