@@ -144,7 +144,9 @@ def paired_power(change: float, sd: float, pairs: float, alpha: float = ALPHA) -
     df = pairs - 1
     critical = stats.t.ppf(1 - alpha / 2, df)
     shift = change * pairs**0.5 / sd
-    return float(stats.nct.sf(critical, df, shift) + stats.nct.cdf(-critical, df, shift))
+    # P(T > c) + P(T < -c), the second written as P(T' > c) for T' = -T (noncentrality -shift):
+    # scipy's nct.cdf far in the lower tail can return nan, its sf there does not.
+    return float(stats.nct.sf(critical, df, shift) + stats.nct.sf(critical, df, -shift))
 
 
 def detectable_change(sd: float, pairs: int, alpha: float = ALPHA, power: float = POWER) -> float:

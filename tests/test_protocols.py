@@ -106,6 +106,19 @@ def test_paired_power_matches_published_values():
     assert paired_power(0.5, 1.0, 33.36713) == pytest.approx(0.8, abs=1e-6)
     assert paired_power(0.8, 1.0, 14.30276) == pytest.approx(0.8, abs=1e-6)
     assert paired_power(-0.5, 2.0, 34) == pytest.approx(paired_power(1.0, 4.0, 34))  # two-sided, scale-free
+    from scipy import stats
+
+    lower = stats.nct.cdf(-stats.t.ppf(0.975, 4), 4, 0.3 * 5**0.5)  # the lower tail, directly, where it is finite
+    upper = stats.nct.sf(stats.t.ppf(0.975, 4), 4, 0.3 * 5**0.5)
+    assert paired_power(0.3, 1.0, 5) == pytest.approx(upper + lower, rel=1e-9)
+
+
+def test_the_detectable_change_of_two_pairs_is_finite():
+    """One degree of freedom: scipy's noncentral t cdf gives nan far in its lower tail."""
+    from protocols_summary import detectable_change, paired_power
+
+    change = detectable_change(2.9, 2)
+    assert 20 < change < 40 and paired_power(change, 2.9, 2) == pytest.approx(0.8, abs=1e-6)
 
 
 @pytest.mark.parametrize("pairs, sd", [(3, 0.8), (5, 1.5), (10, 0.4)])
@@ -189,3 +202,20 @@ def test_small_folders_overfitting_reads_the_peak_the_fall_and_the_gap(tmp_path)
     none, feature = overfitting_rows(folder)
     assert none == "| cpu-cub100-5 | ms | none | 2 | 4 | 2 (2-2) | 2.50 | 2 of 2 | +28.50 |"
     assert "| feature |" in feature
+
+
+def test_small_folders_schedule_check_wants_an_inside_peak_and_a_fall(tmp_path):
+    from small_folders_summary import schedule_check, trained_epochs
+
+    def folder(name, values):
+        curve = [{"epoch": e, "val_map_at_r": v} for e, v in enumerate(values, 1)]
+        row = {"loss": "ms", "mixup": "none", "seed": 0, "settings": {"epochs": len(values)}, "curve": curve}
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({"floor": {}, "ms-none-s0": row}))
+        (tmp_path / name / "ms-none-s0.json").write_text(json.dumps({"recipe": "cpu", "epochs": len(values)}))
+        return tmp_path / name
+
+    assert schedule_check(folder("falls", [60, 64, 63, 62.5]))[0]  # peak at 2 of 4, falls 1.5
+    assert not schedule_check(folder("late", [60, 61, 62, 64, 63.0]))[0]  # peak at 4 of 5: past 75%
+    assert not schedule_check(folder("flat", [60, 64, 63.8, 63.7]))[0]  # falls 0.3 only
+    assert trained_epochs(tmp_path / "late") == 5
