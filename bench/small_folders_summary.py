@@ -13,6 +13,11 @@ Two tables and, with --curves, a picture:
     .venv/bin/python bench/small_folders_summary.py bench/results/small-folders-* [--curves docs/small-folders-curves.png]
 
 Test classes are reported, never used to choose anything.
+
+The grid also asks this script whether a schedule is long enough (--check-schedule FOLDER: seed 0
+without mixing must peak in validation MAP@R by PEAK_BY of the schedule and fall from that peak by
+at least MIN_FALL by its last epoch; exit status 0 if so, 1 if not) and which schedule a folder
+was trained with (--epochs FOLDER).
 """
 
 from __future__ import annotations
@@ -23,6 +28,12 @@ import statistics
 from pathlib import Path
 
 from protocols_summary import comparisons, print_statistics
+
+#: A schedule is long enough when no mixing's validation MAP@R peaks by this share of the epochs...
+PEAK_BY = 0.75
+#: ...and has fallen from that peak by at least this much (MAP@R points) at the last epoch: about
+#: twice the epoch-to-epoch jitter of the pilots' validation MAP@R.
+MIN_FALL = 0.5
 
 
 def overfitting(row: dict) -> dict:
@@ -37,6 +48,24 @@ def overfitting(row: dict) -> dict:
         "fall": peak["val_map_at_r"] - last["val_map_at_r"],
         "gap": last["train_map_at_r"] - last["val_map_at_r"] if "train_map_at_r" in last else float("nan"),
     }
+
+
+def schedule_check(folder: Path) -> tuple[bool, str]:
+    """Does seed 0 without mixing peak well inside the schedule and then fall?"""
+    row = json.loads((folder / "results.json").read_text())["ms-none-s0"]
+    seen = overfitting(row)
+    ok = seen["best_epoch"] <= PEAK_BY * seen["epochs"] and seen["fall"] >= MIN_FALL
+    return ok, (
+        f"{folder.name}, seed 0 without mixing: validation MAP@R peaks at epoch {seen['best_epoch']} of "
+        f"{seen['epochs']} and falls {seen['fall']:.2f} by the last: "
+        + ("long enough" if ok else f"too short (needs a peak by {PEAK_BY:.0%} of it and a fall of {MIN_FALL})")
+    )
+
+
+def trained_epochs(folder: Path) -> int:
+    """The schedule a grid folder's runs train with: the settings recipe_grid wrote for its first
+    run (seed 0 without mixing) before training it, so also while that run is unfinished."""
+    return json.loads((folder / "ms-none-s0.json").read_text())["epochs"]
 
 
 def overfitting_rows(folder: Path) -> list[str]:
@@ -80,7 +109,9 @@ def plot_curves(folders: list[Path], out: Path) -> None:
         ax.set_ylabel("MAP@R (%)")
         ax.grid(alpha=0.3)
     fig.suptitle(
-        "validation MAP@R (solid) and training-class MAP@R (dotted) per epoch; blue none, red feature; o: chosen epoch"
+        "validation MAP@R (solid), training-class MAP@R (dotted; its classes have fewer images, so a\n"
+        "higher level is not over-fitting by itself: read the trends); blue: none, red: feature; o: chosen epoch",
+        fontsize=8,
     )
     fig.tight_layout()
     fig.savefig(out, dpi=80)
@@ -91,7 +122,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="+", type=Path, help="grid folders holding results.json")
     parser.add_argument("--curves", type=Path, help="also draw the validation and training curves here (PNG)")
+    parser.add_argument("--check-schedule", action="store_true", help="is the folder's schedule long enough?")
+    parser.add_argument("--epochs", action="store_true", help="print the folder's schedule (epochs)")
     args = parser.parse_args()
+    if args.check_schedule:
+        ok, why = schedule_check(args.results[0])
+        print(why)
+        raise SystemExit(0 if ok else 1)
+    if args.epochs:
+        print(trained_epochs(args.results[0]))
+        return
     folders = [folder for folder in args.results if (folder / "results.json").is_file()]
     print(
         "| recipe-set-images per class | loss | mixing | runs | epochs | chosen epoch, median (range) "
