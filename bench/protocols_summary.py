@@ -14,7 +14,13 @@ and how much more the official protocol adds to Metrix than to no mixing.
     .venv/bin/python bench/protocols_summary.py bench/results/protocols-*
 
 "Beyond the seed spread", as in bench/full_recipe_summary.py: the difference of the means exceeds
-the larger of the two standard deviations over seeds.
+the larger of the two standard deviations over seeds. That is not a test, so a fourth table gives
+every row's own statistics (issue 39), under ours (the epoch chosen on validation): the paired mean
+change (Metrix minus none, same seed) in R@1 and MAP@R with its 95% Student-t interval; the
+smallest true change the row could detect with 80% power (two-sided paired t-test at alpha 0.05,
+given the row's paired sd and number of pairs), computed exactly from the noncentral t
+distribution (scipy.stats.nct), no normal approximation; and a verdict that follows the interval:
+"gain" (above 0), "loss" (below 0), or "no evidence either way, could not detect less than X".
 """
 
 from __future__ import annotations
@@ -26,13 +32,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from full_recipe_summary import cell, verdict
-from scipy import stats
+from scipy import optimize, stats
 
 PROTOCOLS = (
     ("validation epoch (ours)", "recall_at_1", "map_at_r"),
     ("best test epoch (official)", "best_test_recall_at_1", "best_test_map_at_r"),
 )
 OURS, OFFICIAL = PROTOCOLS
+#: The per-row test: two-sided paired t-test at this level, and the power its detectable change needs.
+ALPHA, POWER = 0.05, 0.80
+#: Folder names: PREFIX-RECIPE-DATA (bench/protocols.sh) or PREFIX-RECIPE-DATA-IMAGESPERCLASS (bench/small_folders.sh).
+GRID_PREFIXES = ("protocols-", "small-folders-")
 #: The R@1 gain of Metrix (feature) the paper reports on CUB, per loss (../shared/METRIX.md's table).
 PAPER_CUB_GAIN = {"contrastive": 2.7, "ms": 3.6, "pml-ms": 3.6, "pa": 1.5}
 
@@ -67,7 +77,9 @@ def comparisons(folder: Path, baseline: str = "none") -> list[Comparison]:
         if mixup == baseline or not base:
             continue
         seeds = sorted({r["seed"] for r in base} & {r["seed"] for r in runs})
-        data = folder.name.removeprefix(f"protocols-{recipe}-")
+        data = folder.name
+        for prefix in GRID_PREFIXES:
+            data = data.removeprefix(f"{prefix}{recipe}-")
         found.append(
             Comparison(
                 recipe + (f", {tag}" if tag else ""),
@@ -124,6 +136,88 @@ def interval(values: list[float]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+def paired_power(change: float, sd: float, pairs: float, alpha: float = ALPHA) -> float:
+    """The probability that a two-sided paired t-test at level `alpha` on `pairs` pairs rejects
+    "no change" when the true mean change is `change` and the paired differences have standard
+    deviation `sd`: exact, the statistic being noncentral t with pairs - 1 degrees of freedom and
+    noncentrality change * sqrt(pairs) / sd."""
+    df = pairs - 1
+    critical = stats.t.ppf(1 - alpha / 2, df)
+    shift = change * pairs**0.5 / sd
+    # P(T > c) + P(T < -c), the second written as P(T' > c) for T' = -T (noncentrality -shift):
+    # scipy's nct.cdf far in the lower tail can return nan, its sf there does not.
+    return float(stats.nct.sf(critical, df, shift) + stats.nct.sf(critical, df, -shift))
+
+
+def detectable_change(sd: float, pairs: int, alpha: float = ALPHA, power: float = POWER) -> float:
+    """The smallest true mean change (in the unit of sd) that the two-sided paired t-test on
+    `pairs` pairs detects with probability `power`: the root of paired_power - power (power grows
+    with the change, so the root is unique). 0 where the pairs do not vary, nan with one pair."""
+    if pairs < 2:
+        return float("nan")
+    if sd == 0:
+        return 0.0
+    high = sd
+    while paired_power(high, sd, pairs, alpha) < power:
+        high *= 2
+    return float(optimize.brentq(lambda change: paired_power(change, sd, pairs, alpha) - power, 0.0, high, xtol=1e-9))
+
+
+@dataclass
+class PairedRow:
+    """One row's paired change (Metrix minus none, same seed) in one metric."""
+
+    pairs: int
+    mean: float
+    low: float
+    high: float
+    sd: float
+    detectable: float
+
+    @property
+    def verdict(self) -> str:
+        if self.low > 0:
+            return "gain"
+        if self.high < 0:
+            return "loss"
+        return f"no evidence either way, could not detect less than {self.detectable:.2f}"
+
+
+def paired_row(changes: list[float]) -> PairedRow:
+    mean, low, high = interval(changes)
+    sd = statistics.stdev(changes)
+    return PairedRow(len(changes), mean, low, high, sd, detectable_change(sd, len(changes)))
+
+
+#: The per-row statistics are taken at the epoch chosen on validation: test classes stay report-only.
+ROW_METRICS = (("R@1", OURS[1]), ("MAP@R", OURS[2]))
+
+
+def statistics_row(c: Comparison) -> str:
+    """A row's paired changes under ours, each with its interval, detectable change and verdict."""
+    cells = []
+    for _, key in ROW_METRICS:
+        row = paired_row(c.paired(key))
+        cells += [
+            f"{row.mean:+.2f} [{row.low:+.2f}, {row.high:+.2f}]",
+            f"{row.sd:.2f}",
+            f"{row.detectable:.2f}",
+            row.verdict,
+        ]
+    base, mixed = c.values(OURS[1])
+    return (
+        f"| {c.regime} | {c.data} | {c.loss} | {c.mixup} | {len(c.base)} | {error_change(base, mixed)} | "
+        + " | ".join(cells)
+        + " |"
+    )
+
+
+STATISTICS_HEADER = (
+    "| regime | data | loss | mixing | pairs | R@1 errors | R@1 change [95%] | R@1 paired sd | R@1 detectable "
+    "| R@1 verdict | MAP@R change [95%] | MAP@R paired sd | MAP@R detectable | MAP@R verdict |\n" + "|---" * 14 + "|"
+)
+
+
 def pooled_rows(found: list[Comparison]) -> list[str]:
     """Seed pairs pooled over comparisons: Metrix minus none under each protocol, and the official
     protocol's extra lift for Metrix ((best test - chosen) with mixing minus the same without)."""
@@ -166,6 +260,12 @@ def single_run_rows(found: list[Comparison]) -> list[str]:
     return lines
 
 
+def print_statistics(found: list[Comparison]) -> None:
+    """Every row's paired change, interval, detectable change (80% power) and verdict, under ours."""
+    print(STATISTICS_HEADER)
+    print("\n".join(statistics_row(c) for c in found if len(c.base) > 1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="+", type=Path, help="grid folders holding results.json")
@@ -193,6 +293,8 @@ def main() -> None:
     print("| losses | paired measure | pairs | mean | 95% interval | pairs above 0 |")
     print("|---" * 6 + "|")
     print("\n".join(pooled_rows(found)))
+    print()
+    print_statistics(found)
     print()
     print(
         "| loss | epoch chosen by | single-run pairings | largest R@1 gain | largest R@1 loss "

@@ -96,3 +96,129 @@ def test_the_pooled_summary_pairs_runs_by_seed_and_matches_scipy(tmp_path):
     assert cells[2] == "3" and float(cells[3]) == pytest.approx(sum(diffs) / 3, abs=0.005)
     assert cells[4] == f"[{low:+.2f}, {high:+.2f}]"
     assert cells[5] == f"{sum(d > 0 for d in diffs)} of 3"
+
+
+def test_paired_power_matches_published_values():
+    """Textbook values for the one-sample (= paired) two-sided t-test at alpha 0.05, effect size
+    d = change / sd: G*Power gives n = 34 for d = 0.5 and power 0.8, with actual power 0.8077775;
+    R's pwr.t.test gives n = 33.36713 (one-sample, d = 0.5) and n = 14.30276 (paired, d = 0.8)."""
+    from protocols_summary import paired_power
+
+    assert paired_power(0.5, 1.0, 34) == pytest.approx(0.8077775, abs=1e-6)
+    assert paired_power(0.5, 1.0, 33) < 0.8
+    assert paired_power(0.5, 1.0, 33.36713) == pytest.approx(0.8, abs=1e-6)
+    assert paired_power(0.8, 1.0, 14.30276) == pytest.approx(0.8, abs=1e-6)
+    assert paired_power(-0.5, 2.0, 34) == pytest.approx(paired_power(1.0, 4.0, 34))  # two-sided, scale-free
+    from scipy import stats
+
+    lower = stats.nct.cdf(-stats.t.ppf(0.975, 4), 4, 0.3 * 5**0.5)  # the lower tail, directly, where it is finite
+    upper = stats.nct.sf(stats.t.ppf(0.975, 4), 4, 0.3 * 5**0.5)
+    assert paired_power(0.3, 1.0, 5) == pytest.approx(upper + lower, rel=1e-9)
+
+
+def test_the_detectable_change_of_two_pairs_is_finite():
+    """One degree of freedom: scipy's noncentral t cdf gives nan far in its lower tail."""
+    from protocols_summary import detectable_change, paired_power
+
+    change = detectable_change(2.9, 2)
+    assert 20 < change < 40 and paired_power(change, 2.9, 2) == pytest.approx(0.8, abs=1e-6)
+
+
+@pytest.mark.parametrize("pairs, sd", [(3, 0.8), (5, 1.5), (10, 0.4)])
+def test_the_detectable_change_is_rejected_four_times_in_five_by_simulation(pairs, sd):
+    """The oracle: simulate rows of `pairs` normal paired changes whose true mean is the detectable
+    change and run scipy's paired t-test on each; about 80% of them must reject no change."""
+    import numpy as np
+    from protocols_summary import detectable_change
+    from scipy import stats
+
+    change = detectable_change(sd, pairs)
+    rows = np.random.default_rng(pairs).normal(change, sd, size=(40_000, pairs))
+    rejected = stats.ttest_1samp(rows, 0.0, axis=1).pvalue < 0.05
+    assert rejected.mean() == pytest.approx(0.80, abs=0.01)  # 5 standard errors of the simulation
+    half = stats.t.ppf(0.975, pairs - 1) * sd / pairs**0.5
+    assert change > half  # more than the interval's half-width: a change only just significant is found half the time
+
+
+def test_each_row_gets_its_interval_detectable_change_and_verdict(tmp_path):
+    from protocols_summary import comparisons, detectable_change, paired_row, statistics_row
+
+    def write(folder, changes):
+        rows = {}
+        for seed, change in enumerate(changes):
+            base = 70.0 + seed
+            for mixup, r1 in (("none", base), ("feature", base + change)):
+                rows[f"ms-{mixup}-s{seed}"] = {
+                    "recipe": "cpu",
+                    "loss": "ms",
+                    "mixup": mixup,
+                    "seed": seed,
+                    "recall_at_1": r1,
+                    "map_at_r": r1 / 2,
+                    "best_test_recall_at_1": r1,
+                    "best_test_map_at_r": r1 / 2,
+                }
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "results.json").write_text(json.dumps(rows))
+        [found] = comparisons(tmp_path / folder)
+        return found
+
+    gain = write("small-folders-cpu-cub100-5", [1.0, 1.2, 0.9, 1.1, 1.0])
+    assert gain.data == "cub100-5"
+    assert paired_row(gain.paired("recall_at_1")).verdict == "gain"
+    loss = write("small-folders-cpu-cub100-10", [-1.0, -1.2, -0.9, -1.1, -1.0])
+    assert paired_row(loss.paired("recall_at_1")).verdict == "loss"
+    unclear = write("small-folders-cpu-cub100-20", [1.0, -1.0, 0.5, -0.5, 0.2])
+    row = paired_row(unclear.paired("recall_at_1"))
+    assert row.low < 0 < row.high and row.detectable == pytest.approx(detectable_change(row.sd, 5))
+    assert row.verdict == f"no evidence either way, could not detect less than {row.detectable:.2f}"
+    cells = [c.strip() for c in statistics_row(unclear).strip("|").split("|")]
+    low, high = stats_interval([1.0, -1.0, 0.5, -0.5, 0.2])
+    assert cells[:5] == ["cpu", "cub100-20", "ms", "feature", "5"]
+    assert cells[6] == f"{0.04:+.2f} [{low:+.2f}, {high:+.2f}]" and cells[9] == row.verdict
+    half = paired_row(unclear.paired("map_at_r"))  # MAP@R moves by half as much: half the detectable change
+    assert half.detectable == pytest.approx(row.detectable / 2) and cells[12] == f"{half.detectable:.2f}"
+
+
+def stats_interval(values):
+    from scipy import stats
+
+    return stats.ttest_1samp(values, 0).confidence_interval(0.95)
+
+
+def test_small_folders_overfitting_reads_the_peak_the_fall_and_the_gap(tmp_path):
+    from small_folders_summary import overfitting, overfitting_rows
+
+    curve = [
+        {"epoch": e, "val_map_at_r": v, "train_map_at_r": t}
+        for e, v, t in ((1, 60.0, 62.0), (2, 64.0, 70.0), (3, 63.0, 80.0), (4, 61.5, 90.0))
+    ]
+    assert overfitting({"curve": curve}) == {"epochs": 4, "best_epoch": 2, "fall": 2.5, "gap": 28.5}
+    rows = {
+        f"ms-{mixup}-s{seed}": {"loss": "ms", "mixup": mixup, "seed": seed, "curve": curve}
+        for mixup in ("feature", "none")
+        for seed in (0, 1)
+    }
+    folder = tmp_path / "small-folders-cpu-cub100-5"
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps(rows))
+    none, feature = overfitting_rows(folder)
+    assert none == "| cpu-cub100-5 | ms | none | 2 | 4 | 2 (2-2) | 2.50 | 2 of 2 | +28.50 |"
+    assert "| feature |" in feature
+
+
+def test_small_folders_schedule_check_wants_an_inside_peak_and_a_fall(tmp_path):
+    from small_folders_summary import schedule_check, trained_epochs
+
+    def folder(name, values):
+        curve = [{"epoch": e, "val_map_at_r": v} for e, v in enumerate(values, 1)]
+        row = {"loss": "ms", "mixup": "none", "seed": 0, "settings": {"epochs": len(values)}, "curve": curve}
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({"floor": {}, "ms-none-s0": row}))
+        (tmp_path / name / "ms-none-s0.json").write_text(json.dumps({"recipe": "cpu", "epochs": len(values)}))
+        return tmp_path / name
+
+    assert schedule_check(folder("falls", [60, 64, 63, 62.5]))[0]  # peak at 2 of 4, falls 1.5
+    assert not schedule_check(folder("late", [60, 61, 62, 64, 63.0]))[0]  # peak at 4 of 5: past 75%
+    assert not schedule_check(folder("flat", [60, 64, 63.8, 63.7]))[0]  # falls 0.3 only
+    assert trained_epochs(tmp_path / "late") == 5

@@ -34,6 +34,13 @@ ValFractionOption = Annotated[
         rich_help_panel="Data", help="Share of training classes held out for validation (without labels: of images)."
     ),
 ]
+TrainImagesPerClassOption = Annotated[
+    Optional[int],
+    typer.Option(
+        rich_help_panel="Data",
+        help="Keep N images of each training class (drawn with --seed; validation and test classes whole): a small folder from a large one. \\[default: all]",
+    ),
+]
 LabelsOption = Annotated[
     Optional[str],
     typer.Option(
@@ -169,6 +176,7 @@ def train(
     train_classes: TrainClassesOption = None,
     split_file: SplitFileOption = None,
     val_fraction: ValFractionOption = None,
+    train_images_per_class: TrainImagesPerClassOption = None,
     labels: LabelsOption = None,
     clusters: ClustersOption = None,
     recluster_every: ReclusterEveryOption = None,

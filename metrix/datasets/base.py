@@ -98,6 +98,22 @@ def carve_validation(train: Split, fraction: float, seed: int = 0) -> tuple[Spli
     )
 
 
+def keep_per_class(split: Split, count: int, seed: int) -> Split:
+    """At most `count` images of each class (all of a class that has fewer), in the split's order.
+    Each class draws its own with (seed, class id), so the same seed keeps the same images whatever
+    the other classes, and the images kept for a smaller count are among those kept for a larger one."""
+    if count < 1:
+        raise DataError(f"cannot keep {count} images per class; keep at least 1")
+    by_class: dict[int, list[int]] = {}
+    for index, sample in enumerate(split.samples):
+        by_class.setdefault(sample.label, []).append(index)
+    kept: set[int] = set()
+    for label, indices in by_class.items():
+        random.Random(f"images-per-class:{seed}:{label}").shuffle(indices)
+        kept.update(indices[:count])
+    return Split([s for i, s in enumerate(split.samples) if i in kept])
+
+
 def check_trainable(split: Split, what: str) -> None:
     """At least 2 classes, each with at least 2 images (a class of one has no positive pair)."""
     counts = Counter(split.labels)

@@ -26,6 +26,9 @@ class TrainConfig:
     train_classes: str | None = None
     split_file: str | None = None
     val_fraction: float = DEFAULT_VAL_FRACTION
+    # Keep N images of each training class (drawn with the run's seed, so runs of one seed share
+    # them), the validation and test classes whole: a small folder made from a large one.
+    train_images_per_class: int | None = None
     # folder: one sub-folder per class. Without labels (docs/unlabelled.md): instances (each image
     # its own class, its augmented views the positives), clusters (k-means pseudo-labels of the
     # current embeddings, redrawn every recluster_every epochs), or none: the one measured best.
@@ -150,6 +153,14 @@ class TrainConfig:
                 raise ConfigError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.warmup_epochs:
             raise ConfigError(f"warmup-epochs must be >= 0, got {self.warmup_epochs}")
+        if self.train_images_per_class is not None:
+            if self.train_images_per_class < 2:
+                raise ConfigError(
+                    f"train-images-per-class must be at least 2 (a class of one has no positive), "
+                    f"got {self.train_images_per_class}"
+                )
+            if self.unlabelled:
+                raise ConfigError("train-images-per-class keeps images of each class; it needs --labels folder")
         if self.head_init not in ("random", "pca"):
             raise ConfigError(f"unknown head init {self.head_init!r}; choose random or pca")
         if self.train_stages is not None and self.train_stages < 1:

@@ -3,11 +3,24 @@ built-in synthetic set."""
 
 from __future__ import annotations
 
-from ..datasets.base import RetrievalData
+from ..datasets.base import RetrievalData, keep_per_class
 from .config import TrainConfig
 
 
 def load_training_data(config: TrainConfig, log=print) -> RetrievalData:
+    data = _load(config, log)
+    if config.train_images_per_class is not None and data.labelled:
+        before = len(data.train)
+        data.train = keep_per_class(data.train, config.train_images_per_class, config.seed)
+        log(
+            f"kept {len(data.train)} of {before} training images: at most {config.train_images_per_class} "
+            f"of each of the {len(data.train.classes)} training classes (drawn with seed {config.seed}); "
+            "validation and test classes whole"
+        )
+    return data
+
+
+def _load(config: TrainConfig, log) -> RetrievalData:
     from ..datasets.folder import load_data, load_image_folder
     from ..datasets.synthetic import SYNTHETIC_DEFAULTS, default_synthetic_root, generate_synthetic
     from ..datasets.unlabelled import load_unlabelled
