@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from metrix.export.quantize import DEFAULT_FORM
 from metrix.machine import cpu_name
 
 from .base import app, fail, path_str
@@ -58,7 +59,7 @@ def export_(
     checkpoint: CheckpointOption = "best",
     quantize: QuantizeOption = None,
     max_r1_drop: MaxR1DropOption = 1.0,
-    int8_form: Int8FormOption = "u8s8-7bit-per-channel",
+    int8_form: Int8FormOption = DEFAULT_FORM.name,
     backbone: BackboneOption = None,
     image_size: ImageSizeOption = None,
     weights: WeightsOption = None,

@@ -49,16 +49,16 @@ def export_run(
     checkpoint: str = "best",
     quantize: str | None = None,
     max_r1_drop: float = 1.0,
-    int8_form: str = "u8s8-7bit-per-channel",
+    int8_form: str | None = None,
 ) -> dict:
     """`metrix export`: the run's checkpoint (default: the one chosen on the validation classes,
     latest where the run has none) to ONNX (default: model.onnx in the checkpoint folder),
     verified on images of its test split (seeded noise where its data is unreachable); with
     quantize="int8", also model.int8.onnx in `int8_form` with its measured R@1 change."""
-    from metrix.export.quantize import Int8Form
+    from metrix.export.quantize import DEFAULT_FORM, Int8Form
 
     try:
-        form = Int8Form.parse(int8_form)
+        form = Int8Form.parse(int8_form) if int8_form else DEFAULT_FORM
     except ValueError as error:
         raise ExportError(f"--int8-form: {error}") from None
     ckpt = load_checkpoint(run_dir, checkpoint)
