@@ -13,7 +13,9 @@
 # data-loading workers, nice 10. Start it, and resume it after any stop, from the worktree with:
 #     cd /work/metrix-grid39 && nohup bench/small_folders.sh >> grid.log 2>&1 &
 # Summary: .venv/bin/python bench/small_folders_summary.py bench/results/small-folders-*-{5,10,20}
-# Usage: bench/small_folders.sh   (PYTHON, SHARED and RESULTS override the defaults)
+# Usage: bench/small_folders.sh [SET:PER_CLASS ...]   (e.g. cub100:5 cub100:10; none given: all six
+# in order; PYTHON, SHARED and RESULTS override the defaults). Each process uses one core, so on
+# 2 cores two processes with different comparisons run side by side.
 #
 # Schedules. Each comparison first trains seed 0 without mixing and asks
 # bench/small_folders_summary.py --check-schedule whether its validation MAP@R peaks by 75% of the
@@ -73,10 +75,13 @@ comparison() {
     runs "$recipe" "$dataset" "$per_class" "$epochs" --seeds 0 1 2 3 4 --runs ms:none ms:feature
 }
 
-comparison cpu cub100 5 30
-comparison cpu cub100 10 30
-comparison cpu cub100 20 30
-comparison full-cpu omniglot_small 5 150
-comparison full-cpu omniglot_small 10 150
-comparison full-cpu omniglot_small 20 150
+wanted=("$@")
+[ ${#wanted[@]} -gt 0 ] || wanted=(cub100:5 cub100:10 cub100:20 omniglot_small:5 omniglot_small:10 omniglot_small:20)
+for item in "${wanted[@]}"; do
+    case "${item%%:*}" in
+        cub100) comparison cpu cub100 "${item#*:}" 30 ;;
+        omniglot_small) comparison full-cpu omniglot_small "${item#*:}" 150 ;;
+        *) echo "unknown set in '$item': cub100 or omniglot_small" >&2; exit 2 ;;
+    esac
+done
 echo "== $(date -u +%FT%TZ) done"
