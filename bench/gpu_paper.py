@@ -10,12 +10,20 @@ official code's, reported only).
 Torch only (the GPU machine has no faiss): retrieval metrics are computed on the GPU here and
 tested against metrix.evaluation.metrics on the CPU (tests/test_gpu_paper.py).
 
-    # here, once: pack cub100 into one file of re-encoded JPEGs that the GPU machine can carry
+The GPU machine lent to this project reaches no network and carries at most 64 MiB per call, the
+working tree included, so ResNet-50's weights (98 MB) and the cub100 pack (57 MB) travel in two
+calls on one warm machine (docs/benchmarks.md, "The GPU run"):
+
+    # here, once: ResNet-50's ImageNet weights in fp16 without fc (49 MB), and cub100 in one file
+    .venv/bin/python bench/gpu_paper.py weights --pth resnet50-0676ba61.pth --out gpu_weights/resnet50-fp16.pt
     .venv/bin/python bench/gpu_paper.py pack --data ../shared/datasets/cub100 --out gpu_data/cub100.pt
-    # on the GPU machine, as often as needed: each call stops before --minutes and resumes where it stopped
-    python3 bench/gpu_paper.py run --pack gpu_data/cub100.pt --weights gpu_data/resnet50.pth
-    # the table (both protocols)
-    python3 bench/protocols_summary.py bench/results/protocols-gpu-paper-cub100
+    .venv/bin/python bench/gpu_paper.py plan     # checks each call's carry and prints both calls
+    # call 1 (carry gpu_weights): keeps the weights in gpu_state/, which no call carries
+    # call 2 (carry gpu_data), as often as needed: each call stops before --minutes and resumes
+    python3 bench/gpu_paper.py run --pack gpu_data/cub100.pt --weights gpu_state/resnet50-fp16.pt \
+        --out gpu_state/protocols-gpu-paper-cub100 --copy-to "$OUT" --set epochs=20
+    # here, with the results.json that came back from $OUT
+    .venv/bin/python bench/protocols_summary.py bench/results/protocols-gpu-paper-cub100
 
 --variant metrix-code (the default) adds the official code's mixing (every negative, the
 non-zero contrastive reduction, its MS values and miner: config.OFFICIAL_MIXING); --variant
@@ -29,6 +37,8 @@ import argparse
 import io
 import json
 import math
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -49,7 +59,10 @@ from metrix.training.config import OFFICIAL_MIXING, TrainConfig, resolve_config 
 from metrix.training.objective import build_objective, clip_gradients, make_optimizer  # noqa: E402
 from metrix.training.sampler import build_sampler  # noqa: E402
 
-RUNS = ("ms:none", "ms:feature", "contrastive:none", "contrastive:feature")
+RUNS = ("contrastive:none", "contrastive:feature", "ms:none", "ms:feature")
+SEEDS = (0, 1, 2, 3, 4)
+#: What one call to the GPU machine carries at most, the working tree included.
+CARRY_LIMIT = 64 * 2**20
 RECALL_KS = (1, 2, 4, 8)
 
 
@@ -200,9 +213,20 @@ def build_model(config: TrainConfig, weights: Path | None, device: torch.device)
     return model.to(device, memory_format=torch.channels_last)
 
 
+def half_weights(pth: Path, out: Path) -> None:
+    """torchvision's resnet50 state dict without the classifier (`fc`, unused here), floating
+    tensors in fp16: 49 MB instead of 98, small enough to carry in one call."""
+    state = torch.load(pth, map_location="cpu", weights_only=True)
+    kept = {k: v.half() if v.is_floating_point() else v for k, v in state.items() if not k.startswith("fc.")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(kept, out)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB, {len(kept)} tensors, fc dropped)")
+
+
 def load_torchvision_resnet(model: EmbeddingModel, path: Path) -> None:
-    """torchvision's resnet50 state dict (a .pth file) into metrix's ResNet50 (conv1 + bn1 are
-    its stem; the classifier is dropped)."""
+    """torchvision's resnet50 state dict (a .pth file, fp32 or the fp16 of `half_weights`) into
+    metrix's ResNet50 (conv1 + bn1 are its stem; the classifier is dropped; load_state_dict
+    copies fp16 values into the fp32 parameters)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     stem = {"conv1.": "stem.0.", "bn1.": "stem.1."}
     renamed = {}
@@ -396,12 +420,62 @@ def run(args) -> None:
             min_epochs = 0
             results[name] = {**row, "variant": args.variant, "settings": settings, "pack": str(args.pack)}
             results_file.write_text(json.dumps(results, indent=1))
+            if args.copy_to:  # the GPU machine sends back only what lies under $OUT
+                args.copy_to.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(results_file, args.copy_to / results_file.name)
             print(
                 f"{name}: test R@1 {row['recall_at_1']:.2f} at the validation epoch {row['best_epoch']}, "
                 f"{row['best_test_recall_at_1']:.2f} at the best test epoch {row['best_test_epoch']}",
                 flush=True,
             )
     print("all runs done")
+
+
+# ---- the two calls ----------------------------------------------------------------------------
+
+
+def tree_bytes(root: Path) -> int:
+    """What every call carries: tracked files and untracked files git does not ignore."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=root,
+        capture_output=True,
+        check=True,
+    ).stdout
+    return sum((root / name).stat().st_size for name in listed.decode().split("\0") if name and (root / name).is_file())
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def plan(weights: Path, pack_path: Path, root: Path = Path(__file__).resolve().parents[1]) -> int:
+    """Print the two calls with what each carries; 1 (and why) when either is missing or too big.
+    `root`: the checkout whose tree travels with every call."""
+    tree = tree_bytes(root)
+    calls = [
+        (weights, "mkdir -p gpu_state && cp gpu_weights/*.pt gpu_state/ && nvidia-smi -L && ls -l gpu_state"),
+        (
+            pack_path,
+            "python3 bench/gpu_paper.py run --pack gpu_data/cub100.pt --weights gpu_state/resnet50-fp16.pt "
+            "--out gpu_state/protocols-gpu-paper-cub100 --copy-to $OUT --set epochs=20 --runs contrastive:none "
+            "contrastive:feature",
+        ),
+    ]
+    failed = 0
+    for number, (path, command) in enumerate(calls, 1):
+        if not (root / path).exists():
+            print(f"call {number}: {path} is missing; make it first (see this script's docstring)")
+            failed = 1
+            continue
+        total = tree + folder_bytes(root / path)
+        verdict = "fits" if total <= CARRY_LIMIT else "TOO BIG"
+        failed |= total > CARRY_LIMIT
+        print(
+            f"call {number}: carry {path}: {folder_bytes(root / path) / 2**20:.1f} MiB + tree {tree / 2**20:.1f} MiB "
+            f"= {total / 2**20:.1f} of {CARRY_LIMIT / 2**20:.0f} MiB: {verdict}\n    {command}"
+        )
+    return failed
 
 
 def main() -> None:
@@ -415,7 +489,7 @@ def main() -> None:
     running.add_argument("--pack", type=Path, required=True)
     running.add_argument("--out", type=Path, default=Path("bench/results/protocols-gpu-paper-cub100"))
     running.add_argument("--runs", nargs="+", default=list(RUNS), help="loss:mixup pairs")
-    running.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    running.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     running.add_argument("--variant", choices=("metrix-code", "paper"), default="metrix-code")
     running.add_argument("--backbone", default="resnet50")
     running.add_argument("--weights", type=Path, help="torchvision's resnet50 ImageNet state dict (.pth)")
@@ -428,9 +502,22 @@ def main() -> None:
     )
     running.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction)
     running.add_argument("--minutes", type=float, default=8.5, help="stop (to resume later) before this many minutes")
+    running.add_argument(
+        "--copy-to", type=Path, help="copy results.json here after every finished run (the GPU machine's $OUT)"
+    )
+    halving = commands.add_parser("weights", help="torchvision's resnet50 .pth -> fp16 without fc")
+    halving.add_argument("--pth", type=Path, required=True)
+    halving.add_argument("--out", type=Path, default=Path("gpu_weights/resnet50-fp16.pt"))
+    planning = commands.add_parser("plan", help="check each call's carry against the limit and print the calls")
+    planning.add_argument("--weights", type=Path, default=Path("gpu_weights"))
+    planning.add_argument("--pack", type=Path, default=Path("gpu_data"))
     args = parser.parse_args()
     if args.command == "pack":
         pack(args.data, args.out, args.quality)
+    elif args.command == "weights":
+        half_weights(args.pth, args.out)
+    elif args.command == "plan":
+        sys.exit(plan(args.weights, args.pack))
     else:
         run(args)
 

@@ -101,7 +101,7 @@ def test_the_first_line_says_which_recipe_and_mixing_and_why():
     assert explain_choices(config, given={"recipe"}).startswith("recipe full-cpu (asked for: the whole network trains")
     line = explain_choices(config, given={"recipe"})
     assert "mixing none (the recipe's default: no mixing measured best on the validation classes)" in line
-    assert "mixing feature (the recipe's default: the paper's method)" in explain_choices(
+    assert "mixing feature (the recipe's default: the paper's claim, untested by this project" in explain_choices(
         resolve_config(recipe="full"), given={"recipe"}
     )
     assert "mixing embed (asked for)" in explain_choices(

@@ -104,3 +104,49 @@ def test_a_tiny_grid_stops_at_its_limit_and_resumes_exactly(tmp_path):
                 [c[key] for c in row["curve"]], rel=1e-5
             ), (name, key)
     assert resumed["contrastive-feature-s0"]["curve"][-1]["mixed"] > 0
+
+
+def test_fp16_weights_without_fc_fit_one_call_and_load_like_the_fp32_ones(tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet50(weights=None).eval()
+    pth = tmp_path / "resnet50.pth"
+    torch.save(reference.state_dict(), pth)
+    half = tmp_path / "gpu_weights" / "resnet50-fp16.pt"
+    gpu_paper.half_weights(pth, half)
+    assert 40 * 2**20 < half.stat().st_size < 48 * 2**20  # fc gone, every float halved
+    assert not any(key.startswith("fc.") for key in torch.load(half, weights_only=True))
+
+    config = gpu_paper.run_config("contrastive", "none", 0, "paper", "resnet50", {"pretrained": False})
+    models = [gpu_paper.build_model(config, path, torch.device("cpu")).eval() for path in (pth, half)]
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        full, halved = (m.backbone(images) for m in models)
+        expected = torch.nn.Sequential(*list(reference.children())[:-2])(images)  # feature maps
+    assert full.shape == expected.shape and torch.allclose(full, expected, atol=1e-4)  # the renaming maps every tensor
+    cosine = torch.nn.functional.cosine_similarity(full.flatten(1), halved.flatten(1))
+    assert cosine.min() > 0.999
+
+
+def test_the_plan_checks_each_calls_carry_against_the_limit(tmp_path, capsys):
+    root = tmp_path / "checkout"
+    root.mkdir()
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    (root / ".gitignore").write_text("gpu_weights/\ngpu_data/\n")
+    (root / "code.py").write_bytes(b"x" * 3 * 2**20)
+    assert gpu_paper.plan(Path("gpu_weights"), Path("gpu_data"), root) == 1
+    assert "call 1: gpu_weights is missing" in capsys.readouterr().out
+    (root / "gpu_weights").mkdir()
+    (root / "gpu_weights" / "w.pt").write_bytes(b"w" * 45 * 2**20)
+    (root / "gpu_data").mkdir()
+    with open(root / "gpu_data" / "cub100.pt", "wb") as pack:
+        pack.truncate(62 * 2**20)  # 62 + 3 MiB of tree: one MiB too many
+    assert gpu_paper.plan(Path("gpu_weights"), Path("gpu_data"), root) == 1
+    out = capsys.readouterr().out
+    assert "call 1: carry gpu_weights: 45.0 MiB + tree 3.0 MiB = 48.0 of 64 MiB: fits" in out
+    assert "= 65.0 of 64 MiB: TOO BIG" in out
+    with open(root / "gpu_data" / "cub100.pt", "wb") as pack:
+        pack.truncate(57 * 2**20)
+    assert gpu_paper.plan(Path("gpu_weights"), Path("gpu_data"), root) == 0
+    assert "--copy-to $OUT --set epochs=20" in capsys.readouterr().out

@@ -332,7 +332,7 @@ def explain_choices(config: TrainConfig, given: set[str]) -> str:
     elif recipe_mixup == "none":
         why_mixup = "the recipe's default: no mixing measured best on the validation classes"
     else:
-        why_mixup = "the recipe's default: the paper's method"
+        why_mixup = "the recipe's default: the paper's claim, untested by this project (docs/benchmarks.md)"
     return f"recipe {config.recipe} ({why_recipe}: {RECIPE_NOTES[config.recipe]}); mixing {config.mixup} ({why_mixup})"
 
 
