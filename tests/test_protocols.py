@@ -218,7 +218,11 @@ def test_small_folders_schedule_check_wants_an_inside_peak_and_a_fall(tmp_path):
         (tmp_path / name / "ms-none-s0.json").write_text(json.dumps({"recipe": "cpu", "epochs": len(values)}))
         return tmp_path / name
 
-    assert schedule_check(folder("falls", [60, 64, 63, 62.5]))[0]  # peak at 2 of 4, falls 1.5
-    assert not schedule_check(folder("late", [60, 61, 62, 64, 63.0]))[0]  # peak at 4 of 5: past 75%
-    assert not schedule_check(folder("flat", [60, 64, 63.8, 63.7]))[0]  # falls 0.3 only
+    ok, why = schedule_check(folder("falls", [60, 64, 63, 62.5]))  # peak at 2 of 4, falls 1.5
+    assert ok and why.endswith("long enough: over-fits")
+    assert not schedule_check(folder("late", [60, 61, 62, 64, 63.0]))[0]  # peak at 4 of 5 and falls 1: neither
+    assert not schedule_check(folder("rising", [60, 61, 62, 63, 64, 65, 66, 67]))[0]  # +2 in the last quarter
+    # cub100 at 5 per class: an early dip, a climb, then a plateau (+0.1 over the last quarter)
+    ok, why = schedule_check(folder("plateau", [66.5, 64.5, 65.5, 66.6, 67.2, 67.5, 67.5, 67.6]))
+    assert ok and why.endswith("moves +0.10 over the last quarter: long enough: converged without over-fitting")
     assert trained_epochs(tmp_path / "late") == 5
