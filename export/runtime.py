@@ -55,6 +55,7 @@ class ModelMetadata:
     labels: str = "folder"  # what the model trained with: folder (classes), instances, clusters; "" untrained
     flip: bool | None = None  # whether training flipped images left to right; None untrained
     int8: dict | None = None  # an int8 model's form and check (export/quantize.py int8_record)
+    floor_check: dict | None = None  # the run's comparison with no training (metrix.evaluation.card)
 
     @property
     def training_path(self) -> str:
@@ -72,7 +73,15 @@ class ModelMetadata:
         if self.training_path == "without labels":
             how = "each image its own class" if self.labels == "instances" else "k-means pseudo-labels"
             return f"trained without labels ({how}) on {self.training_data}"
-        return f"trained with labels: {self.train_classes} classes of {self.training_data}"
+        trained = f"trained with labels: {self.train_classes} classes of {self.training_data}"
+        difference = (self.floor_check or {}).get("difference", {}).get("map_at_r")
+        if difference:
+            verdict = {"better": "better than", "worse": "WORSE than", "tied": "not told apart from"}
+            trained += (
+                f"; {verdict[self.floor_check['verdict']]} no training on its validation classes (MAP@R "
+                f"{difference['mean']:+.2f} [{difference['low']:+.2f}, {difference['high']:+.2f}])"
+            )
+        return trained
 
     @property
     def resize_policy(self) -> str:

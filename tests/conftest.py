@@ -58,3 +58,13 @@ def tiny_model(tiny_run):
 
     metrix_cli("export", tiny_run)
     return tiny_run / "checkpoints" / (tiny_run / "best").read_text() / "model.onnx"
+
+
+@pytest.fixture
+def other_model(tiny_run, tiny_model, tmp_path):
+    """The tiny run's other checkpoint, exported: a model with other weights."""
+    from .training_helpers import metrix_cli
+
+    other = next(c for c in (tiny_run / "checkpoints").iterdir() if c.name != tiny_model.parent.name)
+    metrix_cli("export", tiny_run, "--checkpoint", other.name, "--output", tmp_path / "other.onnx")
+    return tmp_path / "other.onnx"

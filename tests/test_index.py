@@ -4,6 +4,7 @@ process killed with SIGKILL; readers during a build; model mismatches; IVF again
 
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metrix.cli.models import default_model, newest_index
+from metrix.cli.models import choose_model, newest_index
 from metrix.export.runtime import load_embedder, load_for_model
 from metrix.index import store
 from metrix.index.build import build_index
@@ -506,23 +507,26 @@ def test_hnsw_index_type_on_a_gallery(tiny_model, tmp_path):
     assert {c["kind"] for c in choice["candidates"]} == {"flat", "ivf", "hnsw"} and choice["target_recall"] == 0.99
 
 
-def test_defaults_find_the_newest_model_trained_on_the_gallery_and_the_newest_index(tmp_path, monkeypatch):
-    """A run trained on other data is never the default for a gallery (issue 28); the newest run
-    trained on the gallery's folder, or a folder holding it, is."""
+def test_defaults_find_a_model_trained_on_the_gallery_and_the_newest_index(tmp_path, monkeypatch):
+    """A run trained on other data is never the default for a gallery (issue 28); among runs trained
+    on the gallery's folder, or a folder holding it, the best measured one is (issue 40,
+    tests/test_floor_check.py): the newest where none could be measured (no labels)."""
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(GalleryIndexError, match="no exported run under runs/ trained on photos"):
-        default_model("photos")
+    choice = choose_model("photos")
+    assert choice.model is None and "no exported run under runs/ trained on photos" in choice.why
+    not_measured = {"checkpoint": "epoch-0001", "floor_check": {"verdict": "not measured", "why": "no labels"}}
     for run, stamp, data in (("old", 1, "photos"), ("new", 3, str(tmp_path / "photos")), ("newest", 5, "demo-shapes")):
         folder = tmp_path / "runs" / run / "checkpoints" / "epoch-0001"
         folder.mkdir(parents=True)
         (folder / "model.onnx").write_bytes(b"x")
         os.utime(folder / "model.onnx", (stamp, stamp))
         (tmp_path / "runs" / run / "config.json").write_text(json.dumps({"data": data}))
-    expected = (Path("runs/new/checkpoints/epoch-0001/model.onnx"), str(tmp_path / "photos"))
-    assert default_model("photos") == expected and default_model(tmp_path / "photos" / "birds") == expected
-    with pytest.raises(GalleryIndexError, match="runs trained on .*demo-shapes.* are used only with --model"):
-        default_model("holiday")
-    assert default_model("demo-shapes/circles")[0] == Path("runs/newest/checkpoints/epoch-0001/model.onnx")
+        (tmp_path / "runs" / run / "model_card.json").write_text(json.dumps(not_measured))
+    expected = Path("runs/new/checkpoints/epoch-0001/model.onnx")
+    assert choose_model("photos").model == expected and choose_model(tmp_path / "photos" / "birds").model == expected
+    other = choose_model("holiday")
+    assert other.model is None and re.search("runs trained on .*demo-shapes.* are used only with --model", other.why)
+    assert choose_model("demo-shapes/circles").model == Path("runs/newest/checkpoints/epoch-0001/model.onnx")
     with pytest.raises(GalleryIndexError, match="no index under indexes/"):
         newest_index()
     for name, stamp in (("a", 5), ("b", 2)):

@@ -19,7 +19,6 @@ from metrix.index.live import LiveIndex
 from metrix.index.store import CURRENT, generations, write_atomically
 
 from .service_helpers import make_gallery
-from .training_helpers import metrix_cli
 
 
 @pytest.fixture
@@ -65,14 +64,6 @@ def test_a_generation_that_cannot_be_opened_is_refused_once_and_the_old_one_serv
     assert live.snapshot().index.generation == serving
     warnings = [r.getMessage() for r in caplog.records if "cannot switch" in r.getMessage()]
     assert len(warnings) == 1 and serving in warnings[0] and "gen-000099" in warnings[0]
-
-
-@pytest.fixture
-def other_model(tiny_run, tiny_model, tmp_path):
-    """The tiny run's other checkpoint, exported: a model with other weights."""
-    other = next(c for c in (tiny_run / "checkpoints").iterdir() if c.name != tiny_model.parent.name)
-    metrix_cli("export", tiny_run, "--checkpoint", other.name, "--output", tmp_path / "other.onnx")
-    return tmp_path / "other.onnx"
 
 
 @pytest.mark.slow

@@ -175,18 +175,17 @@ def _watch(folder: Path, index_dir: Path, build, settle: float) -> None:
 
 
 def _default_model(gallery: str) -> Path:
-    from metrix.cli.models import FLOOR_BACKBONE, default_model, floor_model
-    from metrix.index.store import GalleryIndexError
+    from metrix.cli.models import choose_model, floor_model
 
-    try:
-        model, root = default_model(gallery)
-        typer.echo(f"no --model given: using {model}, the newest exported model of a run trained on {root}")
-        return model
-    except GalleryIndexError as error:
-        why = str(error)
-    model, exported = floor_model()
+    choice = choose_model(gallery)
+    if choice.model is not None:
+        typer.echo(f"no --model given: using {choice.model}")
+        typer.echo(f"  why: {choice.why}")
+        return choice.model
+    model, exported = floor_model(choice.floor_backbone, image_size=choice.floor_size)
+    size = f" at {choice.floor_size} px, its best size on the runs' validation classes" if choice.floor_size else ""
     typer.echo(
-        f"no --model given and {why}: using the untrained pretrained {FLOOR_BACKBONE} "
+        f"no --model given and {choice.why}: using the untrained pretrained {choice.floor_backbone}{size} "
         f"({model}{', exported now' if exported else ''}); `metrix train --data {gallery}` (or `--labels none` "
         "without labels), then `metrix export`, gives a model fitted to these images"
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from metrix import __version__
+from metrix.evaluation.card import read_card
 from metrix.export.onnx_export import OPSET, ExportError, ImageEmbedder, Parity, export_verified
 from metrix.export.runtime import ModelMetadata, file_sha256
 from metrix.training.checkpoint import MODEL_FILE, Checkpoint, build_model, load_checkpoint
@@ -17,6 +18,7 @@ from metrix.training.checkpoint import MODEL_FILE, Checkpoint, build_model, load
 def describe(checkpoint: Checkpoint, model) -> ModelMetadata:
     config, pre = checkpoint.config, model.preprocessing
     data = config.get("data", {})
+    card = read_card(checkpoint.path.parents[1]) or {}
     return ModelMetadata(
         image_size=pre.image_size,
         resize_size=pre.resize_size,
@@ -34,6 +36,7 @@ def describe(checkpoint: Checkpoint, model) -> ModelMetadata:
         checkpoint=str(checkpoint.path),
         exporter=f"torch.onnx dynamo (torch {torch.__version__})",
         opset=OPSET,
+        floor_check=card.get("floor_check") if card.get("checkpoint") == checkpoint.path.name else None,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -166,6 +167,14 @@ LogOption = Annotated[
 ProgressOption = Annotated[
     bool, typer.Option("--progress/--no-progress", rich_help_panel="Output and settings", help="Show a progress bar.")
 ]
+FloorCheckOption = Annotated[
+    bool,
+    typer.Option(
+        "--floor-check/--no-floor-check",
+        rich_help_panel="Output and settings",
+        help="At the end, compare the chosen checkpoint with the untrained backbone on the validation classes and write RUN/model_card.json (build-index chooses its default model by it).",
+    ),
+]
 
 
 @app.command()
@@ -203,10 +212,13 @@ def train(
     resume: ResumeOption = None,
     log: LogOption = None,
     progress: ProgressOption = True,
+    floor_check: FloorCheckOption = True,
 ) -> None:
     """Train a Metrix embedding model. With no data, trains on the built-in synthetic dataset."""
-    # every option but these three is a setting of the same name (paths as text)
-    given_values = {name: value for name, value in locals().items() if name not in ("config", "resume", "progress")}
+    # every option but these four is a setting of the same name (paths as text)
+    given_values = {
+        name: value for name, value in locals().items() if name not in ("config", "resume", "progress", "floor_check")
+    }
     from metrix.backbones import BackboneError
     from metrix.datasets import DataError
     from metrix.training.checkpoint import CheckpointError
@@ -221,13 +233,23 @@ def train(
                 raise ConfigError(
                     f"--resume continues a run with its own settings; drop {', '.join('--' + g.replace('_', '-') for g in given)}"
                 )
-            run_training(None, resume=resume, progress=progress)
+            run_dir = run_training(None, resume=resume, progress=progress)
         else:
             resolved = resolve_config(config, **flags)
             given = {k for k, v in flags.items() if v is not None} | set(read_config_file(config) if config else ())
-            run_training(resolved, progress=progress, why=explain_choices(resolved, given))
+            run_dir = run_training(resolved, progress=progress, why=explain_choices(resolved, given))
+        if floor_check and os.environ.get("RANK", "0") == "0":  # torchrun: the main process only
+            _check_against_floor(run_dir)
     except (ConfigError, DataError, BackboneError, CheckpointError) as error:
         fail(error)
+
+
+def _check_against_floor(run_dir: Path) -> None:
+    from metrix.evaluation.card import describe
+    from metrix.evaluation.floor_check import check_against_floor
+
+    for line in describe(check_against_floor(run_dir)):
+        typer.echo(line)
 
 
 @app.command()
@@ -243,6 +265,13 @@ def evaluate(
     dataset: Annotated[Optional[str], typer.Option(help="Or on this benchmark's test split.")] = None,
     data_root: Annotated[Optional[Path], typer.Option(help="Where that benchmark was downloaded.")] = None,
     floor: Annotated[bool, typer.Option("--floor", help="Also evaluate the untrained pretrained backbone.")] = False,
+    against_floor: Annotated[
+        bool,
+        typer.Option(
+            "--against-floor",
+            help="Instead: compare the run's chosen checkpoint with the untrained backbone on its validation classes and (re)write RUN/model_card.json, as metrix train does at its end.",
+        ),
+    ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     report: Annotated[
         Optional[Path],
@@ -262,6 +291,9 @@ def evaluate(
 
     log = (lambda *a, **k: None) if json_output else print
     try:
+        if against_floor:
+            _check_against_floor(run_dir)
+            return
         if report is not None:
             floor = True
             check_writable(report)

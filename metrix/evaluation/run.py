@@ -74,7 +74,7 @@ def embed_run(
         log(ckpt.choice)
     model = build_model(ckpt)
     if floor:
-        model = _untrained_floor(ckpt, model)
+        model = untrained_backbone(ckpt, preprocessing=model.preprocessing)
     config = TrainConfig.from_dict(ckpt.config["train_config"])
     if data is not None or dataset is not None:
         config.data, config.dataset, config.data_root = data, dataset, data_root
@@ -91,15 +91,7 @@ def embed_run(
     frozen = config.frozen_stages(len(model.backbone.stages()))
 
     def embed(split):
-        return embed_samples(
-            model,
-            split.samples,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            device=device,
-            channels_last=device == "cpu",
-            frozen_stages=frozen,
-        )
+        return embed_split(model, split.samples, device, num_workers, frozen, batch_size)
 
     query, query_labels = embed(retrieval_data.test)
     gallery, gallery_labels = embed(retrieval_data.gallery) if retrieval_data.gallery is not None else (None, None)
@@ -165,14 +157,31 @@ def format_table(reports: list[dict]) -> list[str]:
     return lines
 
 
-def _untrained_floor(ckpt, trained) -> PooledBackbone:
-    """The backbone the run started from: pretrained, or (a --no-pretrained run) its seeded random
-    initialisation."""
+def embed_split(
+    model, samples, device: str, num_workers: int = 2, frozen_stages: int = 0, batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings, labels) of `samples` as evaluation sees them (the model's own resize and crop)."""
+    return embed_samples(
+        model,
+        samples,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        channels_last=device == "cpu",
+        frozen_stages=frozen_stages,
+    )
+
+
+def untrained_backbone(ckpt, image_size: int | None = None, preprocessing=None) -> PooledBackbone:
+    """The backbone the run started from, with no training (the floor): pretrained, or (a
+    --no-pretrained run) its seeded random initialisation; at `image_size` (None: the backbone's
+    own) or with the trained model's `preprocessing`."""
     config = TrainConfig.from_dict(ckpt.config["train_config"])
+    if preprocessing is not None:
+        image_size = preprocessing.image_size
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
-        backbone = create_backbone(
-            ckpt.config["model"]["backbone"], config.pretrained, trained.preprocessing.image_size, config.weights
-        )
-    backbone.preprocessing = trained.preprocessing
+        backbone = create_backbone(ckpt.config["model"]["backbone"], config.pretrained, image_size, config.weights)
+    if preprocessing is not None:
+        backbone.preprocessing = preprocessing
     return PooledBackbone(backbone).eval()
