@@ -43,8 +43,13 @@ PATH_EFFECTS = {
 }
 
 
-def caption(hit: Hit) -> str:
-    return f"{hit.score:.3f} · {hit.label or '-'} · {hit.path}"
+#: How a marked result's tile shows its mark, before its caption.
+MARK_BADGES = {"right": "✓ right", "wrong": "✗ wrong"}
+
+
+def caption(hit: Hit, mark: str | None = None) -> str:
+    badge = f"{MARK_BADGES[mark]} · " if mark in MARK_BADGES else ""
+    return f"{badge}{hit.score:.3f} · {hit.label or '-'} · {hit.path}"
 
 
 #: An approximate index's search setting, as the page's header names it (manifest key, name).
@@ -131,16 +136,6 @@ def heatmaps(hit: dict, explanation) -> str:
     )
 
 
-def feedback_boxes(hits: list[dict], marks: dict):
-    """The right / wrong checkboxes for the results shown, ticked where already marked."""
-    choices = [(f"{rank}. {hit['path']}", str(hit["id"])) for rank, hit in enumerate(hits, 1)]
-    shown = {str(hit["id"]) for hit in hits}
-    return (
-        gr.CheckboxGroup(choices=choices, value=[i for i, m in marks.items() if m == "right" and i in shown]),
-        gr.CheckboxGroup(choices=choices, value=[i for i, m in marks.items() if m == "wrong" and i in shown]),
-    )
-
-
 class Page:
     """The page's handlers, over one live index, its access rules and the batcher of its queries."""
 
@@ -171,7 +166,10 @@ class Page:
             return [], "The search failed on the server; the log says why.", []
         base = request_base(request)
         hits = [{**vars(hit), "url": image_url(base, self.access, hit.id)} for hit in result.hits]
-        items = [(image_url(base, self.access, hit.id, THUMBNAIL), caption(hit)) for hit in result.hits]
+        items = [
+            (image_url(base, self.access, hit.id, THUMBNAIL), caption(hit, marks.get(str(hit.id))))
+            for hit in result.hits
+        ]
         return items, result.status(), hits
 
     def upload(self, path, k, labels, prefix, request: gr.Request):
@@ -191,19 +189,17 @@ class Page:
             )
         return (*self.search(query, "", k, labels, prefix, {}, request), query, {}, None)
 
-    def show_query(self, query: dict | None, hits: list[dict], marks: dict):
-        picture = drawn(query, None, None) if query else None
-        return (picture, "", *feedback_boxes(hits, marks))
+    def show_query(self, query: dict | None):
+        return (drawn(query, None, None) if query else None), ""
 
     def rerun(self, query, box_text, k, labels, prefix, marks, request: gr.Request):
-        items, status, hits = self.search(query, box_text, k, labels, prefix, marks, request)
-        return items, status, hits, *feedback_boxes(hits, marks)
+        return self.search(query, box_text, k, labels, prefix, marks, request)
 
     def click_region(
         self, query: dict | None, corner, k, labels, prefix, marks, event: gr.SelectData, request: gr.Request
     ):
         """First click: a corner; second click: the opposite corner, and the region is searched."""
-        unchanged = (gr.skip(),) * 5
+        unchanged = (gr.skip(),) * 3  # results, status, hits
         if not query or not event.index:
             return gr.skip(), gr.skip(), None, *unchanged
         scale = query["size"][0] / query["preview"].width
@@ -236,32 +232,29 @@ class Page:
         try:
             box = parse_box(box_text) if box_text and box_text.strip() else None
         except ValueError as error:
-            return gr.skip(), [], f"{error}.", [], *feedback_boxes([], {})
+            return gr.skip(), [], f"{error}.", []
         return (
             drawn(query, box, None) if query else None,
             *self.rerun(query, box_text, k, labels, prefix, marks, request),
         )
 
-    def apply_feedback(self, query, box_text, k, labels, prefix, marks: dict, right, wrong, hits, request: gr.Request):
-        """Marks of the results shown replace theirs; marks of earlier rounds stay."""
-        both = set(right or ()) & set(wrong or ())
-        if both:
-            return (
-                marks,
-                gr.skip(),
-                "A result cannot be both right and wrong; untick one.",
-                gr.skip(),
-                gr.skip(),
-                gr.skip(),
-            )
-        marks = {i: m for i, m in marks.items() if i not in {str(hit["id"]) for hit in hits}}
-        marks.update({i: "right" for i in right or ()} | {i: "wrong" for i in wrong or ()})
-        items, status, new_hits = self.search(query, box_text, k, labels, prefix, marks, request)
-        return (marks, items, status, new_hits, *feedback_boxes(new_hits, marks))
+    def marker(self, which: str):
+        """The handler of one mark button (right, wrong, or none to unmark), for the selected result."""
+
+        def mark(query, box_text, k, labels, prefix, marks: dict, selected: dict | None, request: gr.Request):
+            """Mark the selected result and search again with every mark at once; marks of earlier
+            rounds stay. The tile shows its mark in its caption."""
+            if not selected:
+                return marks, gr.skip(), "Click a result first, then mark it right or wrong.", gr.skip()
+            marks = {i: m for i, m in marks.items() if i != str(selected["id"])}
+            if which in MARK_BADGES:
+                marks[str(selected["id"])] = which
+            return (marks, *self.search(query, box_text, k, labels, prefix, marks, request))
+
+        return mark
 
     def clear_feedback(self, query, box_text, k, labels, prefix, request: gr.Request):
-        items, status, hits = self.search(query, box_text, k, labels, prefix, {}, request)
-        return ({}, items, status, hits, *feedback_boxes(hits, {}))
+        return ({}, *self.search(query, box_text, k, labels, prefix, {}, request))
 
     def select(self, hits: list[dict], query: dict | None, box_text: str, event: gr.SelectData):
         if not hits or event.index is None or event.index >= len(hits):

@@ -1,5 +1,6 @@
 """The web UI: upload (or paste) a photo, see the most similar gallery images; narrow the search to
-a region of the photo, to labels or a path prefix; mark results right or wrong and search again;
+a region of the photo, to labels or a path prefix; mark a result right or wrong on its tile and search
+again at once;
 open a result to see it larger with heat maps of why it matched.
 
 `build_app(live, access)` makes the Gradio Blocks for a live index (see metrix.index.live), so a
@@ -67,19 +68,21 @@ def _components(live: LiveIndex, default_k: int) -> SimpleNamespace:
                 allow_preview=False,
                 elem_id="results",
             )
-            with gr.Row():
-                right = gr.CheckboxGroup(label="Right", elem_id="right")
-                wrong = gr.CheckboxGroup(label="Wrong", elem_id="wrong")
-            with gr.Row():
-                feedback = gr.Button("Search again with feedback", elem_id="feedback")
-                forget = gr.Button("Forget feedback", size="sm")
+            forget = gr.Button("Forget feedback", size="sm", elem_id="forget")
     with gr.Row():
         with gr.Column(scale=1):
             large = gr.HTML(elem_id="selected")
         with gr.Column(scale=1):
             why = gr.HTML(elem_id="why")
         with gr.Column(scale=1):
-            info = gr.Markdown("Click a result to see it larger, with why it matched.")
+            info = gr.Markdown(
+                "Click a result to see it larger, with why it matched, and to mark it right or wrong: "
+                "the search runs again at once with every mark, and each marked tile shows its mark."
+            )
+            with gr.Row():
+                mark_right = gr.Button("✓ Right", elem_id="mark-right")
+                mark_wrong = gr.Button("✗ Wrong", elem_id="mark-wrong")
+                unmark = gr.Button("Unmark", size="sm", elem_id="unmark")
             again = gr.Button("Search with this image")
     return SimpleNamespace(
         title=title,
@@ -97,9 +100,7 @@ def _components(live: LiveIndex, default_k: int) -> SimpleNamespace:
         prefix=prefix,
         status=status,
         results=results,
-        right=right,
-        wrong=wrong,
-        feedback=feedback,
+        marks={"right": mark_right, "wrong": mark_wrong, "none": unmark},
         forget=forget,
         large=large,
         why=why,
@@ -113,39 +114,37 @@ def _wire(app: gr.Blocks, page: Page, ui: SimpleNamespace) -> None:
     searched = [ui.results, ui.status, ui.hits_state]
     filters = [ui.k, ui.labels, ui.prefix]
     current = [ui.query_state, ui.box, *filters, ui.marks_state]
-    boxes = [ui.right, ui.wrong]
     # upload, not change: "Search with this image" sets the query's picture too, and must not search twice
     ui.query.upload(
         page.upload,
         [ui.query, *filters],
         [*searched, ui.query_state, ui.marks_state, ui.corner_state],
         api_name=False,
-    ).then(
-        page.show_query, [ui.query_state, ui.hits_state, ui.marks_state], [ui.region, ui.box, *boxes], api_name=False
-    )
+    ).then(page.show_query, [ui.query_state], [ui.region, ui.box], api_name=False)
     for event in (ui.k.release, ui.labels.input, ui.prefix.submit):
-        event(page.rerun, current, [*searched, *boxes], api_name=False)
+        event(page.rerun, current, searched, api_name=False)
     ui.region.select(
         page.click_region,
         [ui.query_state, ui.corner_state, *filters, ui.marks_state],
-        [ui.region, ui.box, ui.corner_state, *searched, *boxes],
+        [ui.region, ui.box, ui.corner_state, *searched],
         api_name=False,
     )
-    ui.box.submit(page.typed_box, current, [ui.region, *searched, *boxes], api_name=False)
+    ui.box.submit(page.typed_box, current, [ui.region, *searched], api_name=False)
     ui.whole.click(
         lambda q: (drawn(q, None, None) if q else None, "", None),
         [ui.query_state],
         [ui.region, ui.box, ui.corner_state],
         api_name=False,
-    ).then(page.rerun, current, [*searched, *boxes], api_name=False)
-    ui.feedback.click(
-        page.apply_feedback,
-        [*current, ui.right, ui.wrong, ui.hits_state],
-        [ui.marks_state, *searched, *boxes],
-        api_name=False,
-    )
+    ).then(page.rerun, current, searched, api_name=False)
+    for which, button in ui.marks.items():
+        button.click(
+            page.marker(which),
+            [*current, ui.selected_state],
+            [ui.marks_state, *searched],
+            api_name=False,
+        )
     ui.forget.click(
-        page.clear_feedback, [ui.query_state, ui.box, *filters], [ui.marks_state, *searched, *boxes], api_name=False
+        page.clear_feedback, [ui.query_state, ui.box, *filters], [ui.marks_state, *searched], api_name=False
     )
     ui.results.select(
         page.select,
@@ -158,9 +157,7 @@ def _wire(app: gr.Blocks, page: Page, ui: SimpleNamespace) -> None:
         [ui.selected_state, *filters],
         [ui.query, ui.query_state, ui.marks_state, ui.corner_state, *searched],
         api_name=False,
-    ).then(
-        page.show_query, [ui.query_state, ui.hits_state, ui.marks_state], [ui.region, ui.box, *boxes], api_name=False
-    )
+    ).then(page.show_query, [ui.query_state], [ui.region, ui.box], api_name=False)
     app.load(page.on_load, None, [ui.title, ui.labels], api_name=False)
 
 

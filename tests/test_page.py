@@ -1,6 +1,7 @@
 """The search page's refinements clicked through in headless Chromium, each checked against the
 JSON API of the same server (its own route, its own parsing): a region selected by two clicks,
-label and path filters, right / wrong feedback over two rounds, and why a result matched."""
+label and path filters, right / wrong marks on the result tiles over three rounds, and why a result
+matched."""
 
 import re
 
@@ -159,33 +160,46 @@ def test_filters_by_prefix_and_label(site):
     assert "labels bees" in status(browser)
 
 
-def test_feedback_over_two_rounds(site):
+def captions(browser) -> dict[str, str]:
+    """Each result tile's caption, by its path."""
+    texts = browser.execute_script(
+        "return [...document.querySelectorAll('#results .caption-label')].map(c => c.textContent.trim());"
+    )
+    return {text.split(" · ")[-1]: text for text in texts if text}
+
+
+def test_feedback_is_marked_on_the_tiles_over_three_rounds(site):
+    """Click a tile, mark it right or wrong: the search runs again at once with every mark (the API
+    given the same marks answers the same), and each marked tile shows its mark."""
     url, root, client, browser = site
     query = root / "ants" / "01.png"
-    wait, first = searched_on_the_page(site, query)
-
-    def tick(group: str, ranks) -> None:
-        boxes = browser.find_elements(By.CSS_SELECTOR, f"#{group} input[type=checkbox]")
-        for rank in ranks:
-            boxes[rank - 1].click()
-
-    tick("right", [3, 5])
-    tick("wrong", [2])
-    browser.find_element(By.ID, "feedback").click()
-    right, wrong = [first[2]["id"], first[4]["id"]], [first[1]["id"]]
-    second = api_search(client, url, query, k=8, right=right, wrong=wrong)
-    wait_for_results(wait, [h["path"] for h in second])
+    wait, shown = searched_on_the_page(site, query)
+    marks = {"right": [], "wrong": []}
+    for rank, which in ((3, "right"), (5, "right"), (2, "wrong")):
+        hit = next(h for h in shown[rank - 1 :] if h["id"] not in marks["right"] + marks["wrong"])
+        tiles = browser.find_elements(By.CSS_SELECTOR, "#results .thumbnail-item")
+        tiles[[h["id"] for h in shown].index(hit["id"])].click()
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, f'#selected img[alt="{hit["path"]}"]'))
+        browser.find_element(By.ID, f"mark-{which}").click()
+        marks[which].append(hit["id"])
+        shown = api_search(client, url, query, k=8, **marks)
+        wait_for_results(wait, [h["path"] for h in shown])
     assert "feedback 2 right, 1 wrong" in status(browser)
-    # the marks stay ticked on the new results; mark one more of them wrong and search again
-    wait.until(
-        lambda b: sum(x.is_selected() for x in b.find_elements(By.CSS_SELECTOR, "#right input[type=checkbox]")) == 2
+    by_id = {h["id"]: h["path"] for h in shown}
+    tiles = captions(browser)
+    for which, badge in (("right", "✓ right · "), ("wrong", "✗ wrong · ")):
+        for marked in marks[which]:
+            if marked in by_id:  # a wrong-marked result may leave the top k
+                assert tiles[by_id[marked]].startswith(badge), tiles[by_id[marked]]
+    assert sum(text.startswith(("✓", "✗")) for text in tiles.values()) == sum(
+        m in by_id for v in marks.values() for m in v
     )
-    newcomer = next(rank for rank, hit in enumerate(second, 1) if hit["id"] not in right + wrong)
-    tick("wrong", [newcomer])
-    browser.find_element(By.ID, "feedback").click()
-    third = api_search(client, url, query, k=8, right=right, wrong=wrong + [second[newcomer - 1]["id"]])
-    wait_for_results(wait, [h["path"] for h in third])
-    assert "feedback 2 right, 2 wrong" in status(browser)
+    assert not browser.find_elements(By.CSS_SELECTOR, "#right, #wrong, #feedback")  # no lists of file names to tick
+
+    browser.find_element(By.ID, "forget").click()
+    shown = api_search(client, url, query, k=8)
+    wait_for_results(wait, [h["path"] for h in shown])
+    assert not any(text.startswith(("✓", "✗")) for text in captions(browser).values())
 
 
 def test_why_this_match_beside_the_enlarged_result(site):
