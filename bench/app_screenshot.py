@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/app_screenshot.py --index indexes/cub100-test --query path/to/bird.jpg --out docs/app.png
     .venv/bin/python bench/app_screenshot.py --index indexes/cub100 --query composite.jpg --box 200,100,400,300 \
-        --out /tmp/top.png --why-out docs/app-why.png   # a region searched, a result opened with its heat maps
+        --out docs/app.png --why-out docs/app-why.png --mark right   # a region searched, a result opened
+                                                          # with its heat maps, then marked right on its tile
 
 Needs Debian's chromium and chromium-driver and the dev extra (selenium).
 """
@@ -33,6 +34,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--box", help="type this region (x0,y0,x1,y1) into the page and search it")
     parser.add_argument("--why-out", type=Path, help="also save the opened result with its heat maps here")
+    parser.add_argument("--mark", choices=("right", "wrong"), help="then mark the opened result so")
     args = parser.parse_args()
 
     with socket.socket() as s:
@@ -75,6 +77,10 @@ def main() -> None:
             )
             browser.execute_script("document.getElementById('selected').scrollIntoView()")
             browser.save_screenshot(str(args.why_out))
+        if args.mark:  # mark the opened result on its tile: the search runs again with the mark
+            browser.find_element(By.ID, f"mark-{args.mark}").click()
+            wait.until(lambda b: "feedback" in b.find_element(By.ID, "status").text)
+            wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#results img")) >= args.k)
         browser.execute_script("window.scrollTo(0, 0)")
         browser.save_screenshot(str(args.out))
     finally:
