@@ -82,6 +82,7 @@ def run_query(
     snapshot, answer = live.answer(query)
     if not refinement.search_filter:  # a filtered search is exact already
         live.recall.offer(snapshot.index, answer.vector)
+    live.kept.keep(data, Path(name).name, refinement.box, refinement.right, refinement.wrong)
     return Result(
         snapshot.index.generation,
         len(snapshot.index),

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
+from metrix.index.kept_queries import DEFAULT_KEEP
 from metrix.index.live import DEFAULT_VERIFY_INTERVAL, LiveIndex
 
 from .access import Access
@@ -49,13 +50,20 @@ class ApiOptions:
     max_batch: int = DEFAULT_MAX_BATCH
     page_at: str | None = None  # where the page is served, for the API's answer at /
     verify_interval: float = DEFAULT_VERIFY_INTERVAL  # seconds between checksum verifications (index/live.py)
+    keep_queries: int = DEFAULT_KEEP  # query images kept with their marks (index/kept_queries.py)
 
 
 def open_api(options: ApiOptions, header: str, value: str):
     """The API app of one process, its responses tagged with `header`: `value`; the index opened
     memory-mapped, and followed from the app's startup to its shutdown."""
     limit_malloc_arenas()
-    live = LiveIndex(options.index, options.model, mmap=True, verify_interval=options.verify_interval)
+    live = LiveIndex(
+        options.index,
+        options.model,
+        mmap=True,
+        verify_interval=options.verify_interval,
+        keep_queries=options.keep_queries,
+    )
     batcher = Batcher(options.batch_wait_ms, options.max_batch) if options.max_batch != 1 else None
 
     @asynccontextmanager

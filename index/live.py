@@ -33,6 +33,7 @@ from typing import TypeVar
 from metrix.export.runtime import Embedder, ModelError, load_embedder
 
 from .errors import IndexIntegrityError, IndexUnavailable
+from .kept_queries import DEFAULT_KEEP, KeptQueries
 from .served_recall import ServedRecall
 from .store import GalleryIndex, GalleryIndexError, current_generation, open_index, open_newest_verified
 
@@ -59,12 +60,15 @@ class LiveIndex:
         recall_interval: float = 1.0,
         search: dict | None = None,
         verify_interval: float = DEFAULT_VERIFY_INTERVAL,
+        keep_queries: int = DEFAULT_KEEP,
     ):
         """`verify_interval`: seconds between verifications of the served generation's checksums; 0: none
-        (its files' stat is still checked). GalleryIndexError when no generation can be served."""
+        (its files' stat is still checked). `keep_queries`: how many of the query images asked to keep,
+        with their marks (index/kept_queries.py; 0: none). GalleryIndexError when no generation can be served."""
         self.dir, self.model, self.interval, self.mmap = Path(index_dir), model, interval, mmap
         self.verify_interval = verify_interval
         self.recall = ServedRecall(self.dir, recall_interval)  # index/served_recall.py
+        self.kept = KeptQueries(self.dir, keep_queries)  # index/kept_queries.py
         self.search = search or {}  # GalleryIndex.set_search's nprobe / ef_search, for every generation
         self.damaged: dict[str, str] = {}  # generation: why, without folders; never served again
         self._lock = threading.Lock()  # one condemnation at a time

@@ -87,6 +87,14 @@ def serve(
     nprobe: NprobeOption = None,
     ef_search: EfSearchOption = None,
     verify_interval: VerifyIntervalOption = 300.0,  # index/live.py DEFAULT_VERIFY_INTERVAL
+    keep_queries: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Keep the newest N query images asked, with their right / wrong marks, in INDEX/kept-queries "
+            "(a new model is tried on them before it serves; docs/app.md says what is stored); 0: keep none.",
+        ),
+    ] = 300,  # index/kept_queries.py DEFAULT_KEEP
 ) -> None:
     """The search service: the web page at / and the JSON API at /api (docs at /docs). Follows the
     index's CURRENT generation, so a rebuilt gallery is served without a restart."""
@@ -117,6 +125,7 @@ def serve(
             recall_interval=recall_check_s,
             search=search,
             verify_interval=verify_interval,
+            keep_queries=keep_queries,
         )
     except (GalleryIndexError, ModelError, AccessError) as error:
         fail(error)
@@ -187,7 +196,13 @@ def serve_scaled(live, access, host, port, workers, engine, replicas, page_port,
     model = live.model and str(Path(live.model).resolve())
     page_at = f"port {page_port}" if page_port is not None else None
     options = ApiOptions(
-        str(live.dir.resolve()), model, access, page_at=page_at, verify_interval=live.verify_interval, **batching
+        str(live.dir.resolve()),
+        model,
+        access,
+        page_at=page_at,
+        verify_interval=live.verify_interval,
+        keep_queries=live.kept.limit,
+        **batching,
     )
 
     def start_page():
