@@ -27,6 +27,24 @@ def test_pointers_and_pruning(tmp_path):
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
 
 
+def test_a_kill_between_the_pointers_never_leaves_latest_without_its_best(tmp_path, monkeypatch):
+    """The kill lands after the first pointer of an epoch that is best: `latest` must not name it
+    yet (a resumed run would otherwise end with no best checkpoint to measure or export)."""
+    from metrix.training import checkpoint
+
+    written = []
+
+    def killed_after_the_first(path, text):
+        written.append(path.name)
+        path.write_text(text)
+        raise KeyboardInterrupt  # stands for the SIGKILL: nothing after this line runs
+
+    monkeypatch.setattr(checkpoint, "write_atomically", killed_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        _save(tmp_path, 1, best=True)
+    assert written == ["best"] and not (tmp_path / "latest").exists()
+
+
 def test_errors(tmp_path):
     with pytest.raises(CheckpointError, match="no latest checkpoint"):
         load_checkpoint(tmp_path)

@@ -66,9 +66,10 @@ def save_checkpoint(
         shutil.rmtree(final)
     os.replace(tmp, final)
     fsync_path(folder)
-    write_atomically(run_dir / "latest", final.name)
+    # best before latest: a run killed between the two never has a latest epoch without its best
     if is_best:
         write_atomically(run_dir / "best", final.name)
+    write_atomically(run_dir / "latest", final.name)
     _prune(run_dir, keep_last)
     return final
 
