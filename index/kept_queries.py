@@ -39,7 +39,7 @@ class KeptQuery:
 class KeptQueries:
     def __init__(self, index_dir: Path | str, limit: int = DEFAULT_KEEP):
         self.dir, self.limit = Path(index_dir) / KEPT_DIR, limit
-        self._failed = False
+        self._failed, self._made = False, False
 
     def keep(self, data: bytes | None, name: str, box=None, right=(), wrong=()) -> None:
         """Keep one query (an upload's bytes) with its region and marks; never raises."""
@@ -48,13 +48,17 @@ class KeptQueries:
         key = hashlib.sha256(data + repr(tuple(box) if box else None).encode()).hexdigest()[:32]
         record = {"name": name, "box": list(box) if box else None, "right": list(right), "wrong": list(wrong)}
         try:
-            self.dir.mkdir(exist_ok=True)
+            if not self._made:  # once, not at every query
+                self.dir.mkdir(exist_ok=True)
+                self._made = True
             new = not (self.dir / f"{key}.bin").exists()
             if new:
                 _write(self.dir / f"{key}.bin", data)
             _write(self.dir / f"{key}.json", json.dumps({**record, "time": time.time()}).encode())
             if new:  # a new query: drop the oldest beyond the limit (a listing of at most ~limit files)
                 prune(self.dir, self.limit)
+        except FileNotFoundError:  # the folder was deleted under the server: made again at the next query
+            self._made = False
         except OSError as error:
             self._failed = True
             log.warning("not keeping queries in %s: %s", self.dir, error.strerror or error)
