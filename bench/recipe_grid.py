@@ -100,6 +100,11 @@ def main() -> None:
             loss, mixup = spec.split(":")
             name = f"{args.tag + '-' if args.tag else ''}{loss}-{mixup}-s{seed}"
             if name in results:
+                if results[name].get("settings", settings) != settings:
+                    raise SystemExit(
+                        f"{results_file}: {name} was trained with {results[name]['settings']}, not {settings};"
+                        " a folder holds one set of settings (use another --out or --tag)"
+                    )
                 continue
             run = args.out / name
             config = args.out / f"{name}.json"

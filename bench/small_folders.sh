@@ -64,7 +64,7 @@ runs() {
 comparison() {
     local recipe=$1 dataset=$2 per_class=$3 epochs=$4
     local out="$results/small-folders-$recipe-$dataset-$per_class" tries=0
-    if [ -f "$out/ms-none-s0.json" ]; then  # resumed: keep the schedule this folder trains with
+    if [ -f "$out/ms-none-s0.json" ] || [ -f "$out/results.json" ]; then  # resumed: keep its schedule
         epochs=$("$python" bench/small_folders_summary.py --epochs "$out")
     fi
     while :; do

@@ -80,8 +80,12 @@ def schedule_check(folder: Path) -> tuple[bool, str]:
 
 def trained_epochs(folder: Path) -> int:
     """The schedule a grid folder's runs train with: the settings recipe_grid wrote for its first
-    run (seed 0 without mixing) before training it, so also while that run is unfinished."""
-    return json.loads((folder / "ms-none-s0.json").read_text())["epochs"]
+    run (seed 0 without mixing) before training it, so also while that run is unfinished; in a
+    fresh checkout, which holds only results.json, the settings recorded with that run."""
+    settings = folder / "ms-none-s0.json"
+    if settings.is_file():
+        return json.loads(settings.read_text())["epochs"]
+    return json.loads((folder / "results.json").read_text())["ms-none-s0"]["settings"]["epochs"]
 
 
 def overfitting_rows(folder: Path) -> list[str]:
