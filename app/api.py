@@ -6,7 +6,8 @@
     POST /api/explain       multipart `image` + `id` (+ `box`): where the image and that gallery
                             image agree, as heat maps
     GET  /api/labels        the labels of the index, with their image counts
-    GET  /api/info          index, model, counts, generation, query batching and its batch sizes, recall
+    GET  /api/info          index, model, counts, generation, query batching and its batch sizes, recall,
+                            the new model's comparison with the one it replaced
                             measured on served queries (index/served_recall.py)
     GET  /api/health        liveness, open to all (for load balancers and service managers)
     GET  /api/images/{id}   an indexed image (`?thumbnail=N` for one at most N px a side)
@@ -222,6 +223,7 @@ def info(request: Request):
         "batching": batcher.stats() if batcher is not None else {"max_batch": 1},
         "served_recall": live.recall.stats(),
         "integrity": live.integrity(),
+        "upgrade_check": manifest.get("upgrade_check"),  # index/upgrade_check.py, None: not a new model
     }
 
 

@@ -72,6 +72,11 @@ def header(index: GalleryIndex) -> str:
             if "training_path" in model
             else ""
         )
+        + (
+            f" Replaced {upgrade.get('old_model', 'the model before')}: {upgrade['verdict']} ({upgrade['why']})."
+            if (upgrade := manifest.get("upgrade_check"))
+            else ""
+        )
     )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from metrix.export.runtime import ModelError
 from metrix.index.live import LiveIndex, Snapshot
-from metrix.index.query import Refinement, explain_hit, search_image
+from metrix.index.query import Refinement, explain_hit, marked_paths, search_image
 from metrix.index.store import REBUILD_HINT, Answer, Hit
 
 from .batching import Batcher, one_search_thread
@@ -82,7 +82,9 @@ def run_query(
     snapshot, answer = live.answer(query)
     if not refinement.search_filter:  # a filtered search is exact already
         live.recall.offer(snapshot.index, answer.vector)
-    live.kept.keep(data, Path(name).name, refinement.box, refinement.right, refinement.wrong)
+    if live.kept.limit > 0:
+        right, wrong = marked_paths(snapshot.index, refinement)
+        live.kept.keep(data, Path(name).name, refinement.box, right, wrong)
     return Result(
         snapshot.index.generation,
         len(snapshot.index),

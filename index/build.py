@@ -40,6 +40,8 @@ from .store import (
     remove_uncommitted,
     write_generation,
 )
+from .upgrade_check import describe as describe_upgrade
+from .upgrade_check import upgrade_check
 from .vectors import TARGET_RECALL
 
 if TYPE_CHECKING:
@@ -62,6 +64,7 @@ class BuildReport:
     index: dict = field(default_factory=dict)
     choice: str = ""  # why this build chose its index kind, when it measured candidates
     recovered: str = ""  # which generation was damaged and which one this update started from
+    upgrade: dict | None = None  # a new model against the serving one (index/upgrade_check.py)
     failed: list[tuple[str, str]] = field(default_factory=list)
 
     def summary(self, most_failures: int = 20) -> list[str]:
@@ -80,6 +83,8 @@ class BuildReport:
             lines.append(f"  {self.recovered}")
         if self.choice:
             lines.append(f"  {self.choice}")
+        if self.upgrade:
+            lines += ["  " + line for line in describe_upgrade(self.upgrade)]
         target = index.get("target_recall", TARGET_RECALL)
         if index.get("recall_at_10", 1.0) < target:
             lines.append(
@@ -138,6 +143,7 @@ def build_index(
     keep: int = DEFAULT_KEEP,
     target_recall: float | None = None,
     retune: bool = False,
+    accept_worse: bool = False,
 ) -> BuildReport:
     """Index GALLERY (a folder or an object-store URL) into INDEX_DIR. With `ray`, the new files
     are embedded on a Ray cluster (index/ray_engine.py), else in this process; either way the
@@ -145,7 +151,9 @@ def build_index(
     `max_memory` (bytes of RAM the loaded index may take) choose the index (index/plan.py); both
     are remembered for the next update, as is `target_recall`, the recall@10 against exact search
     that approximate indexes are tuned to and chosen by (index/choose.py). `keep`: generations left on disk after the commit.
-    `retune`: commit even if no file changed, tuned again (index/served_recall.py). A write
+    `retune`: commit even if no file changed, tuned again (index/served_recall.py). A rebuild with
+    another model than the serving one is compared with it first (index/upgrade_check.py) and not
+    committed when it measures worse, unless `accept_worse`. A write
     that fails for want of room or rights (disk full, file-size limit, read-only folder) ends in
     one line saying so and where the index stands; nothing half-written stays behind."""
     started = time.perf_counter()
@@ -175,6 +183,7 @@ def build_index(
                 keep,
                 report,
                 retune=retune,
+                accept_worse=accept_worse,
             )
             report.seconds = time.perf_counter() - started
             write_atomically(index_dir / REPORT_FILE, json.dumps(report.to_dict(), indent=1, ensure_ascii=False))
@@ -210,6 +219,7 @@ def _update(
     keep: int,
     report: BuildReport,
     retune: bool = False,
+    accept_worse: bool = False,
 ) -> None:
     """The build under its lock: the diff against the current generation (or the newest that
     verifies, where it does not), the embedding of what is new, and the commit of a new generation
@@ -267,6 +277,7 @@ def _update(
                 staging if full is not None else None,
                 keep,
                 damaged,
+                upgrade_check(index_dir, embedder, accept_worse, report) if rebuild else None,
             )
     finally:
         if database is not None:

@@ -2,9 +2,10 @@
 model can be tried on the searches people actually make before it serves them (issue 40).
 
 INDEX_DIR/kept-queries/ holds, per distinct query (its bytes and region), the image as uploaded
-(KEY.bin) and a record (KEY.json: its name, region, the right and wrong marks of its latest round,
-when). Rounds of one query send the same image, so its marks follow the newest round. Only the
-newest `limit` queries stay (`metrix serve --keep-queries N`, default DEFAULT_KEEP; 0 keeps none);
+(KEY.bin) and a record (KEY.json: its name, region, the right and wrong marks of its latest
+marked round as gallery paths, which outlive the ids of one generation, and when). Rounds of one
+query send the same image, so its marks follow the newest round that carries marks; asking it
+again without marks makes it newest and keeps them. Only the newest `limit` queries stay (`metrix serve --keep-queries N`, default DEFAULT_KEEP; 0 keeps none);
 deleting the folder, or the index, deletes them. One file per query, written atomically, so the
 processes of `serve --workers` share the folder without a lock. A folder the server cannot write
 keeps nothing and says so once.
@@ -31,8 +32,8 @@ class KeptQuery:
     name: str
     data: bytes
     box: tuple[float, float, float, float] | None
-    right: tuple[int, ...]
-    wrong: tuple[int, ...]
+    right: tuple[str, ...]  # gallery paths marked right
+    wrong: tuple[str, ...]
     time: float
 
 
@@ -42,7 +43,7 @@ class KeptQueries:
         self._failed, self._made = False, False
 
     def keep(self, data: bytes | None, name: str, box=None, right=(), wrong=()) -> None:
-        """Keep one query (an upload's bytes) with its region and marks; never raises."""
+        """Keep one query (an upload's bytes) with its region and marks (gallery paths); never raises."""
         if self.limit <= 0 or not data or self._failed:
             return
         key = hashlib.sha256(data + repr(tuple(box) if box else None).encode()).hexdigest()[:32]
@@ -54,7 +55,10 @@ class KeptQueries:
             new = not (self.dir / f"{key}.bin").exists()
             if new:
                 _write(self.dir / f"{key}.bin", data)
-            _write(self.dir / f"{key}.json", json.dumps({**record, "time": time.time()}).encode())
+            if new or right or wrong:
+                _write(self.dir / f"{key}.json", json.dumps({**record, "time": time.time()}).encode())
+            else:  # asked again without marks: newest again, its earlier marks kept
+                os.utime(self.dir / f"{key}.json")
             if new:  # a new query: drop the oldest beyond the limit (a listing of at most ~limit files)
                 prune(self.dir, self.limit)
         except FileNotFoundError:  # the folder was deleted under the server: made again at the next query
@@ -83,9 +87,8 @@ def read_kept(index_dir: Path | str, limit: int | None = None) -> list[KeptQuery
         except (OSError, ValueError):  # pruned or half-written by another process meanwhile
             continue
         box = tuple(record["box"]) if record.get("box") else None
-        kept.append(
-            KeptQuery(record["name"], data, box, tuple(record["right"]), tuple(record["wrong"]), record["time"])
-        )
+        right, wrong = (tuple(p for p in record[key] if isinstance(p, str)) for key in ("right", "wrong"))
+        kept.append(KeptQuery(record["name"], data, box, right, wrong, record["time"]))
     return kept[-limit:] if limit else kept
 
 

@@ -93,6 +93,14 @@ def marked_vectors(index: GalleryIndex, ids, what: str) -> np.ndarray:
         raise GalleryIndexError(f"{what}: {error.args[0]}") from None
 
 
+def marked_paths(index: GalleryIndex, refinement: Refinement) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The gallery paths of the right and wrong marks (ids the index does not hold left out)."""
+    if not (refinement.right or refinement.wrong):
+        return (), ()
+    rows = index.rows({*refinement.right, *refinement.wrong})
+    return tuple(tuple(rows[i][0] for i in ids if i in rows) for ids in (refinement.right, refinement.wrong))
+
+
 def resolve_ids(index: GalleryIndex, items, what: str) -> tuple[int, ...]:
     """Gallery images named by id or by path (relative to the gallery root) -> their ids."""
     ids = []

@@ -25,6 +25,7 @@ import shutil
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -359,12 +360,15 @@ def write_generation(
     vectors_folder: Path | None = None,
     keep: int = DEFAULT_KEEP,
     damaged=(),
+    check: Callable[[str], dict] | None = None,
 ) -> str:
     """Write a complete new generation, its files read-only, and make it current; returns its name.
     `rows_database` is a finished SQLite file, moved into the generation, as are the files of
-    `vectors_folder` (an IVF-PQ index's full vectors). Any failure removes the staging folder and
-    leaves CURRENT as it was; after the commit, the `damaged` generations are removed and only the
-    newest `keep` of the others stay."""
+    `vectors_folder` (an IVF-PQ index's full vectors). `check` is given the staged generation's
+    folder name before the commit (index/upgrade_check.py): what it returns joins the manifest,
+    what it raises stops the commit. Any failure removes the staging folder and leaves CURRENT as
+    it was; after the commit, the `damaged` generations are removed and only the newest `keep` of
+    the others stay."""
     import faiss
 
     previous = current_generation(index_dir)
@@ -384,9 +388,10 @@ def write_generation(
             os.chmod(tmp / file, READ_ONLY)
             fsync_path(tmp / file)
         entries = file_entries(tmp, files)
-        (tmp / MANIFEST_FILE).write_text(manifest_text({**manifest, "generation": name, "files": entries}))
-        os.chmod(tmp / MANIFEST_FILE, READ_ONLY)
-        fsync_path(tmp / MANIFEST_FILE)
+        manifest = {**manifest, "generation": name, "files": entries}
+        _write_manifest(tmp, manifest)
+        if check is not None and (added := check(tmp.name)):
+            _write_manifest(tmp, {**manifest, **added})
         fsync_path(tmp)
         os.replace(tmp, index_dir / name)
     except BaseException:
@@ -395,6 +400,14 @@ def write_generation(
     write_atomically(index_dir / CURRENT, name)
     remove_old_generations(index_dir, keep, damaged)
     return name
+
+
+def _write_manifest(folder: Path, manifest: dict) -> None:
+    staged = folder / f".{MANIFEST_FILE}.tmp"
+    staged.write_text(manifest_text(manifest))
+    os.chmod(staged, READ_ONLY)
+    fsync_path(staged)
+    os.replace(staged, folder / MANIFEST_FILE)
 
 
 def _number(generation: str | None) -> int:

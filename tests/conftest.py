@@ -68,3 +68,15 @@ def other_model(tiny_run, tiny_model, tmp_path):
     other = next(c for c in (tiny_run / "checkpoints").iterdir() if c.name != tiny_model.parent.name)
     metrix_cli("export", tiny_run, "--checkpoint", other.name, "--output", tmp_path / "other.onnx")
     return tmp_path / "other.onnx"
+
+
+@pytest.fixture(scope="session")
+def floor_model(tmp_path_factory):
+    """The pretrained EfficientNet-Lite0 (offline weights), untrained for retrieval, at 160 px: 5 x 5
+    cells of real features."""
+    from metrix.export.onnx_export import export_backbone
+
+    path = tmp_path_factory.mktemp("floor") / "lite0-160.onnx"
+    _, parity = export_backbone("efficientnet_lite0", path, image_size=160)
+    assert {p.output for p in parity} == {"embeddings", "cells"} and all(p.ok for p in parity)
+    return path

@@ -73,7 +73,7 @@ def test_a_rebuild_with_another_model_switches_the_model_too_unless_one_is_pinne
     gallery, index_dir = built
     following, pinned = LiveIndex(index_dir), LiveIndex(index_dir, model=tiny_model)
     before = following.snapshot().embedder.metadata.weights_sha256
-    build_index(gallery, other_model, index_dir, rebuild=True, progress=False)
+    build_index(gallery, other_model, index_dir, rebuild=True, progress=False, accept_worse=True)
     assert following.refresh()
     after = following.snapshot()
     assert after.embedder.metadata.weights_sha256 != before

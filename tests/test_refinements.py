@@ -393,17 +393,6 @@ def test_a_uniform_picture_has_every_cell_equal_to_its_embedding():
             assert backbone.pool_cells(backbone(torch.rand(1, 3, 64, 64))).shape == (1, 4, 4, backbone.num_features)
 
 
-@pytest.fixture(scope="module")
-def floor_model(tmp_path_factory):
-    """The pretrained EfficientNet-Lite0 (offline weights) at 160 px: 5 x 5 cells of real features."""
-    from metrix.export.onnx_export import export_backbone
-
-    path = tmp_path_factory.mktemp("floor") / "lite0-160.onnx"
-    _, parity = export_backbone("efficientnet_lite0", path, image_size=160)
-    assert {p.output for p in parity} == {"embeddings", "cells"} and all(p.ok for p in parity)
-    return path
-
-
 @pytest.mark.slow
 def test_heat_maps_are_cells_against_the_other_embedding(floor_model, tmp_path):
     embedder = load_embedder(floor_model)

@@ -41,6 +41,14 @@ MaxIndexMemoryOption = Annotated[
     ),
 ]
 RebuildOption = Annotated[bool, typer.Option("--rebuild", help="Start over instead of updating.")]
+AcceptWorseOption = Annotated[
+    bool,
+    typer.Option(
+        "--accept-worse",
+        help="--rebuild with another model: commit it even when it measures worse than the serving one "
+        "on the kept queries' marks or the gallery's labels (docs/upgrades.md).",
+    ),
+]
 RetuneOption = Annotated[
     bool,
     typer.Option(
@@ -90,6 +98,7 @@ def build_index_(
     max_index_memory: MaxIndexMemoryOption = None,
     target_recall: TargetRecallOption = None,
     rebuild: RebuildOption = False,
+    accept_worse: AcceptWorseOption = False,
     retune: RetuneOption = False,
     batch_size: BatchSizeOption = 64,
     engine: EngineOption = "local",
@@ -109,6 +118,8 @@ def build_index_(
     from metrix.index.plan import parse_memory
     from metrix.index.ray_engine import RayOptions
     from metrix.index.store import GalleryIndexError
+    from metrix.index.upgrade_check import UpgradeRefused
+    from metrix.index.upgrade_check import describe as describe_upgrade
 
     if engine not in ("local", "ray"):
         fail(f"--engine {engine}: choose local or ray")
@@ -135,9 +146,14 @@ def build_index_(
                 keep=keep,
                 target_recall=target_recall,
                 retune=retune and first,
+                accept_worse=accept_worse,
             )
 
         report = build(first=True)
+    except UpgradeRefused as refused:
+        for line in describe_upgrade(refused.comparison):
+            typer.echo(line)
+        fail(refused)
     except (GalleryIndexError, ModelError, ValueError) as error:
         fail(error)
     for line in report.summary():

@@ -25,7 +25,7 @@ from ..training.config import TrainConfig
 from ..training.data import load_training_data
 from .bootstrap import Difference, paired_difference
 from .card import write_card
-from .metrics import evaluate_retrieval
+from .metrics import query_scores
 from .run import embed_split, untrained_backbone
 
 #: The floor's input sizes besides the run's own and the backbone's: 160 px, the CPU recipe's. The
@@ -63,13 +63,13 @@ def check_against_floor(run_dir: Path | str, log=print, num_workers: int = 2) ->
     num_workers = num_workers if len(samples) > 256 else 0  # starting workers costs more than a few images
     trained = build_model(ckpt).to(device)
     frozen = config.frozen_stages(len(trained.backbone.stages()))
-    trained_scores = _per_query(embed_split(trained, samples, device, num_workers, frozen))
+    trained_scores = query_scores(*embed_split(trained, samples, device, num_workers, frozen))
     card["image_size"] = trained.preprocessing.image_size
     sizes = sorted({trained.preprocessing.image_size, untrained_backbone(ckpt).preprocessing.image_size, *FLOOR_SIZES})
     floors = {}
     for size in sizes:
         floor = untrained_backbone(ckpt, size).to(device)
-        floors[size] = _per_query(embed_split(floor, samples, device, num_workers))
+        floors[size] = query_scores(*embed_split(floor, samples, device, num_workers))
     best_size = max(sizes, key=lambda size: floors[size]["map_at_r"].mean())
     floor_scores = floors[best_size]
     r1: Difference = paired_difference(100 * trained_scores["r1"], 100 * floor_scores["r1"])
@@ -104,13 +104,6 @@ def _validation_samples(config: TrainConfig, log) -> list[Sample]:
         kept.extend(members)
     log(f"comparing with the floor on {len(kept)} of {len(samples)} validation images (whole classes)")
     return kept
-
-
-def _per_query(embedded: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
-    """Each query's hit at rank 1 and AP@R (fractions), lone queries left out."""
-    report = evaluate_retrieval(*embedded, ks=(1,), nmi=False, per_query=True)
-    counted = report.per_query.r > 0
-    return {"r1": report.per_query.hits[counted, 0].astype(float), "map_at_r": report.per_query.ap_at_r[counted]}
 
 
 def _mean(values: np.ndarray) -> float:

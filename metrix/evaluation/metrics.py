@@ -241,6 +241,15 @@ def evaluate_retrieval(
     )
 
 
+def query_scores(embeddings, labels) -> dict[str, np.ndarray]:
+    """Each query's hit at rank 1 ("r1") and AP@R ("map_at_r"), as fractions, every item searched
+    among the others, lone queries left out: the paired values that two models are compared on
+    (metrix.evaluation.bootstrap)."""
+    report = evaluate_retrieval(embeddings, labels, ks=(1,), nmi=False, per_query=True)
+    counted = report.per_query.r > 0
+    return {"r1": report.per_query.hits[counted, 0].astype(float), "map_at_r": report.per_query.ap_at_r[counted]}
+
+
 def normalized_mutual_info(labels_a, labels_b) -> float:
     """NMI of two labelings with arithmetic-mean normalisation: I(A;B) / ((H(A) + H(B)) / 2).
 
