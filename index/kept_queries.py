@@ -35,6 +35,7 @@ class KeptQuery:
     right: tuple[str, ...]  # gallery paths marked right
     wrong: tuple[str, ...]
     time: float
+    path: Path  # the image file, KEY.bin
 
 
 class KeptQueries:
@@ -88,7 +89,7 @@ def read_kept(index_dir: Path | str, limit: int | None = None) -> list[KeptQuery
             continue
         box = tuple(record["box"]) if record.get("box") else None
         right, wrong = (tuple(p for p in record[key] if isinstance(p, str)) for key in ("right", "wrong"))
-        kept.append(KeptQuery(record["name"], data, box, right, wrong, record["time"]))
+        kept.append(KeptQuery(record["name"], data, box, right, wrong, record["time"], path.with_suffix(".bin")))
     return kept[-limit:] if limit else kept
 
 

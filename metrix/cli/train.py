@@ -42,6 +42,14 @@ TrainImagesPerClassOption = Annotated[
         help="Keep N images of each training class (drawn with --seed; validation and test classes whole): a small folder from a large one. \\[default: all]",
     ),
 ]
+FeedbackOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        rich_help_panel="Data",
+        help="An index folder `metrix serve` kept marked queries in: train on the marks (a query and its "
+        "right-marked images one class; wrong-marked ones apart) of the gallery --data names (docs/feedback.md).",
+    ),
+]
 LabelsOption = Annotated[
     Optional[str],
     typer.Option(
@@ -186,6 +194,7 @@ def train(
     split_file: SplitFileOption = None,
     val_fraction: ValFractionOption = None,
     train_images_per_class: TrainImagesPerClassOption = None,
+    feedback: FeedbackOption = None,
     labels: LabelsOption = None,
     clusters: ClustersOption = None,
     recluster_every: ReclusterEveryOption = None,

@@ -29,6 +29,9 @@ class TrainConfig:
     # Keep N images of each training class (drawn with the run's seed, so runs of one seed share
     # them), the validation and test classes whole: a small folder made from a large one.
     train_images_per_class: int | None = None
+    # An index folder a server kept marked queries in: train on those marks, the classes a query
+    # and its right-marked images of `data` (the gallery the index holds) make (docs/feedback.md).
+    feedback: str | None = None
     # folder: one sub-folder per class. Without labels (docs/unlabelled.md): instances (each image
     # its own class, its augmented views the positives), clusters (k-means pseudo-labels of the
     # current embeddings, redrawn every recluster_every epochs), or none: the one measured best.
@@ -167,6 +170,11 @@ class TrainConfig:
             raise ConfigError(f"train-stages must be at least 1, got {self.train_stages}")
         if self.cached_views and self.train_stages is None:
             raise ConfigError("cached-views needs train-stages: only frozen stages can be cached")
+        if self.feedback is not None and (self.data is None or self.unlabelled or self.train_images_per_class):
+            raise ConfigError(
+                "--feedback INDEX trains on the marks kept in INDEX: give --data GALLERY (the folder it indexes), "
+                "without --labels none or --train-images-per-class"
+            )
         if self.labels not in LABELS:
             raise ConfigError(f"unknown labels {self.labels!r}; choose one of {', '.join(LABELS)}")
         if self.unlabelled:

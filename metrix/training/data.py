@@ -1,5 +1,5 @@
-"""The data a training run uses: the user's folder (with or without labels), a benchmark, or the
-built-in synthetic set."""
+"""The data a training run uses: the user's folder (with or without labels), the marks a server
+kept for it, a benchmark, or the built-in synthetic set."""
 
 from __future__ import annotations
 
@@ -24,7 +24,10 @@ def _load(config: TrainConfig, log) -> RetrievalData:
     from ..datasets.folder import load_data, load_image_folder
     from ..datasets.synthetic import SYNTHETIC_DEFAULTS, default_synthetic_root, generate_synthetic
     from ..datasets.unlabelled import load_unlabelled
+    from .feedback import load_feedback
 
+    if config.feedback is not None:
+        return load_feedback(config.feedback, config.data, config.val_fraction)
     if config.unlabelled:
         return load_unlabelled(
             config.data, config.dataset, config.data_root, config.train_classes, config.split_file, config.val_fraction
