@@ -10,6 +10,8 @@ processes says where the page is instead (page_elsewhere).
 
 from __future__ import annotations
 
+import time
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -23,6 +25,9 @@ from .api import Service, error, unknown_routes
 from .api import router as api_routes
 from .batching import Batcher
 from .duplicates import duplicates_router
+from .metrics import record_request
+from .metrics import router as metrics
+from .probes import router as probes
 from .search import MAX_UPLOAD_BYTES
 
 
@@ -42,6 +47,14 @@ def make_api(live: LiveIndex, access: Access, batcher: Batcher | None = None, li
         if request.url.path.endswith("/api/search") and length.isdigit() and int(length) > MAX_UPLOAD_BYTES + 65536:
             return error(413, f"upload of {int(length):,} bytes: larger than the {MAX_UPLOAD_BYTES // 2**20} MB limit")
         return await call_next(request)
+
+    @api.middleware("http")
+    async def count(request: Request, call_next):
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", None) or "other"
+        record_request(request.method, route, response.status_code, time.perf_counter() - start)
+        return response
 
     @api.exception_handler(StarletteHTTPException)
     async def framework_error(request: Request, failure: StarletteHTTPException):
@@ -66,6 +79,8 @@ def make_api(live: LiveIndex, access: Access, batcher: Batcher | None = None, li
     api.state.service = Service(live, access, batcher)
     api.include_router(api_routes)
     api.include_router(duplicates_router(live, access))
+    api.include_router(probes)
+    api.include_router(metrics)
     api.include_router(unknown_routes)
     return api
 

@@ -38,6 +38,8 @@ from metrix.index.live import Snapshot
 from metrix.index.query import Refinement, marked_vectors
 from metrix.index.store import FIRST_ROUND_EXTRA, Answer, GalleryIndex, Hit
 
+from .metrics import record_batch
+
 DEFAULT_WAIT_MS, DEFAULT_MAX_BATCH = 0.0, 32
 
 
@@ -140,8 +142,11 @@ class Batcher:
         with self._changed:
             self._sizes[len(batch)] += 1
         try:
+            start = time.perf_counter()
             _embed(batch)
+            embedded = time.perf_counter()
             _search([query for query in batch if not query.answer.done()])
+            record_batch(len(batch), embedded - start, time.perf_counter() - embedded)
         except Exception as error:  # a caller must never wait for an answer that will not come
             _fail(batch, error)
 

@@ -86,7 +86,7 @@ class Server:
         """Serve until SIGTERM or SIGINT (what systemd, containers and Ctrl-C send): then stop
         accepting, let the requests in flight finish (at most SHUTDOWN_GRACE seconds) and return,
         so that `metrix serve` exits with status 0."""
-        self.live.start()
+        self.live.start(warm_batch=self.batcher.max_batch if self.batcher is not None else 1)
         if threading.current_thread() is threading.main_thread():
             # uvicorn handles the signal, then raises it again once it has shut down: with these
             # handlers in place that second delivery ends nothing, and the process exits normally.

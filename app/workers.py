@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
+import tempfile
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from metrix.index.live import DEFAULT_VERIFY_INTERVAL, LiveIndex
 from .access import Access
 from .api_app import limit_malloc_arenas, make_api, page_elsewhere, tag_responses
 from .batching import DEFAULT_MAX_BATCH, DEFAULT_WAIT_MS, Batcher
+from .metrics import MULTIPROCESS_DIR
 
 log = logging.getLogger("metrix.app")
 #: Seconds a stopping worker waits for the requests in flight (as app/server.py's SHUTDOWN_GRACE).
@@ -68,7 +71,7 @@ def open_api(options: ApiOptions, header: str, value: str):
 
     @asynccontextmanager
     async def following(_):
-        live.start()
+        live.start(warm_batch=options.max_batch)
         log.info("%s %s serving %s", header, value, live.snapshot().index.generation)
         try:
             yield
@@ -124,6 +127,9 @@ def serve_workers(
         timeout_keep_alive=30,
         timeout_graceful_shutdown=SHUTDOWN_GRACE,
     )
+    counts_dir = None
+    if not os.environ.get(MULTIPROCESS_DIR):  # each worker's counts, summed by a scrape (app/metrics.py)
+        counts_dir = os.environ[MULTIPROCESS_DIR] = tempfile.mkdtemp(prefix="metrix-metrics-")
     sock = config.bind_socket()
     supervisor = Multiprocess(config, sockets=[sock])  # takes over SIGTERM and SIGINT in this process
     page = start_page() if start_page is not None else None
@@ -133,6 +139,9 @@ def serve_workers(
         if page is not None:
             page.stop()
         sock.close()
+        if counts_dir is not None:
+            shutil.rmtree(counts_dir, ignore_errors=True)
+            del os.environ[MULTIPROCESS_DIR]
     failed = [(p.pid, p.exitcode) for p in supervisor.processes if p.exitcode != 0]
     for pid, code in failed:
         log.warning("worker %s exited with %s", pid, code)

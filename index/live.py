@@ -15,6 +15,11 @@ generation up to CURRENT's that verifies is served instead, and the query runs a
 none verifies, `snapshot()` raises IndexUnavailable (the service answers 503) until a build
 commits a generation that verifies.
 
+Readiness (app/probes.py): a model answers one image before its snapshot is served (a model file
+that cannot run is refused like a damaged generation), and `start` embeds one whole batch in the
+background (onnxruntime sizes its buffers at the first batch of a shape, seconds for the first 32
+images); `warmed` is set once it has.
+
 With `mmap=True` each generation's faiss index is memory-mapped read-only (store.open_generation):
 the vectors live once in the page cache however many processes serve the same generation
 (`metrix serve --workers N`, Ray Serve replicas on one node), not once per process.
@@ -29,6 +34,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+
+import numpy as np
 
 from metrix.export.runtime import Embedder, ModelError, load_embedder
 
@@ -82,6 +89,8 @@ class LiveIndex:
                 raise GalleryIndexError(f"{self.dir}: {self._unavailable()}") from None
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        self.warmed = threading.Event()
+        self.warm_up_seconds: float | None = None
 
     def snapshot(self) -> Snapshot:
         """The generation served and its model; IndexUnavailable when no generation verifies."""
@@ -150,12 +159,15 @@ class LiveIndex:
         """A snapshot of an opened generation: with the model asked for, else the one it was built with
         (the model served so far, when it is that one)."""
         wanted = index.manifest["model"]
-        if embedder is None or (
+        loaded = embedder is None or (
             self.model is None and wanted.get("weights_sha256") != embedder.metadata.weights_sha256
-        ):
+        )
+        if loaded:
             embedder = load_embedder(self.model or wanted["path"])
         index.check_model(embedder.metadata)
         index.set_search(**self.search)
+        if loaded:
+            _answer_once(embedder)
         return Snapshot(index, embedder)
 
     def refresh(self) -> bool:
@@ -194,7 +206,21 @@ class LiveIndex:
         except IndexIntegrityError as error:
             self.condemn(error)
 
-    def start(self) -> LiveIndex:
+    def warm_up(self, batch: int) -> None:
+        """Embed one batch of `batch` blank images with the served model; then `warmed` is set."""
+        start = time.perf_counter()
+        try:
+            _blank_batch(self.snapshot().embedder, batch)
+        except Exception as failure:  # noqa: BLE001 (onnxruntime's errors derive from Exception only): not ready
+            log.warning("warming up the model failed: %s", str(failure).splitlines()[0])
+            return
+        self.warm_up_seconds = time.perf_counter() - start
+        self.warmed.set()
+
+    def start(self, warm_batch: int = 1) -> LiveIndex:
+        """Follow CURRENT and watch the served files; warm the model up with `warm_batch` images."""
+        threading.Thread(target=self.warm_up, args=(warm_batch,), name="metrix-warm-up", daemon=True).start()
+
         def watch():
             while not self._stop.wait(self.interval):
                 try:
@@ -211,3 +237,16 @@ class LiveIndex:
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join()
+
+
+def _blank_batch(embedder: Embedder, batch: int) -> None:
+    size = embedder.metadata.image_size
+    embedder.embed(np.zeros((batch, size, size, 3), np.uint8))
+
+
+def _answer_once(embedder: Embedder) -> None:
+    """ModelError naming the file where the model cannot embed an image: never served."""
+    try:
+        _blank_batch(embedder, 1)
+    except Exception as failure:  # noqa: BLE001 (onnxruntime's errors derive from Exception only)
+        raise ModelError(f"{embedder.path}: the model fails on an image ({str(failure).splitlines()[0]})") from None
