@@ -3,12 +3,15 @@
     POST /api/search        multipart `image` (+ form fields `k`, `box`, `label`, `path_prefix`,
                             `right`, `wrong`): the nearest gallery images to the image or a region
                             of it, within labels or a path prefix, moved by relevance feedback
+    POST /api/search/vector JSON `{"vector": [...], "k", "label", "path_prefix"}`: the nearest gallery
+                            images to an embedding made with the index's model elsewhere
+    GET  /api/images/{id}/similar  more like an indexed image (`?k=`, `label`, `path_prefix`)
     POST /api/explain       multipart `image` + `id` (+ `box`): where the image and that gallery
                             image agree, as heat maps
     GET  /api/labels        the labels of the index, with their image counts
-    GET  /api/info          index, model, counts, generation, query batching and its batch sizes, recall,
-                            the new model's comparison with the one it replaced
-                            measured on served queries (index/served_recall.py)
+    GET  /api/info          index, model, counts, generation, query batching and its batch sizes, recall
+                            measured on served queries (index/served_recall.py), and the model's
+                            comparison with the one it replaced (index/upgrade_check.py)
     GET  /api/health        liveness, open to all (for load balancers and service managers)
     GET  /api/images/{id}   an indexed image (`?thumbnail=N` for one at most N px a side)
 
@@ -32,6 +35,7 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from metrix import __version__
@@ -52,6 +56,7 @@ from .search import (
     public_location,
     public_model,
     run_query,
+    run_without_upload,
 )
 
 log = logging.getLogger("metrix.app")
@@ -168,6 +173,45 @@ async def search(
         result = await run_in_threadpool(run_query, served.live, name, k, data, refinement, served.batcher)
     except (ImageDecodeError, GalleryIndexError, ValueError) as failure:
         return failed(name, failure)
+    return result_json(result, k, str(request.base_url), service(request).access)
+
+
+class VectorQuery(BaseModel):
+    vector: list[float] = Field(description="an L2-normalised embedding of the index's model, of its dimension")
+    k: int = Field(DEFAULT_K, ge=1, le=MAX_K, description="how many results")
+    label: list[str] = Field(default_factory=list, description="only images with these labels")
+    path_prefix: str = Field("", description="only images whose gallery path starts with this")
+
+
+@router.post("/search/vector", summary="The gallery images most similar to an embedding of the index's model")
+async def search_by_vector(request: Request, query: VectorQuery):
+    if (denied := refused(request)) is not None:
+        return denied
+    refinement = Refinement.from_form(labels=query.label, path_prefix=query.path_prefix)
+    try:
+        result = await run_in_threadpool(
+            run_without_upload, service(request).live, query.k, refinement, None, query.vector
+        )
+    except (GalleryIndexError, ValueError) as failure:
+        return error(400, str(failure))
+    return result_json(result, query.k, str(request.base_url), service(request).access)
+
+
+@router.get("/images/{image_id}/similar", summary="More like an indexed image (itself left out)")
+def similar(
+    request: Request,
+    image_id: int,
+    k: int = Query(DEFAULT_K, ge=1, le=MAX_K, description="how many results"),
+    label: list[str] | None = Query(None, description="only images with this label; repeat for several"),
+    path_prefix: str | None = Query(None, description="only images whose gallery path starts with this"),
+):
+    if (denied := refused(request)) is not None:
+        return denied
+    refinement = Refinement.from_form(labels=label, path_prefix=path_prefix)
+    try:
+        result = run_without_upload(service(request).live, k, refinement, image_id=image_id)
+    except GalleryIndexError as failure:
+        return error(404, str(failure))
     return result_json(result, k, str(request.base_url), service(request).access)
 
 

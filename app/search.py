@@ -10,7 +10,15 @@ from pathlib import Path
 
 from metrix.export.runtime import ModelError
 from metrix.index.live import LiveIndex, Snapshot
-from metrix.index.query import Refinement, explain_hit, marked_paths, search_image
+from metrix.index.query import (
+    Refinement,
+    checked_vector,
+    explain_hit,
+    marked_paths,
+    search_image,
+    search_like,
+    search_vector,
+)
 from metrix.index.store import REBUILD_HINT, Answer, Hit
 
 from .batching import Batcher, one_search_thread
@@ -85,6 +93,31 @@ def run_query(
     if live.kept.limit > 0:
         right, wrong = marked_paths(snapshot.index, refinement)
         live.kept.keep(data, Path(name).name, refinement.box, right, wrong)
+    return Result(
+        snapshot.index.generation,
+        len(snapshot.index),
+        answer.hits,
+        answer.left_out,
+        time.perf_counter() - start,
+        refinement,
+    )
+
+
+def run_without_upload(
+    live: LiveIndex, k: int, refinement: Refinement = Refinement(), image_id: int | None = None, vector=None
+) -> Result:
+    """More like gallery image `image_id`, or the search of a client's `vector` (ValueError, one
+    line, where it is not an L2-normalised vector of the index's dimension): nothing to embed, so
+    never batched."""
+    start = time.perf_counter()
+
+    def query(snapshot: Snapshot) -> tuple[Snapshot, Answer]:
+        one_search_thread()
+        if image_id is not None:
+            return snapshot, search_like(snapshot.index, image_id, k, refinement)
+        return snapshot, search_vector(snapshot.index, checked_vector(snapshot.index, vector), k, refinement)
+
+    snapshot, answer = live.answer(query)
     return Result(
         snapshot.index.generation,
         len(snapshot.index),

@@ -5,8 +5,8 @@
     for hit in gallery.search("query.jpg", k=8):
         print(hit.rank, hit.score, hit.path, hit.label)
 
-`image` is a file path, a PIL image or an RGB uint8 array [H, W, 3]; `box` searches a region of
-it, `labels` / `path_prefix` search exactly within them, `right` / `wrong` are relevance feedback
+`image` is a file path, a PIL image or an RGB uint8 array [H, W, 3] (or search by `id=`, more like
+a gallery image, or by `vector=`, an embedding of the model's); `box` searches a region of it, `labels` / `path_prefix` search exactly within them, `right` / `wrong` are relevance feedback
 (ids or gallery paths). `gallery.embed(images)` gives the model's embeddings alone.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .filters import SearchFilter
-from .query import Refinement, resolve_ids, search_image
+from .query import Refinement, checked_vector, resolve_ids, search_image, search_like, search_vector
 from .store import GalleryIndex, open_with_model
 
 
@@ -53,17 +53,35 @@ class Index:
         return self.index.generation
 
     def search(
-        self, image, k: int = 10, box=None, labels=(), path_prefix: str = "", right=(), wrong=()
+        self,
+        image=None,
+        k: int = 10,
+        box=None,
+        labels=(),
+        path_prefix: str = "",
+        right=(),
+        wrong=(),
+        id: int | str | None = None,
+        vector=None,
     ) -> list[Result]:
-        """The k gallery images most like `image` whose files are still as indexed."""
-        name, data = _encoded(image)
+        """The k gallery images most like `image`, or like gallery image `id` (an id or a gallery
+        path; the image itself left out), or like `vector` (an L2-normalised embedding of the
+        index's dimension, from a run of its model elsewhere), whose files are still as indexed."""
+        if sum(x is not None for x in (image, id, vector)) != 1:
+            raise ValueError("search: give one of image, id or vector")
         refinement = Refinement(
             tuple(box) if box is not None else None,
             SearchFilter(tuple(labels), path_prefix),
             resolve_ids(self.index, right, "right"),
             resolve_ids(self.index, wrong, "wrong"),
         )
-        answer = search_image(self.index, self.embedder, name, k, data, refinement)
+        if id is not None:
+            answer = search_like(self.index, resolve_ids(self.index, [id], "id")[0], k, refinement)
+        elif vector is not None:
+            answer = search_vector(self.index, checked_vector(self.index, vector), k, refinement)
+        else:
+            name, data = _encoded(image)
+            answer = search_image(self.index, self.embedder, name, k, data, refinement)
         return [
             Result(rank, h.id, h.score, h.path, h.label, h.width, h.height) for rank, h in enumerate(answer.hits, 1)
         ]

@@ -78,12 +78,50 @@ def search_image(
     data: bytes | None = None,
     refinement: Refinement = Refinement(),
 ) -> Answer:
-    vector = embed_query(embedder, name, data, refinement.box)
+    return search_vector(index, embed_query(embedder, name, data, refinement.box), k, refinement)
+
+
+def search_vector(index: GalleryIndex, vector: np.ndarray, k: int, refinement: Refinement = Refinement()) -> Answer:
+    """The search of an embedding (a query's, a gallery image's, a client's): moved by the marks,
+    within the filter, hits whose files are still as indexed."""
     if refinement.right or refinement.wrong:
         vector = rocchio(
             vector, marked_vectors(index, refinement.right, "right"), marked_vectors(index, refinement.wrong, "wrong")
         )
     return index.search_present(vector, k, refinement.search_filter)
+
+
+def search_like(index: GalleryIndex, image_id: int, k: int, refinement: Refinement = Refinement()) -> Answer:
+    """More like gallery image `image_id`: its stored vector searched, the image itself left out."""
+    vector = marked_vectors(index, (image_id,), "image")[0]
+    answer = search_vector(index, vector, k + 1, refinement)
+    return Answer([hit for hit in answer.hits if hit.id != image_id][:k], answer.left_out, answer.vector)
+
+
+#: How far from 1 a client's vector's L2 norm may be: the exported models' embeddings are unit vectors.
+NORM_TOLERANCE = 1e-2
+
+
+def checked_vector(index: GalleryIndex, values) -> np.ndarray:
+    """A client's embedding as a float32 [d] unit vector; ValueError (one line) for another
+    dimension than the index's, a value that is not finite, or a vector that is not L2-normalised."""
+    try:
+        vector = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise ValueError("vector: expected a list of numbers") from None
+    dim = index.manifest["dim"]
+    if vector.ndim != 1 or vector.shape[0] != dim:
+        raise ValueError(
+            f"vector: {vector.shape[0] if vector.ndim == 1 else vector.shape} values, the index's model gives {dim}"
+        )
+    if not np.isfinite(vector).all():
+        raise ValueError("vector: holds NaN or infinite values")
+    norm = float(np.linalg.norm(vector))
+    if abs(norm - 1) > NORM_TOLERANCE:
+        raise ValueError(
+            f"vector: L2 norm {norm:.4g}, not 1; send the model's normalised `embeddings` output (or divide by the norm)"
+        )
+    return vector
 
 
 def marked_vectors(index: GalleryIndex, ids, what: str) -> np.ndarray:

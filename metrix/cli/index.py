@@ -9,7 +9,16 @@ import typer
 
 from .base import app, fail, index_app
 
-ImageOption = Annotated[Path, typer.Argument(help="The query image.")]
+ImageOption = Annotated[Optional[Path], typer.Argument(help="The query image (or --id, or --vector).")]
+LikeOption = Annotated[
+    Optional[str], typer.Option("--id", help="More like this gallery image (an id or a gallery path), itself left out.")
+]
+VectorOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--vector", help="Search with an embedding: a .npy or a JSON list, L2-normalised, the index's dimension."
+    ),
+]
 IndexOption = Annotated[
     Optional[Path], typer.Option(help="Index folder. \\[default: the most recently built under indexes/]")
 ]
@@ -40,7 +49,9 @@ JsonOutputOption = Annotated[bool, typer.Option("--json", help="Print the result
 
 @app.command()
 def search(
-    image: ImageOption,
+    image: ImageOption = None,
+    like: LikeOption = None,
+    vector: VectorOption = None,
     index: IndexOption = None,
     k: KOption = 10,
     model: QueryModelOption = None,
@@ -51,17 +62,20 @@ def search(
     wrong: WrongOption = None,
     json_output: JsonOutputOption = False,
 ) -> None:
-    """The gallery images most similar to IMAGE (or a region of it): path, cosine score and label;
-    within labels or a path prefix, and moved by feedback on earlier results."""
+    """The gallery images most similar to IMAGE (or a region of it), to a gallery image (--id) or
+    to an embedding (--vector): path, cosine score and label; within labels or a path prefix, and
+    moved by feedback on earlier results."""
     import json
 
     from metrix.cli.models import newest_index
     from metrix.export.runtime import ModelError
     from metrix.images import ImageDecodeError, parse_box
     from metrix.index.filters import SearchFilter
-    from metrix.index.query import Refinement, resolve_ids, search_image
+    from metrix.index.query import Refinement, checked_vector, resolve_ids, search_image, search_like, search_vector
     from metrix.index.store import REBUILD_HINT, GalleryIndexError, open_with_model
 
+    if sum(x is not None for x in (image, like, vector)) != 1:
+        fail("give one query: IMAGE, --id or --vector")
     try:
         index = index or newest_index()
         opened, embedder = open_with_model(index, model)
@@ -71,14 +85,19 @@ def search(
             resolve_ids(opened, right or (), "--right"),
             resolve_ids(opened, wrong or (), "--wrong"),
         )
-        answer = search_image(opened, embedder, image, k, refinement=refinement)
+        if like is not None:
+            answer = search_like(opened, resolve_ids(opened, [like], "--id")[0], k, refinement)
+        elif vector is not None:
+            answer = search_vector(opened, checked_vector(opened, _read_vector(vector)), k, refinement)
+        else:
+            answer = search_image(opened, embedder, image, k, refinement=refinement)
     except (GalleryIndexError, ModelError, ImageDecodeError, ValueError) as error:
         fail(error)
     if json_output:
         typer.echo(
             json.dumps(
                 {
-                    "query": str(image),
+                    "query": str(image) if image else f"id {like}" if like else str(vector),
                     "index": str(index),
                     "applied": refinement.describe(),
                     "results": [
@@ -239,3 +258,15 @@ def index_verify(
         typer.echo(f"ok: {generation}{' (current)' if generation == result.current else ''}: {files} files verified")
     if result.problems:
         raise typer.Exit(code=1)
+
+
+def _read_vector(path: Path):
+    """A .npy array or a JSON list of numbers; ValueError naming the file."""
+    import json
+
+    import numpy as np
+
+    try:
+        return np.load(path) if path.suffix == ".npy" else json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: not a .npy array or a JSON list of numbers ({str(error).splitlines()[0]})") from None
