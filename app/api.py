@@ -84,6 +84,7 @@ def hit_json(hit: Hit, rank: int, url: str) -> dict:
         "height": hit.height,
         "bytes": hit.size,
         "url": url,
+        "match_probability": hit.match_probability,  # None: the gallery has no labels to calibrate on
     }
 
 
@@ -98,6 +99,7 @@ def result_json(result: Result, k: int, base: str, access: Access) -> dict:
         "results": [hit_json(hit, rank, image_url(base, access, hit.id)) for rank, hit in enumerate(result.hits, 1)],
         "left_out": [{"path": path, "reason": reason} for path, reason in result.left_out],
         **({"hint": REBUILD_HINT} if result.left_out else {}),
+        "no_good_match": result.no_good_match,
     }
 
 
@@ -163,12 +165,15 @@ async def search(
     wrong: list[str] | None = Form(
         None, description="relevance feedback: ids marked wrong (repeat, or comma-separated)"
     ),
+    min_probability: float | None = Form(
+        None, ge=0, le=1, description="leave out results less likely a match (a labelled gallery's calibration)"
+    ),
 ):
     name, data = await upload(request, image)
     if isinstance(data, JSONResponse):
         return data
     try:
-        refinement = Refinement.from_form(box, label, path_prefix, right, wrong)
+        refinement = Refinement.from_form(box, label, path_prefix, right, wrong, min_probability)
         served = service(request)
         result = await run_in_threadpool(run_query, served.live, name, k, data, refinement, served.batcher)
     except (ImageDecodeError, GalleryIndexError, ValueError) as failure:
@@ -181,13 +186,16 @@ class VectorQuery(BaseModel):
     k: int = Field(DEFAULT_K, ge=1, le=MAX_K, description="how many results")
     label: list[str] = Field(default_factory=list, description="only images with these labels")
     path_prefix: str = Field("", description="only images whose gallery path starts with this")
+    min_probability: float = Field(0.0, ge=0, le=1, description="leave out results less likely a match")
 
 
 @router.post("/search/vector", summary="The gallery images most similar to an embedding of the index's model")
 async def search_by_vector(request: Request, query: VectorQuery):
     if (denied := refused(request)) is not None:
         return denied
-    refinement = Refinement.from_form(labels=query.label, path_prefix=query.path_prefix)
+    refinement = Refinement.from_form(
+        labels=query.label, path_prefix=query.path_prefix, min_probability=query.min_probability
+    )
     try:
         result = await run_in_threadpool(
             run_without_upload, service(request).live, query.k, refinement, None, query.vector
@@ -204,10 +212,11 @@ def similar(
     k: int = Query(DEFAULT_K, ge=1, le=MAX_K, description="how many results"),
     label: list[str] | None = Query(None, description="only images with this label; repeat for several"),
     path_prefix: str | None = Query(None, description="only images whose gallery path starts with this"),
+    min_probability: float | None = Query(None, ge=0, le=1, description="leave out results less likely a match"),
 ):
     if (denied := refused(request)) is not None:
         return denied
-    refinement = Refinement.from_form(labels=label, path_prefix=path_prefix)
+    refinement = Refinement.from_form(labels=label, path_prefix=path_prefix, min_probability=min_probability)
     try:
         result = run_without_upload(service(request).live, k, refinement, image_id=image_id)
     except GalleryIndexError as failure:

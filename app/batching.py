@@ -35,7 +35,7 @@ from metrix.export.runtime import load_for_model
 from metrix.index.feedback import rocchio
 from metrix.index.filters import SearchFilter, matching_ids
 from metrix.index.live import Snapshot
-from metrix.index.query import Refinement, marked_vectors
+from metrix.index.query import Refinement, likely_only, marked_vectors
 from metrix.index.store import FIRST_ROUND_EXTRA, Answer, GalleryIndex, Hit
 
 from .metrics import record_batch
@@ -81,7 +81,8 @@ class Batcher:
         if not self._enqueue(query):
             self._run([query])
         vector, hits, total = query.answer.result()
-        return first_round(index, vector, hits, k, refinement.search_filter, complete=query.fetch >= total)
+        answer = first_round(index, vector, hits, k, refinement.search_filter, complete=query.fetch >= total)
+        return likely_only(answer, refinement.min_probability)
 
     def stats(self) -> dict:
         """The settings, how many batches of each size were run, and how many queries wait now."""

@@ -47,9 +47,15 @@ PATH_EFFECTS = {
 MARK_BADGES = {"right": "✓ right", "wrong": "✗ wrong"}
 
 
+#: The page leaves out results less likely a match than this, where the gallery is calibrated
+#: (index/match_probability.py): "no good match" rather than k unrelated images.
+PAGE_MIN_PROBABILITY = 0.3
+
+
 def caption(hit: Hit, mark: str | None = None) -> str:
     badge = f"{MARK_BADGES[mark]} · " if mark in MARK_BADGES else ""
-    return f"{badge}{hit.score:.3f} · {hit.label or '-'} · {hit.path}"
+    chance = f" · match {hit.match_probability:.0%}" if hit.match_probability is not None else ""
+    return f"{badge}{hit.score:.3f}{chance} · {hit.label or '-'} · {hit.path}"
 
 
 #: An approximate index's search setting, as the page's header names it (manifest key, name).
@@ -158,6 +164,7 @@ class Page:
                 prefix,
                 [i for i, m in marks.items() if m == "right"],
                 [i for i, m in marks.items() if m == "wrong"],
+                PAGE_MIN_PROBABILITY if self.live.snapshot().index.manifest.get("match_calibration") else None,
             )
             result = run_query(self.live, query["name"], int(k), query["data"], refinement, self.batcher)
         except ImageDecodeError as error:

@@ -55,7 +55,17 @@ class Result:
     seconds: float
     refinement: Refinement = Refinement()
 
+    @property
+    def no_good_match(self) -> bool:
+        """Nothing left once the results less likely a match than asked were left out."""
+        return not self.hits and self.refinement.min_probability > 0
+
     def status(self) -> str:
+        if self.no_good_match:
+            return (
+                f"No good match among {self.images:,} gallery images: none is a match with probability "
+                f"{self.refinement.min_probability:g} or more."
+            )
         line = f"{len(self.hits)} most similar of {self.images:,} gallery images."
         if applied := self.refinement.describe():
             line += f" ({applied}.)"

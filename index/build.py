@@ -25,6 +25,7 @@ from .errors import IndexIntegrityError, write_fault
 from .gallery import GalleryFile
 from .integrity import build_command
 from .local_engine import embed_locally
+from .match_probability import match_calibration
 from .plan import human, plan_index
 from .source import open_source
 from .spool import VectorSpool
@@ -277,7 +278,10 @@ def _update(
                 staging if full is not None else None,
                 keep,
                 damaged,
-                upgrade_check(index_dir, embedder, accept_worse, report) if rebuild else None,
+                [
+                    *([upgrade_check(index_dir, embedder, accept_worse, report)] if rebuild else []),
+                    match_calibration(index_dir),
+                ],
             )
     finally:
         if database is not None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .filters import SearchFilter
-from .query import Refinement, checked_vector, resolve_ids, search_image, search_like, search_vector
+from .query import Refinement, check_probability, checked_vector, resolve_ids, search_image, search_like, search_vector
 from .store import GalleryIndex, open_with_model
 
 
@@ -32,6 +32,7 @@ class Result:
     label: str  # the top-level folder ("" for the root)
     width: int
     height: int
+    match_probability: float | None = None  # calibrated on a labelled gallery (index/match_probability.py)
 
 
 class Index:
@@ -63,10 +64,12 @@ class Index:
         wrong=(),
         id: int | str | None = None,
         vector=None,
+        min_probability: float = 0.0,
     ) -> list[Result]:
         """The k gallery images most like `image`, or like gallery image `id` (an id or a gallery
         path; the image itself left out), or like `vector` (an L2-normalised embedding of the
-        index's dimension, from a run of its model elsewhere), whose files are still as indexed."""
+        index's dimension, from a run of its model elsewhere), whose files are still as indexed;
+        `min_probability` leaves out results less likely a match (index/match_probability.py)."""
         if sum(x is not None for x in (image, id, vector)) != 1:
             raise ValueError("search: give one of image, id or vector")
         refinement = Refinement(
@@ -74,6 +77,7 @@ class Index:
             SearchFilter(tuple(labels), path_prefix),
             resolve_ids(self.index, right, "right"),
             resolve_ids(self.index, wrong, "wrong"),
+            check_probability(min_probability),
         )
         if id is not None:
             answer = search_like(self.index, resolve_ids(self.index, [id], "id")[0], k, refinement)
@@ -83,7 +87,8 @@ class Index:
             name, data = _encoded(image)
             answer = search_image(self.index, self.embedder, name, k, data, refinement)
         return [
-            Result(rank, h.id, h.score, h.path, h.label, h.width, h.height) for rank, h in enumerate(answer.hits, 1)
+            Result(rank, h.id, h.score, h.path, h.label, h.width, h.height, h.match_probability)
+            for rank, h in enumerate(answer.hits, 1)
         ]
 
     def embed(self, images) -> np.ndarray:

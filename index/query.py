@@ -23,10 +23,17 @@ class Refinement:
     search_filter: SearchFilter = field(default_factory=SearchFilter)
     right: tuple[int, ...] = ()  # ids marked as right answers
     wrong: tuple[int, ...] = ()  # ids marked as wrong answers
+    min_probability: float = 0.0  # results less likely a match are left out (index/match_probability.py)
 
     @classmethod
     def from_form(
-        cls, box: str | None = None, labels=(), path_prefix: str | None = None, right=(), wrong=()
+        cls,
+        box: str | None = None,
+        labels=(),
+        path_prefix: str | None = None,
+        right=(),
+        wrong=(),
+        min_probability: float | None = None,
     ) -> Refinement:
         """The page's and the API's form fields -> a Refinement: the box as text "x0,y0,x1,y1"
         (empty: the whole picture), ids as integers or text (several per item, separated by
@@ -38,6 +45,7 @@ class Refinement:
             SearchFilter(tuple(labels or ()), path_prefix or ""),
             parse_ids(right, "right"),
             parse_ids(wrong, "wrong"),
+            check_probability(min_probability or 0.0),
         )
 
     def describe(self) -> str:
@@ -51,7 +59,24 @@ class Refinement:
             parts.append(self.search_filter.describe())
         if self.right or self.wrong:
             parts.append(f"feedback {len(self.right)} right, {len(self.wrong)} wrong")
+        if self.min_probability > 0:
+            parts.append(f"match probability at least {self.min_probability:g}")
         return "; ".join(parts)
+
+
+def check_probability(value: float) -> float:
+    if not 0 <= value <= 1:
+        raise ValueError(f"min_probability: {value} is not between 0 and 1")
+    return float(value)
+
+
+def likely_only(answer: Answer, min_probability: float) -> Answer:
+    """The answer without the hits whose calibrated match probability is below `min_probability`
+    (an uncalibrated gallery's hits have none, and stay)."""
+    if min_probability <= 0:
+        return answer
+    hits = [hit for hit in answer.hits if hit.match_probability is None or hit.match_probability >= min_probability]
+    return Answer(hits, answer.left_out, answer.vector)
 
 
 def parse_ids(values, what: str) -> tuple[int, ...]:
@@ -88,7 +113,7 @@ def search_vector(index: GalleryIndex, vector: np.ndarray, k: int, refinement: R
         vector = rocchio(
             vector, marked_vectors(index, refinement.right, "right"), marked_vectors(index, refinement.wrong, "wrong")
         )
-    return index.search_present(vector, k, refinement.search_filter)
+    return likely_only(index.search_present(vector, k, refinement.search_filter), refinement.min_probability)
 
 
 def search_like(index: GalleryIndex, image_id: int, k: int, refinement: Refinement = Refinement()) -> Answer:

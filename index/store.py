@@ -25,7 +25,7 @@ import shutil
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -73,6 +73,7 @@ class Hit:
     height: int
     size: int  # bytes, as indexed
     mtime_ns: int
+    match_probability: float | None = None  # calibrated on a labelled gallery (index/match_probability.py)
 
 
 #: What to do about hits left out because their file is gone or changed since indexing.
@@ -180,8 +181,14 @@ class GalleryIndex:
             scores, ids = self.index.search(vectors, k)
         check_scores(scores, ids, self.dir / self.generation / INDEX_FILE, self.manifest)
         rows = self.rows(int(i) for i in np.unique(ids) if i >= 0)
+        chances = np.full(scores.shape, None, dtype=object)
+        if calibration := self.manifest.get("match_calibration"):
+            from .match_probability import probabilities
+
+            chances = probabilities(calibration, scores)
         return [
-            [Hit(int(i), float(s), *rows[int(i)]) for s, i in zip(sc, row) if i >= 0] for sc, row in zip(scores, ids)
+            [Hit(int(i), float(s), *rows[int(i)], _optional(p)) for s, i, p in zip(sc, row, ps) if i >= 0]
+            for sc, row, ps in zip(scores, ids, chances)
         ]
 
     def search_present(self, vector: np.ndarray, k: int = 10, search_filter=None) -> Answer:
@@ -360,13 +367,13 @@ def write_generation(
     vectors_folder: Path | None = None,
     keep: int = DEFAULT_KEEP,
     damaged=(),
-    check: Callable[[str], dict] | None = None,
+    finish: Sequence[Callable[[str], dict]] = (),
 ) -> str:
     """Write a complete new generation, its files read-only, and make it current; returns its name.
     `rows_database` is a finished SQLite file, moved into the generation, as are the files of
-    `vectors_folder` (an IVF-PQ index's full vectors). `check` is given the staged generation's
-    folder name before the commit (index/upgrade_check.py): what it returns joins the manifest,
-    what it raises stops the commit. Any failure removes the staging folder and leaves CURRENT as
+    `vectors_folder` (an IVF-PQ index's full vectors). Each of `finish` is given the staged
+    generation's folder name before the commit (index/upgrade_check.py, index/match_probability.py):
+    what it returns joins the manifest, what it raises stops the commit. Any failure removes the staging folder and leaves CURRENT as
     it was; after the commit, the `damaged` generations are removed and only the newest `keep` of
     the others stay."""
     import faiss
@@ -390,7 +397,10 @@ def write_generation(
         entries = file_entries(tmp, files)
         manifest = {**manifest, "generation": name, "files": entries}
         _write_manifest(tmp, manifest)
-        if check is not None and (added := check(tmp.name)):
+        added = {}
+        for step in finish:
+            added.update(step(tmp.name))
+        if added:
             _write_manifest(tmp, {**manifest, **added})
         fsync_path(tmp)
         os.replace(tmp, index_dir / name)
@@ -400,6 +410,10 @@ def write_generation(
     write_atomically(index_dir / CURRENT, name)
     remove_old_generations(index_dir, keep, damaged)
     return name
+
+
+def _optional(value) -> float | None:
+    return None if value is None else float(value)
 
 
 def _write_manifest(folder: Path, manifest: dict) -> None:

@@ -13,6 +13,15 @@ ImageOption = Annotated[Optional[Path], typer.Argument(help="The query image (or
 LikeOption = Annotated[
     Optional[str], typer.Option("--id", help="More like this gallery image (an id or a gallery path), itself left out.")
 ]
+MinProbabilityOption = Annotated[
+    Optional[float],
+    typer.Option(
+        "--min-probability",
+        min=0,
+        max=1,
+        help="Leave out results less likely a match (calibrated on a labelled gallery at build time).",
+    ),
+]
 VectorOption = Annotated[
     Optional[Path],
     typer.Option(
@@ -60,6 +69,7 @@ def search(
     path_prefix: PathPrefixOption = None,
     right: RightOption = None,
     wrong: WrongOption = None,
+    min_probability: MinProbabilityOption = None,
     json_output: JsonOutputOption = False,
 ) -> None:
     """The gallery images most similar to IMAGE (or a region of it), to a gallery image (--id) or
@@ -71,7 +81,15 @@ def search(
     from metrix.export.runtime import ModelError
     from metrix.images import ImageDecodeError, parse_box
     from metrix.index.filters import SearchFilter
-    from metrix.index.query import Refinement, checked_vector, resolve_ids, search_image, search_like, search_vector
+    from metrix.index.query import (
+        Refinement,
+        check_probability,
+        checked_vector,
+        resolve_ids,
+        search_image,
+        search_like,
+        search_vector,
+    )
     from metrix.index.store import REBUILD_HINT, GalleryIndexError, open_with_model
 
     if sum(x is not None for x in (image, like, vector)) != 1:
@@ -84,6 +102,7 @@ def search(
             SearchFilter(tuple(label or ()), path_prefix or ""),
             resolve_ids(opened, right or (), "--right"),
             resolve_ids(opened, wrong or (), "--wrong"),
+            check_probability(min_probability or 0.0),
         )
         if like is not None:
             answer = search_like(opened, resolve_ids(opened, [like], "--id")[0], k, refinement)
@@ -101,7 +120,14 @@ def search(
                     "index": str(index),
                     "applied": refinement.describe(),
                     "results": [
-                        {"rank": r, "path": h.path, "score": h.score, "label": h.label, "id": h.id}
+                        {
+                            "rank": r,
+                            "path": h.path,
+                            "score": h.score,
+                            "label": h.label,
+                            "id": h.id,
+                            "match_probability": h.match_probability,
+                        }
                         for r, h in enumerate(answer.hits, 1)
                     ],
                     "left_out": [{"path": path, "reason": reason} for path, reason in answer.left_out],
@@ -113,9 +139,14 @@ def search(
         return
     if refinement.describe():
         typer.echo(f"({refinement.describe()})")
+    if not answer.hits and refinement.min_probability > 0:
+        typer.echo(f"no good match: no result is a match with probability {refinement.min_probability:g} or more")
     for rank, hit in enumerate(answer.hits, 1):
+        chance = f"  match {hit.match_probability:.2f}" if hit.match_probability is not None else ""
         typer.echo(
-            f"{rank:>3}  {hit.score:.4f}  {hit.path}" + (f"  [{hit.label}]" if hit.label else "") + f"  id {hit.id}"
+            f"{rank:>3}  {hit.score:.4f}{chance}  {hit.path}"
+            + (f"  [{hit.label}]" if hit.label else "")
+            + f"  id {hit.id}"
         )
     if answer.left_out:
         typer.echo(
