@@ -47,9 +47,18 @@ PATH_EFFECTS = {
 MARK_BADGES = {"right": "✓ right", "wrong": "✗ wrong"}
 
 
-#: The page leaves out results less likely a match than this, where the gallery is calibrated
-#: (index/match_probability.py): "no good match" rather than k unrelated images.
-PAGE_MIN_PROBABILITY = 0.3
+#: Where the gallery is calibrated (index/match_probability.py) and no result is at least this
+#: likely a match, the page says "No good match" above them. It still shows them: the probability
+#: is calibrated for queries that have a match, not open-set (docs/search.md), so a cut would hide
+#: true matches of some queries.
+NO_GOOD_MATCH = 0.3
+
+
+def no_good_match(hits: list[Hit]) -> str:
+    chances = [hit.match_probability for hit in hits if hit.match_probability is not None]
+    if not chances or max(chances) >= NO_GOOD_MATCH:
+        return ""
+    return f"No good match: none of these is likely a match (the most likely {max(chances):.0%}). "
 
 
 def caption(hit: Hit, mark: str | None = None) -> str:
@@ -164,7 +173,6 @@ class Page:
                 prefix,
                 [i for i, m in marks.items() if m == "right"],
                 [i for i, m in marks.items() if m == "wrong"],
-                PAGE_MIN_PROBABILITY if self.live.snapshot().index.manifest.get("match_calibration") else None,
             )
             result = run_query(self.live, query["name"], int(k), query["data"], refinement, self.batcher)
         except ImageDecodeError as error:
@@ -182,7 +190,7 @@ class Page:
             (image_url(base, self.access, hit.id, THUMBNAIL), caption(hit, marks.get(str(hit.id))))
             for hit in result.hits
         ]
-        return items, result.status(), hits
+        return items, no_good_match(result.hits) + result.status(), hits
 
     def upload(self, path, k, labels, prefix, request: gr.Request):
         """A new query from an upload: whole picture, no feedback yet."""

@@ -95,3 +95,18 @@ def test_the_api_returns_probabilities_and_says_no_good_match(labelled):
     assert [r for r in plain["results"] if r["match_probability"] >= 1] == strict["results"]
     assert strict["no_good_match"] is (not strict["results"])
     assert bad.status_code == 400 and "min_probability" in bad.json()["error"]
+
+
+def test_the_page_says_no_good_match_when_no_result_is_likely_one():
+    from metrix.app.page import NO_GOOD_MATCH, no_good_match
+    from metrix.index.store import Hit
+
+    def hits(*chances):
+        return [Hit(i, 0.5, f"{i}.png", "", 1, 1, 1, 1, chance) for i, chance in enumerate(chances)]
+
+    assert (
+        no_good_match(hits(0.1, NO_GOOD_MATCH - 0.01))
+        == "No good match: none of these is likely a match (the most likely 29%). "
+    )
+    assert no_good_match(hits(0.1, NO_GOOD_MATCH)) == ""
+    assert no_good_match(hits(None, None)) == "" and no_good_match([]) == ""
