@@ -55,6 +55,11 @@ class Result:
     seconds: float
     refinement: Refinement = Refinement()
 
+    @classmethod
+    def of(cls, snapshot: Snapshot, answer: Answer, seconds: float, refinement: Refinement) -> Result:
+        index = snapshot.index
+        return cls(index.generation, len(index), answer.hits, answer.left_out, seconds, refinement)
+
     @property
     def no_good_match(self) -> bool:
         """Nothing left once the results less likely a match than asked were left out."""
@@ -103,14 +108,7 @@ def run_query(
     if live.kept.limit > 0:
         right, wrong = marked_paths(snapshot.index, refinement)
         live.kept.keep(data, Path(name).name, refinement.box, right, wrong)
-    return Result(
-        snapshot.index.generation,
-        len(snapshot.index),
-        answer.hits,
-        answer.left_out,
-        time.perf_counter() - start,
-        refinement,
-    )
+    return Result.of(snapshot, answer, time.perf_counter() - start, refinement)
 
 
 def run_without_upload(
@@ -128,14 +126,7 @@ def run_without_upload(
         return snapshot, search_vector(snapshot.index, checked_vector(snapshot.index, vector), k, refinement)
 
     snapshot, answer = live.answer(query)
-    return Result(
-        snapshot.index.generation,
-        len(snapshot.index),
-        answer.hits,
-        answer.left_out,
-        time.perf_counter() - start,
-        refinement,
-    )
+    return Result.of(snapshot, answer, time.perf_counter() - start, refinement)
 
 
 def explain_match(live: LiveIndex, name: str | Path, data: bytes | None, box, image_id: int):
