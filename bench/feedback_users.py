@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from metrix.datasets.folder import load_image_folder
-from metrix.evaluation.bootstrap import Difference, paired_difference
+from metrix.evaluation.bootstrap import paired_difference
 from metrix.evaluation.metrics import query_scores
 from metrix.export.runtime import load_embedder, load_for_model
 from metrix.index.build import build_index
@@ -179,26 +179,45 @@ def main() -> None:
 
 
 def table(name: str, results: dict) -> str:
-    """Per (marked queries, mixing): seeds, base and tuned MAP@R (mean over seeds), the pooled
-    paired difference over every seed's measured images, and R@1's."""
+    """Per (marked queries, mixing): seeds, base and tuned MAP@R (means over seeds), the paired
+    difference pooled over every seed's measured images (its interval resamples images, not seeds:
+    the per-seed differences show the seeds' spread), R@1; then feature mixing against none, paired
+    by seed and image."""
     groups: dict[tuple[int, str], list[dict]] = {}
     for row in results.values():
         groups.setdefault((row["queries"], row["mixup"]), []).append(row)
     lines = [
-        f"| {name} | mixing | seeds | base MAP@R | tuned MAP@R | MAP@R difference, 95% interval | R@1 base -> tuned | train s/run |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| {name} | mixing | seeds | base MAP@R | tuned MAP@R | MAP@R change [95%] | per seed | R@1 base -> tuned | train s/run |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for (n, mixup), rows in sorted(groups.items()):
-        pooled = paired_difference(
-            np.concatenate([r["per_query_map_at_r_difference"] for r in rows]),
-            np.zeros(sum(len(r["per_query_map_at_r_difference"]) for r in rows)),
-        )
+    for (n, mixup), rows in sorted(groups.items(), key=lambda item: (item[0][0], item[0][1] != "none")):
+        rows = sorted(rows, key=lambda r: r["seed"])
+        pooled = np.concatenate([r["per_query_map_at_r_difference"] for r in rows])
+        change = paired_difference(pooled, np.zeros_like(pooled))
         mean = lambda side, key: np.mean([r[side][key] for r in rows])  # noqa: E731
+        seeds = ", ".join(f"{r['difference']['map_at_r']['mean']:+.2f}" for r in rows)
         lines.append(
             f"| {n} marked queries | {mixup} | {len(rows)} | {mean('base', 'map_at_r'):.2f} | {mean('tuned', 'map_at_r'):.2f} "
-            f"| {Difference(**pooled.to_dict())} | {mean('base', 'recall_at_1'):.2f} -> {mean('tuned', 'recall_at_1'):.2f} "
+            f"| {change} | {seeds} | {mean('base', 'recall_at_1'):.2f} -> {mean('tuned', 'recall_at_1'):.2f} "
             f"| {np.mean([r['train_seconds'] for r in rows]):.0f} |"
         )
+    lines += [
+        "",
+        f"| {name}: feature mixing against none | pairs (seeds) | MAP@R change [95%] | per seed |",
+        "|---|---|---|---|",
+    ]
+    for n in sorted({n for n, _ in groups}):
+        by_seed = {mixup: {r["seed"]: r for r in groups.get((n, mixup), [])} for mixup in ("none", "feature")}
+        seeds = sorted(set(by_seed["none"]) & set(by_seed["feature"]))
+        if not seeds:
+            continue
+        feature = np.concatenate([by_seed["feature"][s]["per_query_map_at_r_difference"] for s in seeds])
+        none = np.concatenate([by_seed["none"][s]["per_query_map_at_r_difference"] for s in seeds])
+        per_seed = ", ".join(
+            f"{by_seed['feature'][s]['tuned']['map_at_r'] - by_seed['none'][s]['tuned']['map_at_r']:+.2f}"
+            for s in seeds
+        )
+        lines.append(f"| {n} marked queries | {len(seeds)} | {paired_difference(feature, none)} | {per_seed} |")
     return "\n".join(lines) + "\n"
 
 
