@@ -6,7 +6,7 @@ classes' images are queries that have none. The gallery (the rest of the indexed
 indexed with the model given (default: the untrained backbone at 160 px, what `build-index`
 serves before any training), which fits the calibration on the gallery alone. Reported: the
 calibration's own held-out error (from the build), the open-set calibration error over every
-query's top 8, and at each cut-off the share of no-match queries answered "no good match" and
+query's top 8 (the two kinds of query weighing half each, as the fit assumes), and at each cut-off the share of no-match queries answered "no good match" and
 the share of match queries that keep a true hit.
 
     .venv/bin/python bench/match_probability.py --data ../shared/datasets/cub100 --model models/efficientnet_lite0-160-floor.onnx
@@ -65,6 +65,9 @@ def main() -> None:
             }
     probability = np.array([h.match_probability for kind in answers.values() for _, hits in kind for h in hits])
     same = np.array([h.label == label for kind in answers.values() for label, hits in kind for h in hits], float)
+    # the two kinds of query weigh half each, as the fit assumes (NO_MATCH_SHARE)
+    counts = {kind: sum(len(hits) for _, hits in queries) for kind, queries in answers.items()}
+    weights = np.concatenate([np.full(counts[kind], 0.5 / counts[kind]) for kind in answers])
     row = {
         "data": args.data.name,
         "model": args.model.name,
@@ -75,7 +78,7 @@ def main() -> None:
         "match_queries": len(match_queries),
         "no_match_queries": len(no_match_queries),
         "build_calibration_error": calibration["calibration_error"],
-        "open_set_calibration_error": calibration_error(probability, same),
+        "open_set_calibration_error": calibration_error(probability, same, weights),
         "cutoffs": {},
     }
     for cutoff in CUTOFFS:

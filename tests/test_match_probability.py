@@ -24,9 +24,11 @@ def test_isotonic_regression_equals_scikit_learns(seed):
     rng = np.random.default_rng(seed)
     x = rng.random(500)
     y = (rng.random(500) < x**2).astype(float)
-    xs, fitted = isotonic(x, y)
-    expected = IsotonicRegression().fit(x, y).predict(xs)
-    assert np.all(np.diff(xs) >= 0) and np.allclose(fitted, expected)
+    weights = rng.random(500) + 0.1
+    for w in (None, weights):
+        xs, fitted = isotonic(x, y, w)
+        expected = IsotonicRegression().fit(x, y, sample_weight=w).predict(xs)
+        assert np.all(np.diff(xs) >= 0) and np.allclose(fitted, expected)
 
 
 def test_the_calibration_error_is_the_weighted_gap_per_bin():
@@ -34,6 +36,8 @@ def test_the_calibration_error_is_the_weighted_gap_per_bin():
     same = np.array([0, 0, 1, 0, 1, 1], float)
     # bins 0 (2 of 6, gap 0.05), 9 (2 of 6, gap 0.45), 5 (2 of 6, gap 0.45)
     assert calibration_error(probability, same) == pytest.approx((0.05 + 0.45 + 0.45) / 3)
+    weights = np.array([1, 1, 1, 3, 1, 1], float)  # the wrong 0.95 counts thrice: bin 9 observes 0.25
+    assert calibration_error(probability, same, weights) == pytest.approx((2 * 0.05 + 4 * 0.70 + 2 * 0.45) / 8)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +52,10 @@ def labelled(tmp_path_factory, tiny_model):
 def test_a_labelled_gallery_is_calibrated_and_every_hit_says_how_likely_it_matches(labelled):
     manifest = json.loads((labelled / "index" / "gen-000001" / "manifest.json").read_text())
     calibration = manifest["match_calibration"]
-    assert calibration["queries"] == 12 and calibration["pairs"] == 12 * 20  # half of 24 images, 20 results each
+    # half of the 24 images, each searched with itself left out (20 results) and with its label
+    # left out (the other label's 12 images)
+    assert calibration["queries"] == 12 and calibration["pairs"] == 12 * 20 + 12 * 12
+    assert calibration["no_match_share"] == 0.5
     assert np.all(np.diff(calibration["scores"]) >= 0) and np.all(np.diff(calibration["probabilities"]) >= 0)
     assert 0 <= calibration["calibration_error"] <= 1
     with Index.open(labelled / "index") as index:

@@ -144,9 +144,9 @@ def search(
     for rank, hit in enumerate(answer.hits, 1):
         chance = f"  match {hit.match_probability:.2f}" if hit.match_probability is not None else ""
         typer.echo(
-            f"{rank:>3}  {hit.score:.4f}{chance}  {hit.path}"
+            f"{rank:>3}  {hit.score:.4f}  {hit.path}"
             + (f"  [{hit.label}]" if hit.label else "")
-            + f"  id {hit.id}"
+            + f"  id {hit.id}{chance}"
         )
     if answer.left_out:
         typer.echo(
