@@ -48,9 +48,8 @@ MARK_BADGES = {"right": "✓ right", "wrong": "✗ wrong"}
 
 
 #: Where the gallery is calibrated (index/match_probability.py) and no result is at least this
-#: likely a match, the page says "No good match" above them. It still shows them: the probability
-#: is calibrated for queries that have a match, not open-set (docs/search.md), so a cut would hide
-#: true matches of some queries.
+#: likely a match, the page says "No good match" above them. It still shows them: at any cut-off
+#: some queries lose their true match (measured in docs/search.md).
 NO_GOOD_MATCH = 0.3
 
 
