@@ -8,7 +8,11 @@ of u8 x s8 products summed into *16* bits with saturation, which large activatio
 8-bit weights overflow), and U8U8 kernels that widen to 16 bits first. The features are read
 through numpy's own CPUID probe (numpy._core's `__cpu_features__`), so an emulated CPU
 (`qemu-x86_64 -cpu Haswell`) reports what it emulates; /proc/cpuinfo would report the host's.
-AMX and the VEX-encoded AVX-VNNI are not in numpy's list, so those two come from /proc/cpuinfo.
+AMX and the VEX-encoded AVX-VNNI are not in numpy's list, so those two come from /proc/cpuinfo,
+and only where /proc/cpuinfo describes the CPU this process runs on: its flags for the features
+numpy also probes must agree with numpy's. Under emulation they do not (an Intel Xeon host with
+AMX and AVX-VNNI running `qemu-x86_64 -cpu Haswell` lists both, while the emulated CPU, and so
+onnxruntime, has neither).
 """
 
 from __future__ import annotations
@@ -19,6 +23,15 @@ from metrix.machine import cpu_flags
 
 #: Kernel families whose u8 x s8 products never saturate.
 EXACT_U8S8 = ("amx", "avx512-vnni", "avx-vnni")
+#: numpy's names for features /proc/cpuinfo also lists, and /proc/cpuinfo's.
+BOTH_PROBE = {
+    "F16C": "f16c",
+    "FMA3": "fma",
+    "AVX2": "avx2",
+    "AVX512F": "avx512f",
+    "AVX512BW": "avx512bw",
+    "AVX512VNNI": "avx512_vnni",
+}
 
 
 def _numpy_features() -> dict[str, bool]:
@@ -39,10 +52,11 @@ def int8_kernels(features: dict[str, bool] | None = None, flags: set[str] | None
     flags = cpu_flags() if flags is None else flags
     if not features.get("AVX2"):
         return "sse"
-    if features.get("AVX512_SPR") and "amx_int8" in flags:
+    this_cpu = all(bool(features.get(name)) == (flag in flags) for name, flag in BOTH_PROBE.items())
+    if this_cpu and features.get("AVX512_SPR") and "amx_int8" in flags:
         return "amx"
     if features.get("AVX512VNNI"):
         return "avx512-vnni"
-    if "avx_vnni" in flags:
+    if this_cpu and "avx_vnni" in flags:
         return "avx-vnni"
     return "avx512" if features.get("AVX512BW") else "avx2"

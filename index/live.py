@@ -218,7 +218,8 @@ class LiveIndex:
         self.warmed.set()
 
     def start(self, warm_batch: int = 1) -> LiveIndex:
-        """Follow CURRENT and watch the served files; warm the model up with `warm_batch` images."""
+        """Follow CURRENT and watch the served files; warm the model up with `warm_batch` images
+        (again at each tick until it has: no generation may have verified at first)."""
         threading.Thread(target=self.warm_up, args=(warm_batch,), name="metrix-warm-up", daemon=True).start()
 
         def watch():
@@ -226,6 +227,8 @@ class LiveIndex:
                 try:
                     self.refresh()
                     self.check()
+                    if not self.warmed.is_set() and self._snapshot is not None:
+                        self.warm_up(warm_batch)
                 except Exception:  # the watcher must outlive any one bad generation
                     log.exception("checking %s for a new generation failed", self.dir)
 

@@ -139,6 +139,28 @@ def test_int8_model_is_quantised_and_measured(exported):
     assert kernel_fidelity(path, batch).mean_cosine >= MIN_FIDELITY  # this CPU computes what the model defines
 
 
+HASWELL = {"F16C": True, "FMA3": True, "AVX2": True}
+ALDER_LAKE = {**HASWELL}
+SAPPHIRE_RAPIDS = {**HASWELL, "AVX512F": True, "AVX512BW": True, "AVX512VNNI": True, "AVX512_SPR": True}
+SPR_FLAGS = {"f16c", "fma", "avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+@pytest.mark.parametrize(
+    "features, flags, kernels",
+    [
+        (SAPPHIRE_RAPIDS, SPR_FLAGS, "amx"),
+        (ALDER_LAKE, {"f16c", "fma", "avx2", "avx_vnni"}, "avx-vnni"),
+        (HASWELL, {"f16c", "fma", "avx2"}, "avx2"),
+        # emulated (qemu -cpu Haswell on a Sapphire Rapids host): /proc/cpuinfo is the host's
+        (HASWELL, SPR_FLAGS, "avx2"),
+        ({**HASWELL, "AVX512F": True, "AVX512BW": True}, {"f16c", "fma", "avx2", "avx512f", "avx512bw"}, "avx512"),
+    ],
+)
+def test_the_int8_kernels_follow_the_cpu_this_process_runs_on(features, flags, kernels, monkeypatch):
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    assert int8_kernels(features, flags) == kernels
+
+
 def _embed_on_emulated_cpu(
     model: Path, batch: np.ndarray, tmp_path: Path, cpu: str = "Haswell"
 ) -> tuple[np.ndarray, str]:
